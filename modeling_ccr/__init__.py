@@ -1,0 +1,26 @@
+"""modeling-ccr: cross-attention image-text matchers as Hugging Face models.
+
+Importing the package registers every backbone with `AutoConfig` / `AutoModel`.
+"""
+
+from transformers import AutoConfig, AutoModel
+
+from .configuration_scan import ScanConfig
+from .modeling_matcher import MatcherOutput, MatcherPreTrainedModel
+from .modeling_scan import ScanModel
+
+__version__ = "0.1.0"
+
+# Backbone name (as used in training configs) -> (config class, model class).
+BACKBONES = {
+    "scan": (ScanConfig, ScanModel),
+}
+
+for _config_class, _model_class in BACKBONES.values():
+    AutoConfig.register(_config_class.model_type, _config_class)
+    AutoModel.register(_config_class, _model_class)
+    # Saved checkpoints carry `auto_map` and a copy of the modeling code (trust_remote_code loading).
+    _config_class.register_for_auto_class()
+    _model_class.register_for_auto_class("AutoModel")
+
+__all__ = ["BACKBONES", "MatcherOutput", "MatcherPreTrainedModel", "ScanConfig", "ScanModel", "__version__"]

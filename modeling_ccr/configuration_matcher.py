@@ -1,0 +1,74 @@
+"""Options shared by every region-word matcher: encoders, base loss, and strict validation."""
+
+from __future__ import annotations
+
+from huggingface_hub.dataclasses import strict
+from transformers import PreTrainedConfig
+
+# Keys transformers itself passes to a config's constructor (from config.json or from_pretrained);
+# anything else that is not a declared field is a typo or a stale option and is rejected.
+_TRANSFORMERS_KWARGS = frozenset(
+    {
+        "auto_map",
+        "model_type",
+        "name_or_path",
+        "torch_dtype",
+        "output_attentions",
+        "attn_implementation",
+        "experts_implementation",
+        "_commit_hash",
+        "_attn_implementation_internal",
+        "_experts_implementation_internal",
+        "use_cache",
+    }
+)
+
+
+def check_choice(name: str, value: object, choices: tuple) -> None:
+    if value not in choices:
+        raise ValueError(f"config field {name!r} must be one of {list(choices)}, got {value!r}")
+
+
+def check_positive(name: str, value: float, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"config field {name!r} must be {bound}, got {value!r}")
+
+
+@strict
+class MatcherConfig(PreTrainedConfig):
+    """Encoders and base loss of a matcher (SPEC section 1). Backbone configs subclass this.
+
+    feature_dim: size of one region feature vector (2048 for bottom-up-attention features).
+    embed_dim: joint embedding size D of regions and words.
+    vocab_size / word_dim: word embedding table; vocab_size comes from the tokenizer.
+    num_gru_layers / bidirectional_gru: the text GRU (bidirectional output = mean of both directions).
+    normalize_regions / normalize_words: l2-normalise each region / word embedding.
+    margin / max_violation: VSE++ hinge margin; hardest in-batch negative (True) or sum over negatives.
+    """
+
+    model_type = "xmatch_matcher"
+
+    feature_dim: int = 2048
+    embed_dim: int = 1024
+    vocab_size: int = 10000
+    word_dim: int = 300
+    num_gru_layers: int = 1
+    bidirectional_gru: bool = True
+    normalize_regions: bool = True
+    normalize_words: bool = True
+    margin: float = 0.2
+    max_violation: bool = True
+    pad_token_id: int | None = 0
+
+    def __post_init__(self, **kwargs):
+        unknown = sorted(set(kwargs) - _TRANSFORMERS_KWARGS)
+        if unknown:
+            known = sorted(set(self.__dataclass_fields__) - set(PreTrainedConfig.__dataclass_fields__))
+            raise ValueError(f"unknown {type(self).__name__} option(s) {unknown}; valid options are {known}")
+        super().__post_init__(**kwargs)
+
+    def validate_architecture(self):
+        for name in ("feature_dim", "embed_dim", "vocab_size", "word_dim", "num_gru_layers"):
+            check_positive(name, getattr(self, name))
+        check_positive("margin", self.margin, allow_zero=True)

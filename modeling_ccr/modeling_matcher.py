@@ -1,0 +1,192 @@
+"""What every region-word matcher shares: encoders, the output type, loss, global negatives, blocked scoring.
+
+A backbone subclasses `MatcherPreTrainedModel` and supplies two things: `score_pairs` (every image
+against every caption of two small sets) and `matched_attention_maps` (its attention on matched pairs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel
+from transformers.utils import ModelOutput
+
+from .configuration_matcher import MatcherConfig
+from .distributed import gather_padded, world_size_and_rank
+from .encoders import GRUTextEncoder, RegionEncoder
+from .losses import hinge_triplet_loss
+
+
+@dataclass
+class MatcherOutput(ModelOutput):
+    """Output of a matcher's forward pass on a batch of (image i, caption i) pairs.
+
+    loss: `()` base loss summed over the batch (with `return_loss=True`); under DDP with
+        `gather_negatives=True`, this process's share of the global-batch loss.
+    logits_per_image: `(batch, batch)` score of image i against caption j.
+    logits_per_text: `(batch, batch)` its transpose.
+    image_embeds: `(batch, n_regions, embed_dim)` region embeddings (zero at padded regions).
+    text_embeds: `(batch, n_tokens, embed_dim)` word embeddings (zero at padded tokens).
+    region_mask: `(batch, n_regions)` bool; word_mask: `(batch, n_tokens)` bool.
+    attentions: `(batch, n_queries, n_keys)` attention of each matched pair (with `output_attentions=True`):
+        words over regions for t2i attention, regions over words for i2t.
+    """
+
+    loss: torch.Tensor | None = None
+    logits_per_image: torch.Tensor | None = None
+    logits_per_text: torch.Tensor | None = None
+    image_embeds: torch.Tensor | None = None
+    text_embeds: torch.Tensor | None = None
+    region_mask: torch.Tensor | None = None
+    word_mask: torch.Tensor | None = None
+    attentions: torch.Tensor | None = None
+
+
+class MatcherPreTrainedModel(PreTrainedModel):
+    config_class = MatcherConfig
+    base_model_prefix = "matcher"
+    main_input_name = "region_features"
+    input_modalities = ("image", "text")
+
+    def __init__(self, config: MatcherConfig):
+        super().__init__(config)
+        self.region_encoder = RegionEncoder(config.feature_dim, config.embed_dim, config.normalize_regions)
+        self.text_encoder = GRUTextEncoder(
+            config.vocab_size,
+            config.word_dim,
+            config.embed_dim,
+            config.num_gru_layers,
+            config.bidirectional_gru,
+            config.normalize_words,
+        )
+
+    def _init_weights(self, module: torch.nn.Module) -> None:
+        if isinstance(module, (RegionEncoder, GRUTextEncoder)):
+            module.reset_parameters()
+
+    # -- what a backbone supplies ---------------------------------------------------------------
+    def score_pairs(
+        self,
+        image_embeds: torch.Tensor,
+        region_mask: torch.Tensor,
+        text_embeds: torch.Tensor,
+        word_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """Score every image against every caption: returns `(n_images, n_captions)`."""
+        raise NotImplementedError(f"{type(self).__name__} must implement score_pairs")
+
+    def matched_attention_maps(
+        self,
+        image_embeds: torch.Tensor,
+        region_mask: torch.Tensor,
+        text_embeds: torch.Tensor,
+        word_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """Attention of each matched pair (image i, caption i): `(batch, n_queries, n_keys)`."""
+        raise NotImplementedError(f"{type(self).__name__} must implement matched_attention_maps")
+
+    # -- shared ---------------------------------------------------------------------------------
+    def get_image_features(self, region_features: torch.Tensor, region_mask: torch.Tensor) -> torch.Tensor:
+        """Region embeddings `(batch, n_regions, embed_dim)` of features `(batch, n_regions, feature_dim)`."""
+        self._check_region_features(region_features, region_mask)
+        return self.region_encoder(region_features, region_mask)
+
+    def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Word embeddings `(batch, n_tokens, embed_dim)` of token ids `(batch, n_tokens)`."""
+        return self.text_encoder(input_ids, attention_mask)
+
+    @torch.no_grad()
+    def similarity(
+        self,
+        image_embeds: torch.Tensor,
+        region_mask: torch.Tensor,
+        text_embeds: torch.Tensor,
+        word_mask: torch.Tensor,
+        image_block: int = 64,
+        caption_block: int = 256,
+    ) -> torch.Tensor:
+        """Scores of a whole gallery `(n_images, n_captions)`, computed in bounded-memory blocks."""
+        scores = torch.empty(image_embeds.shape[0], text_embeds.shape[0], device=image_embeds.device)
+        for i in range(0, image_embeds.shape[0], image_block):
+            images, regions = image_embeds[i : i + image_block], region_mask[i : i + image_block]
+            for c in range(0, text_embeds.shape[0], caption_block):
+                scores[i : i + image_block, c : c + caption_block] = self.score_pairs(
+                    images, regions, text_embeds[c : c + caption_block], word_mask[c : c + caption_block]
+                )
+        return scores
+
+    def forward(
+        self,
+        region_features: torch.Tensor,
+        region_mask: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        return_loss: bool = False,
+        output_attentions: bool = False,
+        gather_negatives: bool = False,
+        **kwargs,
+    ) -> MatcherOutput:
+        """Score a batch of pairs (image i, caption i).
+
+        region_features `(batch, n_regions, feature_dim)` float, region_mask `(batch, n_regions)` bool,
+        input_ids / attention_mask `(batch, n_tokens)`. With `gather_negatives=True` under
+        torch.distributed, the loss uses every process's batch as negatives.
+        """
+        region_mask = region_mask.bool()
+        word_mask = attention_mask.bool()
+        image_embeds = self.get_image_features(region_features, region_mask)
+        text_embeds = self.get_text_features(input_ids, attention_mask)
+        logits = self.score_pairs(image_embeds, region_mask, text_embeds, word_mask)
+        loss = None
+        if return_loss:
+            loss = self.base_loss(image_embeds, region_mask, text_embeds, word_mask, logits, gather_negatives)
+        attentions = None
+        if output_attentions:
+            attentions = self.matched_attention_maps(image_embeds, region_mask, text_embeds, word_mask)
+        return MatcherOutput(
+            loss=loss,
+            logits_per_image=logits,
+            logits_per_text=logits.T,
+            image_embeds=image_embeds,
+            text_embeds=text_embeds,
+            region_mask=region_mask,
+            word_mask=word_mask,
+            attentions=attentions,
+        )
+
+    def base_loss(
+        self,
+        image_embeds: torch.Tensor,
+        region_mask: torch.Tensor,
+        text_embeds: torch.Tensor,
+        word_mask: torch.Tensor,
+        local_logits: torch.Tensor,
+        gather_negatives: bool,
+    ) -> torch.Tensor:
+        world_size, rank = world_size_and_rank()
+        margin, hardest = self.config.margin, self.config.max_violation
+        if not gather_negatives or world_size == 1:
+            return hinge_triplet_loss(local_logits, local_logits, margin, hardest)
+        all_images, all_regions = gather_padded(image_embeds, region_mask)
+        all_texts, all_words = gather_padded(text_embeds, word_mask)
+        image_to_captions = self.score_pairs(image_embeds, region_mask, all_texts, all_words)
+        captions_to_image = self.score_pairs(all_images, all_regions, text_embeds, word_mask)
+        offset = rank * image_embeds.shape[0]
+        return hinge_triplet_loss(image_to_captions, captions_to_image, margin, hardest, offset=offset)
+
+    def _check_region_features(self, region_features: torch.Tensor, region_mask: torch.Tensor) -> None:
+        if region_features.dim() != 3 or region_features.shape[-1] != self.config.feature_dim:
+            raise ValueError(
+                f"region_features must be (batch, n_regions, feature_dim={self.config.feature_dim}), "
+                f"got shape {tuple(region_features.shape)}"
+            )
+        if region_mask.shape != region_features.shape[:2]:
+            raise ValueError(
+                f"region_mask shape {tuple(region_mask.shape)} does not match region_features "
+                f"{tuple(region_features.shape[:2])}"
+            )
+        if not bool(region_mask.any(dim=1).all()):
+            raise ValueError("every image needs at least one region; got an all-padding row in region_mask")
+        if not bool(torch.isfinite(region_features).all()):
+            raise ValueError("region_features contain NaN or Inf values")
