@@ -15,8 +15,16 @@ from transformers import PreTrainedTokenizerBase
 
 from .data.collator import pad_regions, tokenize_captions
 from .data.pairs import ImageFeatures, caption_table
+from .metrics.attention import (
+    AttendedSetRule,
+    attended_regions,
+    gold_regions,
+    summarize_precision_recall,
+    word_precision_recall,
+)
 from .metrics.retrieval import evaluate_retrieval
 from .modeling_matcher import MatcherPreTrainedModel
+from .tokenization import word_token_index
 
 
 def pad_to_length(items: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,3 +112,103 @@ def evaluate_matchers(
     )
     metrics["ensemble_size"] = len(models)
     return metrics
+
+
+# Flickr30k Entities types whose phrases have no object box to attend to (SPEC section 4).
+UNGROUNDED_PHRASE_TYPES = ("scene", "notvisual")
+
+
+def word_region_attended(
+    attentions: torch.Tensor,
+    region_mask: torch.Tensor,
+    word_mask: torch.Tensor,
+    direction: str,
+    rule: AttendedSetRule,
+) -> torch.Tensor:
+    """Attended sets as `(batch, n_tokens, n_regions)` bool, whatever the attention direction.
+
+    t2i attention `(batch, n_tokens, n_regions)`: word t attends region j if a_tj passes the rule over
+    regions. i2t attention `(batch, n_regions, n_tokens)`: region j attends word t if a_jt passes the
+    rule over words; the word's attended set is the regions that attend it (our reading for i2t).
+    """
+    if direction == "t2i":
+        return attended_regions(attentions, region_mask.unsqueeze(1).expand_as(attentions), rule)
+    attended = attended_regions(attentions, word_mask.unsqueeze(1).expand_as(attentions), rule)
+    return attended.transpose(1, 2) & region_mask.unsqueeze(1)
+
+
+def grounded_pairs(dataset: datasets.Dataset) -> list[tuple[int, int, list[dict]]]:
+    """(image row, caption index, grounded phrases) of every caption that has a phrase with a box."""
+    if "phrases" not in dataset.column_names or "boxes" not in dataset.column_names:
+        raise ValueError(
+            f"attention metrics need 'boxes' and 'phrases' columns; the dataset has {dataset.column_names}"
+        )
+    pairs = []
+    for row, caption_phrases in enumerate(dataset["phrases"]):
+        for caption_index, phrases in enumerate(caption_phrases):
+            usable = [
+                p
+                for p in phrases
+                if p["boxes"] and not any(t in p["phrase_type"].split("/") for t in UNGROUNDED_PHRASE_TYPES)
+            ]
+            if usable:
+                pairs.append((row, caption_index, usable))
+    return pairs
+
+
+@torch.no_grad()
+def attention_metrics(
+    model: MatcherPreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    dataset: datasets.Dataset,
+    rule: AttendedSetRule | None = None,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> dict:
+    """Attention P/R/F1 of a model's matched-pair attention on a split with boxes and phrases."""
+    rule = rule or AttendedSetRule()
+    direction = getattr(model.config, "direction", "t2i")
+    was_training = model.training
+    model.eval()
+    images = ImageFeatures(dataset)
+    region_boxes = dataset.with_format("torch", columns=["boxes"])
+    captions = dataset["captions"]
+    pairs = grounded_pairs(dataset)
+    precisions, recalls = [], []
+    for start in tqdm(range(0, len(pairs), batch_size), desc="attention metrics", disable=not progress):
+        batch = pairs[start : start + batch_size]
+        rows = [row for row, _, _ in batch]
+        features, region_mask = pad_regions([images[r]["features"] for r in rows], rows)
+        input_ids, attention_mask = tokenize_captions(tokenizer, [captions[r][c] for r, c, _ in batch])
+        output = model(
+            features.to(model.device),
+            region_mask.to(model.device),
+            input_ids.to(model.device),
+            attention_mask.to(model.device),
+            output_attentions=True,
+        )
+        attended = word_region_attended(
+            output.attentions.cpu(), region_mask, attention_mask.bool(), direction, rule
+        )
+        for b, (row, _, phrases) in enumerate(batch):
+            boxes = region_boxes[row]["boxes"].float()
+            n_regions, n_tokens = len(boxes), int(attention_mask[b].sum())
+            for phrase in phrases:
+                gold = gold_regions(
+                    boxes, torch.tensor(phrase["boxes"], dtype=torch.float32), rule.iou_threshold
+                )
+                tokens = [
+                    word_token_index(phrase["first_word"] + w)
+                    for w in range(phrase["num_words"])
+                    if word_token_index(phrase["first_word"] + w) < n_tokens - 1  # inside <start> ... <end>
+                ]
+                if not tokens:
+                    continue
+                p, r, valid = word_precision_recall(
+                    attended[b, tokens, :n_regions], gold.unsqueeze(0).expand(len(tokens), -1)
+                )
+                precisions.append(p[valid])
+                recalls.append(r[valid])
+    model.train(was_training)
+    summary = summarize_precision_recall(torch.cat(precisions), torch.cat(recalls))
+    return {**summary, "direction": direction, "attended_set_rule": rule.to_dict()}
