@@ -1,0 +1,131 @@
+"""The `ccr` command: `ccr demo`, `ccr train CONFIG`, `ccr evaluate MODEL [MODEL ...]`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+DEMO_CONFIG = REPO_CONFIGS / "demo.yaml"
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """`["training.max_steps=100", ...]` -> `{"training.max_steps": 100}` (values parsed as YAML)."""
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set expects KEY=VALUE (e.g. training.max_steps=100), got {pair!r}")
+        overrides[key] = yaml.safe_load(value)
+    return overrides
+
+
+def print_results(metrics: dict, title: str) -> None:
+    from .metrics.retrieval import chance_metrics, format_results_table
+
+    images_per_fold = metrics["n_images"] // metrics.get("n_folds", 1)
+    captions_per_image = metrics["n_captions"] // metrics["n_images"]
+    print(f"\n{title}")
+    print(format_results_table(metrics, chance_metrics(images_per_fold, captions_per_image)))
+
+
+def command_train(args: argparse.Namespace) -> Path:
+    from .experiment import load_experiment_config, run_experiment
+
+    config = load_experiment_config(args.config, parse_overrides(args.set))
+    model_dir = run_experiment(config, resume_from_checkpoint=args.resume or None)
+    print(f"\nSaved the best checkpoint to {model_dir}")
+    return model_dir
+
+
+def command_demo(args: argparse.Namespace) -> None:
+    import json
+
+    if not args.config.is_file():
+        raise SystemExit(f"demo config not found: {args.config} (pass --config PATH)")
+    args.resume = None
+    model_dir = command_train(args)
+    record = json.loads((model_dir / "eval_results_test.json").read_text())
+    print_results(
+        record["metrics"], f"SCAN on the test split of the {record['dataset']} (chance level below)"
+    )
+    print(f"\nLoad it with: AutoModel.from_pretrained({str(model_dir)!r})")
+
+
+def command_evaluate(args: argparse.Namespace) -> None:
+    from transformers import AutoModel, AutoTokenizer
+
+    from .evaluation import evaluate_matchers
+    from .experiment import evaluate_and_record, load_evaluation_split
+
+    models = [AutoModel.from_pretrained(path) for path in args.models]
+    tokenizers = [AutoTokenizer.from_pretrained(path) for path in args.models]
+    dataset, dataset_name = load_evaluation_split(args.models[0], args.dataset, args.split)
+    metrics = evaluate_matchers(
+        models, tokenizers, dataset, args.protocol, args.captions_per_image, progress=True
+    )
+    output = evaluate_and_record(metrics, dataset_name, args.split, args.models, args.output)
+    print_results(metrics, f"{' + '.join(args.models)} on {dataset_name}, split {args.split}")
+    print(f"\nWrote {output}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ccr", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser(
+        "demo", help="build the built-in corpus, train SCAN, evaluate, save a checkpoint"
+    )
+    demo.add_argument(
+        "--config", type=Path, default=DEMO_CONFIG, help="run configuration (default: %(default)s)"
+    )
+    demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    demo.set_defaults(handler=command_demo)
+
+    train = commands.add_parser("train", help="train from a YAML run configuration")
+    train.add_argument("config", type=Path)
+    train.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key"
+    )
+    train.add_argument(
+        "--resume", nargs="?", const=True, default=None, help="resume from the last (or a given) checkpoint"
+    )
+    train.set_defaults(handler=command_train)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="full-gallery retrieval evaluation of a model or an ensemble"
+    )
+    evaluate.add_argument("models", nargs="+", help="model folder(s); several are averaged as an ensemble")
+    evaluate.add_argument(
+        "--dataset",
+        default=None,
+        help="a DatasetDict folder saved with save_to_disk; default: the corpus recorded in the model's training_config.yaml",
+    )
+    evaluate.add_argument("--split", default="test")
+    evaluate.add_argument("--protocol", default="full", choices=["full", "coco_5fold_1k"])
+    evaluate.add_argument("--captions-per-image", type=int, default=5)
+    evaluate.add_argument(
+        "--output", type=Path, default=None, help="JSON path (default: beside the first model)"
+    )
+    evaluate.set_defaults(handler=command_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .experiment import ConfigError
+
+    try:
+        args.handler(args)
+    except ConfigError as err:
+        print(f"ccr: configuration error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,315 @@
+"""A training run described by one YAML file: data, model, training and evaluation sections.
+
+The YAML only overrides: model defaults live in the backbone config classes, corpus defaults in
+`SyntheticCorpusConfig`, and training defaults (SPEC section 1) in `TRAINING_DEFAULTS` below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import accelerate
+import datasets
+import torch
+import transformers
+import yaml
+from transformers import TrainingArguments, set_seed
+
+from . import BACKBONES, __version__
+from .data.collator import RegionCaptionCollator
+from .data.pairs import ImageCaptionPairs, caption_table
+from .data.schema import validate_corpus
+from .data.synthetic import SyntheticCorpusConfig, build_synthetic_corpus
+from .evaluation import evaluate_matchers
+from .tokenization import build_word_tokenizer
+from .trainer import MatchingTrainer
+
+SYNTHETIC_SOURCE = "synthetic"
+
+# SPEC section 1: Adam (AdamW without weight decay), grad-norm clip 2.0, batch 128, lr 2e-4, decay x0.1
+# at epoch 15 of 30 (Flickr30K); keep the checkpoint with the best validation rSum.
+TRAINING_DEFAULTS: dict[str, Any] = {
+    "optim": "adamw_torch",
+    "weight_decay": 0.0,
+    "learning_rate": 2e-4,
+    "max_grad_norm": 2.0,
+    "num_train_epochs": 30,
+    "per_device_train_batch_size": 128,
+    "eval_strategy": "epoch",
+    "save_strategy": "epoch",
+    "metric_for_best_model": "rsum",
+    "greater_is_better": True,
+    "load_best_model_at_end": True,
+    "save_total_limit": 2,
+    "logging_steps": 50,
+    "dataloader_drop_last": True,
+    "remove_unused_columns": False,
+    "report_to": "none",
+}
+# Our own training keys (consumed by MatchingTrainer, not TrainingArguments).
+TRAINER_KEYS = {"lr_decay_epochs": 15.0, "lr_decay_factor": 0.1}
+
+SECTIONS = {
+    "seed": int,
+    "output_dir": str,
+    "data": dict,
+    "model": dict,
+    "training": dict,
+    "evaluation": dict,
+}
+DATA_KEYS = {
+    "source": SYNTHETIC_SOURCE,
+    "synthetic": {},
+    "min_word_count": 4,
+    "captions_per_image": 5,
+    "max_words": None,
+}
+EVALUATION_KEYS = {"protocol": "full"}
+
+
+class ConfigError(ValueError):
+    """A run configuration that cannot be used; the message names the file and the field."""
+
+
+@dataclasses.dataclass
+class ExperimentConfig:
+    seed: int
+    output_dir: str
+    data: dict[str, Any]
+    model: dict[str, Any]
+    training: dict[str, Any]
+    evaluation: dict[str, Any]
+    source_file: str = "<dict>"
+
+    def to_dict(self) -> dict[str, Any]:
+        values = dataclasses.asdict(self)
+        values.pop("source_file")
+        return values
+
+
+def _check_keys(section: str, values: dict, allowed, where: str) -> None:
+    unknown = sorted(set(values) - set(allowed))
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {unknown} in section {section!r}; allowed: {sorted(allowed)}"
+        )
+
+
+def parse_experiment_config(raw: dict[str, Any], where: str = "<dict>") -> ExperimentConfig:
+    """Validate a run configuration (as read from YAML) and fill in the section defaults."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping at the top level, found {type(raw).__name__}")
+    _check_keys("<top level>", raw, SECTIONS, where)
+    for key, expected in SECTIONS.items():
+        if key in raw and not isinstance(raw[key], expected):
+            raise ConfigError(f"{where}: {key!r} must be a {expected.__name__}, found {raw[key]!r}")
+    for key in ("model", "output_dir"):
+        if key not in raw:
+            raise ConfigError(f"{where}: missing required section {key!r}")
+    data = {**DATA_KEYS, **raw.get("data", {})}
+    _check_keys("data", data, DATA_KEYS, where)
+    evaluation = {**EVALUATION_KEYS, **raw.get("evaluation", {})}
+    _check_keys("evaluation", evaluation, EVALUATION_KEYS, where)
+    model = dict(raw["model"])
+    backbone = model.get("backbone")
+    if backbone not in BACKBONES:
+        raise ConfigError(f"{where}: model.backbone must be one of {sorted(BACKBONES)}, found {backbone!r}")
+    training = dict(raw.get("training", {}))
+    allowed_training = {f.name for f in dataclasses.fields(TrainingArguments)} | set(TRAINER_KEYS)
+    _check_keys("training", training, allowed_training, where)
+    if "output_dir" in training:
+        raise ConfigError(f"{where}: set output_dir at the top level, not in 'training'")
+    if data["source"] == SYNTHETIC_SOURCE:
+        corpus_fields = {f.name for f in dataclasses.fields(SyntheticCorpusConfig)}
+        _check_keys("data.synthetic", data["synthetic"], corpus_fields, where)
+    return ExperimentConfig(
+        seed=raw.get("seed", 0),
+        output_dir=raw["output_dir"],
+        data=data,
+        model=model,
+        training=training,
+        evaluation=evaluation,
+        source_file=where,
+    )
+
+
+def load_experiment_config(path: str | Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
+    """Read a YAML run configuration; `overrides` maps dotted keys (`training.max_steps`) to values."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    for dotted, value in (overrides or {}).items():
+        *parents, leaf = dotted.split(".")
+        node = raw
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value
+    return parse_experiment_config(raw, str(path))
+
+
+def load_corpus(data: dict[str, Any], seed: int) -> tuple[datasets.DatasetDict, str]:
+    """The corpus named by the data section, and a name for it to record beside results."""
+    if data["source"] == SYNTHETIC_SOURCE:
+        corpus_config = SyntheticCorpusConfig(**{"seed": seed, **data["synthetic"]})
+        return build_synthetic_corpus(corpus_config), f"built-in synthetic corpus (seed {corpus_config.seed})"
+    path = Path(data["source"])
+    if not path.exists():
+        raise ConfigError(
+            f"data.source: no dataset at {path} (expected a DatasetDict saved with save_to_disk)"
+        )
+    return datasets.load_from_disk(str(path)), str(path)
+
+
+def build_model(
+    model_section: dict[str, Any], vocab_size: int, feature_dim: int, pad_token_id: int, where: str
+):
+    options = {k: v for k, v in model_section.items() if k != "backbone"}
+    if options.get("feature_dim", feature_dim) != feature_dim:
+        raise ConfigError(
+            f"{where}: model.feature_dim={options['feature_dim']} but the dataset's features have {feature_dim}"
+        )
+    config_class, model_class = BACKBONES[model_section["backbone"]]
+    try:
+        config = config_class(
+            **{**options, "feature_dim": feature_dim, "vocab_size": vocab_size, "pad_token_id": pad_token_id}
+        )
+    except Exception as err:
+        raise ConfigError(f"{where}: invalid model section: {err}") from err
+    return model_class(config)
+
+
+def feature_dim_of(split: datasets.Dataset) -> int:
+    return int(split.with_format("numpy", columns=["features"])[0]["features"].shape[-1])
+
+
+def library_versions() -> dict[str, str]:
+    return {
+        "modeling_ccr": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "datasets": datasets.__version__,
+        "accelerate": accelerate.__version__,
+    }
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def run_experiment(config: ExperimentConfig, resume_from_checkpoint: str | bool | None = None) -> Path:
+    """Train, keep the best checkpoint by validation rSum, evaluate it on test; returns the model folder.
+
+    The model folder holds the weights (safetensors), config with `auto_map` and modeling code, the
+    tokenizer, `training_config.yaml`, `run_info.json` (seed, versions, history) and `eval_results_test.json`.
+    """
+    set_seed(config.seed)
+    corpus, dataset_name = load_corpus(config.data, config.seed)
+    captions_per_image = config.data["captions_per_image"]
+    for split in ("train", "validation", "test"):
+        if split not in corpus:
+            raise ConfigError(f"{config.source_file}: dataset {dataset_name} has no {split!r} split")
+        validate_corpus(corpus[split], split, captions_per_image=captions_per_image)
+    train_split = corpus["train"]
+    tokenizer = build_word_tokenizer(caption_table(train_split)[0], config.data["min_word_count"])
+    model = build_model(
+        config.model, len(tokenizer), feature_dim_of(train_split), tokenizer.pad_token_id, config.source_file
+    )
+    training = {**TRAINING_DEFAULTS, **TRAINER_KEYS, **config.training}
+    trainer_options = {key: training.pop(key) for key in TRAINER_KEYS}
+    try:
+        args = TrainingArguments(
+            output_dir=config.output_dir, seed=config.seed, data_seed=config.seed, **training
+        )
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"{config.source_file}: invalid training section: {err}") from err
+    trainer = MatchingTrainer(
+        model=model,
+        args=args,
+        train_dataset=ImageCaptionPairs(train_split),
+        eval_dataset=corpus["validation"],
+        data_collator=RegionCaptionCollator(tokenizer, config.data["max_words"]),
+        processing_class=tokenizer,
+        eval_protocol=config.evaluation["protocol"],
+        captions_per_image=captions_per_image,
+        **trainer_options,
+    )
+    started = time.time()
+    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    train_seconds = time.time() - started
+    model_dir = Path(config.output_dir) / "model"
+    trainer.save_model(str(model_dir))
+    if not trainer.is_world_process_zero():
+        return model_dir
+    test_metrics = evaluate_matchers(
+        [trainer.model], [tokenizer], corpus["test"], config.evaluation["protocol"], captions_per_image
+    )
+    write_json(
+        model_dir / "eval_results_test.json", results_record(test_metrics, dataset_name, "test", [model_dir])
+    )
+    (model_dir / "training_config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    write_json(
+        model_dir / "run_info.json",
+        {
+            "seed": config.seed,
+            "config_file": config.source_file,
+            "dataset": dataset_name,
+            "versions": library_versions(),
+            "world_size": args.world_size,
+            "train_seconds": round(train_seconds, 1),
+            "best_checkpoint": trainer.state.best_model_checkpoint,
+            "best_validation_rsum": trainer.state.best_metric,
+            "log_history": trainer.state.log_history,
+        },
+    )
+    return model_dir
+
+
+def results_record(
+    metrics: dict[str, Any], dataset_name: str, split: str, models: list[str | Path]
+) -> dict[str, Any]:
+    """What an evaluation JSON holds: the models, the data and split, the protocol (in metrics), the metrics."""
+    return {
+        "models": [str(m) for m in models],
+        "dataset": dataset_name,
+        "split": split,
+        "metrics": metrics,
+        "versions": library_versions(),
+    }
+
+
+def load_evaluation_split(
+    model_dir: str | Path, dataset: str | None, split: str
+) -> tuple[datasets.Dataset, str]:
+    """The split to evaluate on: a saved DatasetDict, or the corpus recorded in the model's training config."""
+    if dataset is None:
+        recorded = Path(model_dir) / "training_config.yaml"
+        if not recorded.is_file():
+            raise ConfigError(f"{model_dir} has no training_config.yaml: pass --dataset PATH")
+        run = parse_experiment_config(yaml.safe_load(recorded.read_text()), str(recorded))
+        corpus, name = load_corpus(run.data, run.seed)
+    else:
+        corpus, name = load_corpus({**DATA_KEYS, "source": dataset}, seed=0)
+    if split not in corpus:
+        raise ConfigError(f"dataset {name} has no split {split!r}; it has {sorted(corpus)}")
+    return corpus[split], name
+
+
+def evaluate_and_record(
+    metrics: dict[str, Any], dataset_name: str, split: str, models: list[str], output: Path | None
+) -> Path:
+    """Write the evaluation JSON (default: beside the first model) and return its path."""
+    if output is None:
+        prefix = "ensemble_" if len(models) > 1 else ""
+        output = Path(models[0]) / f"{prefix}eval_results_{split}.json"
+    write_json(output, results_record(metrics, dataset_name, split, models))
+    return output
