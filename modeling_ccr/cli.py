@@ -33,6 +33,14 @@ def print_results(metrics: dict, title: str) -> None:
     print(format_results_table(metrics, chance_metrics(images_per_fold, captions_per_image)))
 
 
+def format_attention(attention: dict, name: str) -> str:
+    return (
+        f"attention of {name} ({attention['direction']}, {attention['n_words']} grounded words): "
+        f"precision {attention['attention_precision']:.3f}  recall {attention['attention_recall']:.3f}  "
+        f"F1 {attention['attention_f1']:.3f}"
+    )
+
+
 def command_train(args: argparse.Namespace) -> Path:
     from .experiment import load_experiment_config, run_experiment
 
@@ -53,14 +61,17 @@ def command_demo(args: argparse.Namespace) -> None:
     print_results(
         record["metrics"], f"SCAN on the test split of the {record['dataset']} (chance level below)"
     )
+    if "attention" in record["metrics"]:
+        print(format_attention(record["metrics"]["attention"], "SCAN"))
     print(f"\nLoad it with: AutoModel.from_pretrained({str(model_dir)!r})")
 
 
 def command_evaluate(args: argparse.Namespace) -> None:
     from transformers import AutoModel, AutoTokenizer
 
-    from .evaluation import evaluate_matchers
+    from .evaluation import attention_metrics, evaluate_matchers
     from .experiment import evaluate_and_record, load_evaluation_split
+    from .metrics.attention import AttendedSetRule
 
     models = [AutoModel.from_pretrained(path) for path in args.models]
     tokenizers = [AutoTokenizer.from_pretrained(path) for path in args.models]
@@ -68,8 +79,16 @@ def command_evaluate(args: argparse.Namespace) -> None:
     metrics = evaluate_matchers(
         models, tokenizers, dataset, args.protocol, args.captions_per_image, progress=True
     )
+    if args.attention:
+        rule = AttendedSetRule(args.attended_rule, args.attended_value, args.iou_threshold)
+        metrics["attention"] = [
+            attention_metrics(m, t, dataset, rule, progress=True)
+            for m, t in zip(models, tokenizers, strict=True)
+        ]
     output = evaluate_and_record(metrics, dataset_name, args.split, args.models, args.output)
     print_results(metrics, f"{' + '.join(args.models)} on {dataset_name}, split {args.split}")
+    for model_dir, attention in zip(args.models, metrics.get("attention", []), strict=False):
+        print(format_attention(attention, model_dir))
     print(f"\nWrote {output}")
 
 
@@ -108,6 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="test")
     evaluate.add_argument("--protocol", default="full", choices=["full", "coco_5fold_1k"])
     evaluate.add_argument("--captions-per-image", type=int, default=5)
+    evaluate.add_argument(
+        "--attention", action="store_true", help="also report attention P/R/F1 (needs boxes, phrases)"
+    )
+    evaluate.add_argument("--attended-rule", default="inverse_n", choices=["inverse_n", "threshold", "top_k"])
+    evaluate.add_argument(
+        "--attended-value", type=float, default=0.0, help="threshold or k of the attended-set rule"
+    )
+    evaluate.add_argument("--iou-threshold", type=float, default=0.5)
     evaluate.add_argument(
         "--output", type=Path, default=None, help="JSON path (default: beside the first model)"
     )

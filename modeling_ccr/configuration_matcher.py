@@ -45,6 +45,7 @@ class MatcherConfig(PreTrainedConfig):
     num_gru_layers / bidirectional_gru: the text GRU (bidirectional output = mean of both directions).
     normalize_regions / normalize_words: l2-normalise each region / word embedding.
     margin / max_violation: VSE++ hinge margin; hardest in-batch negative (True) or sum over negatives.
+    pad/bos/eos_token_id: ids of `<pad>`, `<start>`, `<end>` in the word tokenizer.
     """
 
     model_type = "xmatch_matcher"
@@ -60,6 +61,8 @@ class MatcherConfig(PreTrainedConfig):
     margin: float = 0.2
     max_violation: bool = True
     pad_token_id: int | None = 0
+    bos_token_id: int | None = 1
+    eos_token_id: int | None = 2
 
     def __post_init__(self, **kwargs):
         unknown = sorted(set(kwargs) - _TRANSFORMERS_KWARGS)

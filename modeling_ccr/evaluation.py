@@ -137,9 +137,14 @@ def word_region_attended(
     return attended.transpose(1, 2) & region_mask.unsqueeze(1)
 
 
+def has_grounding(dataset: datasets.Dataset) -> bool:
+    """Whether a split has what the attention metrics need: region boxes and grounded phrases."""
+    return "phrases" in dataset.column_names and "boxes" in dataset.column_names
+
+
 def grounded_pairs(dataset: datasets.Dataset) -> list[tuple[int, int, list[dict]]]:
     """(image row, caption index, grounded phrases) of every caption that has a phrase with a box."""
-    if "phrases" not in dataset.column_names or "boxes" not in dataset.column_names:
+    if not has_grounding(dataset):
         raise ValueError(
             f"attention metrics need 'boxes' and 'phrases' columns; the dataset has {dataset.column_names}"
         )

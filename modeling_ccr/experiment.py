@@ -18,14 +18,14 @@ import datasets
 import torch
 import transformers
 import yaml
-from transformers import TrainingArguments, set_seed
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainingArguments, set_seed
 
 from . import BACKBONES, __version__
 from .data.collator import RegionCaptionCollator
 from .data.pairs import ImageCaptionPairs, caption_table
 from .data.schema import validate_corpus
 from .data.synthetic import SyntheticCorpusConfig, build_synthetic_corpus
-from .evaluation import evaluate_matchers
+from .evaluation import attention_metrics, evaluate_matchers, has_grounding
 from .tokenization import build_word_tokenizer
 from .trainer import MatchingTrainer
 
@@ -170,18 +170,23 @@ def load_corpus(data: dict[str, Any], seed: int) -> tuple[datasets.DatasetDict, 
 
 
 def build_model(
-    model_section: dict[str, Any], vocab_size: int, feature_dim: int, pad_token_id: int, where: str
-):
+    model_section: dict[str, Any], tokenizer: PreTrainedTokenizerBase, feature_dim: int, where: str
+) -> PreTrainedModel:
+    """The backbone named by the model section, sized for the tokenizer and the data's features."""
     options = {k: v for k, v in model_section.items() if k != "backbone"}
     if options.get("feature_dim", feature_dim) != feature_dim:
         raise ConfigError(
             f"{where}: model.feature_dim={options['feature_dim']} but the dataset's features have {feature_dim}"
         )
     config_class, model_class = BACKBONES[model_section["backbone"]]
+    tokenizer_fields = {
+        "vocab_size": len(tokenizer),
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
     try:
-        config = config_class(
-            **{**options, "feature_dim": feature_dim, "vocab_size": vocab_size, "pad_token_id": pad_token_id}
-        )
+        config = config_class(**{**options, "feature_dim": feature_dim, **tokenizer_fields})
     except Exception as err:
         raise ConfigError(f"{where}: invalid model section: {err}") from err
     return model_class(config)
@@ -221,9 +226,7 @@ def run_experiment(config: ExperimentConfig, resume_from_checkpoint: str | bool 
         validate_corpus(corpus[split], split, captions_per_image=captions_per_image)
     train_split = corpus["train"]
     tokenizer = build_word_tokenizer(caption_table(train_split)[0], config.data["min_word_count"])
-    model = build_model(
-        config.model, len(tokenizer), feature_dim_of(train_split), tokenizer.pad_token_id, config.source_file
-    )
+    model = build_model(config.model, tokenizer, feature_dim_of(train_split), config.source_file)
     training = {**TRAINING_DEFAULTS, **TRAINER_KEYS, **config.training}
     trainer_options = {key: training.pop(key) for key in TRAINER_KEYS}
     try:
@@ -253,6 +256,8 @@ def run_experiment(config: ExperimentConfig, resume_from_checkpoint: str | bool 
     test_metrics = evaluate_matchers(
         [trainer.model], [tokenizer], corpus["test"], config.evaluation["protocol"], captions_per_image
     )
+    if has_grounding(corpus["test"]):
+        test_metrics["attention"] = attention_metrics(trainer.model, tokenizer, corpus["test"])
     write_json(
         model_dir / "eval_results_test.json", results_record(test_metrics, dataset_name, "test", [model_dir])
     )

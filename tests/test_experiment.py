@@ -1,0 +1,134 @@
+"""A whole run on a tiny built-in corpus, `ccr evaluate` on its checkpoint, and run-config errors."""
+
+import json
+
+import pytest
+import yaml
+
+from modeling_ccr.cli import main
+from modeling_ccr.experiment import (
+    ConfigError,
+    load_experiment_config,
+    parse_experiment_config,
+    run_experiment,
+)
+
+TINY_CORPUS = {
+    "train_images": 96,
+    "validation_images": 20,
+    "test_images": 20,
+    "feature_dim": 32,
+}
+
+
+def tiny_run(tmp_path, **model):
+    return {
+        "seed": 3,
+        "output_dir": str(tmp_path / "run"),
+        "data": {"source": "synthetic", "synthetic": dict(TINY_CORPUS), "min_word_count": 1},
+        "model": {"backbone": "scan", "embed_dim": 16, "word_dim": 8, **model},
+        "training": {
+            "max_steps": 8,
+            "per_device_train_batch_size": 32,
+            "eval_strategy": "steps",
+            "save_strategy": "steps",
+            "eval_steps": 4,
+            "save_steps": 4,
+            "logging_steps": 2,
+            "lr_decay_epochs": 1,
+            "learning_rate": 1e-3,
+            "disable_tqdm": True,
+        },
+    }
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("experiment")
+    model_dir = run_experiment(parse_experiment_config(tiny_run(tmp_path)))
+    return tmp_path, model_dir
+
+
+def test_a_run_saves_a_loadable_checkpoint_with_its_config_versions_and_metrics(trained):
+    _, model_dir = trained
+    for name in (
+        "model.safetensors",
+        "config.json",
+        "modeling_scan.py",
+        "tokenizer.json",
+        "training_config.yaml",
+    ):
+        assert (model_dir / name).is_file(), name
+    info = json.loads((model_dir / "run_info.json").read_text())
+    assert info["seed"] == 3 and "torch" in info["versions"] and info["best_validation_rsum"] is not None
+    losses = [entry["loss"] for entry in info["log_history"] if "loss" in entry]
+    assert losses[-1] < losses[0], losses
+    record = json.loads((model_dir / "eval_results_test.json").read_text())
+    assert record["split"] == "test" and record["metrics"]["protocol"] == "full"
+    assert record["metrics"]["n_images"] == 20 and record["metrics"]["n_captions"] == 100
+    assert 0 < record["metrics"]["attention"]["attention_precision"] <= 1
+
+
+def test_ccr_evaluate_writes_the_same_metrics_beside_the_model(trained, tmp_path):
+    _, model_dir = trained
+    output = tmp_path / "eval.json"
+    assert main(["evaluate", str(model_dir), "--split", "test", "--output", str(output), "--attention"]) == 0
+    record = json.loads(output.read_text())
+    saved = json.loads((model_dir / "eval_results_test.json").read_text())
+    assert record["metrics"]["rsum"] == pytest.approx(saved["metrics"]["rsum"])
+    assert record["metrics"]["attention"][0]["attention_f1"] == pytest.approx(
+        saved["metrics"]["attention"]["attention_f1"]
+    )
+    assert record["metrics"]["attention"][0]["attended_set_rule"]["rule"] == "inverse_n"
+
+
+def test_an_ensemble_of_a_model_with_itself_scores_like_the_model(trained, tmp_path):
+    _, model_dir = trained
+    output = tmp_path / "ensemble.json"
+    assert main(["evaluate", str(model_dir), str(model_dir), "--output", str(output)]) == 0
+    record = json.loads(output.read_text())
+    saved = json.loads((model_dir / "eval_results_test.json").read_text())
+    assert record["metrics"]["ensemble_size"] == 2
+    assert record["metrics"]["rsum"] == pytest.approx(saved["metrics"]["rsum"])
+
+
+def write_config(tmp_path, raw):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (lambda raw: raw["model"].update(backbone="scam"), "model.backbone must be one of"),
+        (lambda raw: raw["model"].update(lambda_sotfmax=3.0), "unknown ScanConfig option"),
+        (lambda raw: raw["model"].update(direction="sideways"), "direction"),
+        (lambda raw: raw["training"].update(learnig_rate=0.1), "unknown key"),
+        (lambda raw: raw["data"].update(sorce="synthetic"), "unknown key"),
+        (lambda raw: raw["data"]["synthetic"].update(n_region=3), "data.synthetic"),
+        (lambda raw: raw.update(extra=1), "unknown key"),
+        (lambda raw: raw["data"].update(source="/nonexistent/corpus"), "no dataset at /nonexistent/corpus"),
+        (lambda raw: raw["model"].update(feature_dim=999), "feature_dim=999"),
+    ],
+)
+def test_bad_run_configs_fail_with_the_file_and_field_named(tmp_path, edit, message):
+    raw = tiny_run(tmp_path)
+    edit(raw)
+    path = write_config(tmp_path, raw)
+    with pytest.raises((ConfigError, ValueError), match=message):
+        run_experiment(load_experiment_config(path))
+
+
+def test_a_missing_config_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_experiment_config(tmp_path / "absent.yaml")
+
+
+def test_every_shipped_config_parses(tmp_path):
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+    assert len(configs) >= 9
+    for path in configs:
+        load_experiment_config(path)
