@@ -42,7 +42,8 @@ def test_checkpoint_reloads_through_automodel_with_the_package_imported(tmp_path
     assert type(reloaded) is ScanModel
     reloaded_tokenizer = AutoTokenizer.from_pretrained(tmp_path)
     torch.testing.assert_close(
-        scores(reloaded, reloaded_tokenizer, features, region_mask), scores(model, tokenizer, features, region_mask)
+        scores(reloaded, reloaded_tokenizer, features, region_mask),
+        scores(model, tokenizer, features, region_mask),
     )
 
 

@@ -7,9 +7,15 @@ def reference_hinge(scores, margin, hardest):
     n = len(scores)
     total = 0.0
     for i in range(n):
-        caption_costs = [max(0.0, margin - float(scores[i][i]) + float(scores[i][j])) for j in range(n) if j != i]
-        image_costs = [max(0.0, margin - float(scores[i][i]) + float(scores[j][i])) for j in range(n) if j != i]
-        total += (max(caption_costs) + max(image_costs)) if hardest else (sum(caption_costs) + sum(image_costs))
+        caption_costs = [
+            max(0.0, margin - float(scores[i][i]) + float(scores[i][j])) for j in range(n) if j != i
+        ]
+        image_costs = [
+            max(0.0, margin - float(scores[i][i]) + float(scores[j][i])) for j in range(n) if j != i
+        ]
+        total += (
+            (max(caption_costs) + max(image_costs)) if hardest else (sum(caption_costs) + sum(image_costs))
+        )
     return total
 
 

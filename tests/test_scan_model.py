@@ -59,7 +59,9 @@ def tiny_config(**overrides):
 
 
 SETTINGS = list(
-    itertools.product(("t2i", "i2t"), ("avg", "lse", "max", "sum"), ("clipped_l2norm", "l2norm", "softmax", "none"))
+    itertools.product(
+        ("t2i", "i2t"), ("avg", "lse", "max", "sum"), ("clipped_l2norm", "l2norm", "softmax", "none")
+    )
 )
 
 
@@ -81,8 +83,10 @@ def test_padded_batch_gives_the_scores_of_items_scored_one_by_one():
     batch_scores = model.score_pairs(images, region_mask, texts, word_mask)
     for i, c in itertools.product(range(images.shape[0]), range(texts.shape[0])):
         alone = model.score_pairs(
-            images[i : i + 1, region_mask[i]], region_mask[i : i + 1, region_mask[i]],
-            texts[c : c + 1, word_mask[c]], word_mask[c : c + 1, word_mask[c]],
+            images[i : i + 1, region_mask[i]],
+            region_mask[i : i + 1, region_mask[i]],
+            texts[c : c + 1, word_mask[c]],
+            word_mask[c : c + 1, word_mask[c]],
         )
         torch.testing.assert_close(batch_scores[i, c], alone[0, 0], rtol=1e-12, atol=1e-12)
 

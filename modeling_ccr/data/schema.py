@@ -183,7 +183,9 @@ def _check_captions(
     return counts, captions
 
 
-def _check_boxes(dataset: datasets.Dataset, split_name: str, n_regions: np.ndarray, image_ids: list[str]) -> None:
+def _check_boxes(
+    dataset: datasets.Dataset, split_name: str, n_regions: np.ndarray, image_ids: list[str]
+) -> None:
     box_column = _arrow_column(dataset, "boxes")
     n_boxes = _list_lengths(box_column)
     wrong = np.flatnonzero(n_boxes != n_regions)
