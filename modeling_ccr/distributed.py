@@ -32,3 +32,10 @@ def gather_padded(items: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor
     gathered_masks = [torch.zeros_like(mask_bytes) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered_masks, mask_bytes)
     return gathered_items, torch.cat(gathered_masks, dim=0).bool()
+
+
+def gather_without_grad(values: torch.Tensor) -> torch.Tensor:
+    """Concatenate every process's `(batch, ...)` tensor (same shape on every process), no gradient."""
+    gathered = [torch.zeros_like(values) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, values)
+    return torch.cat(gathered, dim=0)

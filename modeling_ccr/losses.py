@@ -11,6 +11,7 @@ def hinge_triplet_loss(
     margin: float,
     max_violation: bool,
     offset: int = 0,
+    same_image: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """VSE++ hinge triplet loss, SUMMED over the local batch.
 
@@ -20,6 +21,8 @@ def hinge_triplet_loss(
     similarity matrix and offset is 0; under DDP the per-process losses add up to the loss of the
     whole global batch on one process.
     max_violation: use only the hardest negative (VSE++) instead of summing over all negatives.
+    same_image: `(batch, n_global)` bool, True where local pair i and global pair j show the same image
+        (two captions of one image in a batch); such pairs are never negatives of each other.
     """
     batch = image_to_captions.shape[0]
     rows = torch.arange(batch, device=image_to_captions.device)
@@ -27,6 +30,8 @@ def hinge_triplet_loss(
     positives = image_to_captions[rows, positive_columns]
     is_positive = torch.zeros_like(image_to_captions, dtype=torch.bool)
     is_positive[rows, positive_columns] = True
+    if same_image is not None:
+        is_positive |= same_image
 
     caption_costs = (margin + image_to_captions - positives.unsqueeze(1)).clamp_min(0)
     image_costs = (margin + captions_to_image - positives.unsqueeze(0)).clamp_min(0)

@@ -13,7 +13,7 @@ from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .configuration_matcher import MatcherConfig
-from .distributed import gather_padded, world_size_and_rank
+from .distributed import gather_padded, gather_without_grad, world_size_and_rank
 from .encoders import GRUTextEncoder, RegionEncoder
 from .losses import hinge_triplet_loss
 
@@ -125,13 +125,15 @@ class MatcherPreTrainedModel(PreTrainedModel):
         return_loss: bool = False,
         output_attentions: bool = False,
         gather_negatives: bool = False,
+        image_index: torch.Tensor | None = None,
         **kwargs,
     ) -> MatcherOutput:
         """Score a batch of pairs (image i, caption i).
 
         region_features `(batch, n_regions, feature_dim)` float, region_mask `(batch, n_regions)` bool,
         input_ids / attention_mask `(batch, n_tokens)`. With `gather_negatives=True` under
-        torch.distributed, the loss uses every process's batch as negatives.
+        torch.distributed, the loss uses every process's batch as negatives. image_index `(batch,)`
+        (optional) identifies each pair's image: two captions of one image are not each other's negatives.
         """
         region_mask = region_mask.bool()
         word_mask = attention_mask.bool()
@@ -140,7 +142,9 @@ class MatcherPreTrainedModel(PreTrainedModel):
         logits = self.score_pairs(image_embeds, region_mask, text_embeds, word_mask)
         loss = None
         if return_loss:
-            loss = self.base_loss(image_embeds, region_mask, text_embeds, word_mask, logits, gather_negatives)
+            loss = self.base_loss(
+                image_embeds, region_mask, text_embeds, word_mask, logits, gather_negatives, image_index
+            )
         attentions = None
         if output_attentions:
             attentions = self.matched_attention_maps(image_embeds, region_mask, text_embeds, word_mask)
@@ -163,17 +167,25 @@ class MatcherPreTrainedModel(PreTrainedModel):
         word_mask: torch.Tensor,
         local_logits: torch.Tensor,
         gather_negatives: bool,
+        image_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """The base loss of this batch; under DDP with `gather_negatives`, this process's share of it."""
         world_size, rank = world_size_and_rank()
         margin, hardest = self.config.margin, self.config.max_violation
         if not gather_negatives or world_size == 1:
-            return hinge_triplet_loss(local_logits, local_logits, margin, hardest)
+            same_image = None if image_index is None else image_index[:, None] == image_index[None, :]
+            return hinge_triplet_loss(local_logits, local_logits, margin, hardest, same_image=same_image)
         all_images, all_regions = gather_padded(image_embeds, region_mask)
         all_texts, all_words = gather_padded(text_embeds, word_mask)
         image_to_captions = self.score_pairs(image_embeds, region_mask, all_texts, all_words)
         captions_to_image = self.score_pairs(all_images, all_regions, text_embeds, word_mask)
+        same_image = None
+        if image_index is not None:
+            same_image = image_index[:, None] == gather_without_grad(image_index)[None, :]
         offset = rank * image_embeds.shape[0]
-        return hinge_triplet_loss(image_to_captions, captions_to_image, margin, hardest, offset=offset)
+        return hinge_triplet_loss(
+            image_to_captions, captions_to_image, margin, hardest, offset=offset, same_image=same_image
+        )
 
     def _check_region_features(self, region_features: torch.Tensor, region_mask: torch.Tensor) -> None:
         if region_features.dim() != 3 or region_features.shape[-1] != self.config.feature_dim:

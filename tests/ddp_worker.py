@@ -39,19 +39,21 @@ def main(output_path: str) -> None:
     per_process = 4
     batch = global_batch(config, per_process * world)
     # Rank 1 drops its all-padding columns, so the processes' token lengths differ when gathered.
+    # Pairs 0 and 5 (on different processes) show the same image: never each other's negatives.
+    batch = (*batch, torch.tensor([0, 1, 2, 3, 4, 0, 6, 7])[: per_process * world])
     local = [tensor[rank * per_process : (rank + 1) * per_process] for tensor in batch]
     if rank == 1:
         local[2], local[3] = local[2][:, :5], local[3][:, :5]
-    output = model(*local, return_loss=True, gather_negatives=True)
+    output = model(*local[:4], return_loss=True, gather_negatives=True, image_index=local[4])
     (output.loss * world).backward()
     local_loss = output.loss.detach()
     total_loss = accelerator.reduce(local_loss, reduction="sum")
     with torch.no_grad():
-        per_process_only = accelerator.reduce(model(*local, return_loss=True).loss, reduction="sum")
+        per_process_only = accelerator.reduce(model(*local[:4], return_loss=True, image_index=local[4]).loss, reduction="sum")
     grads = {n: p.grad.clone() for n, p in accelerator.unwrap_model(model).named_parameters()}
 
     if accelerator.is_main_process:
-        single = reference(*batch, return_loss=True)
+        single = reference(*batch[:4], return_loss=True, image_index=batch[4])
         single.loss.backward()
         max_grad_error = max(float((grads[n] - p.grad).abs().max()) for n, p in reference.named_parameters())
         with open(output_path, "w") as f:

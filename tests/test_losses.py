@@ -47,3 +47,11 @@ def test_local_shares_of_a_global_batch_add_up_to_the_global_loss():
 def test_perfectly_separated_scores_give_zero_loss():
     scores = torch.eye(5, dtype=torch.float64)
     assert hinge_triplet_loss(scores, scores, margin=0.2, max_violation=True).item() == 0.0
+
+
+def test_two_captions_of_one_image_are_not_each_others_negatives():
+    # Pairs 0 and 1 show the same image: their cross scores are high but must not count as violations.
+    scores = torch.tensor([[0.9, 0.85, 0.1], [0.85, 0.9, 0.1], [0.1, 0.1, 0.9]], dtype=torch.float64)
+    same_image = torch.tensor([[True, True, False], [True, True, False], [False, False, True]])
+    assert hinge_triplet_loss(scores, scores, 0.2, True).item() > 0.5
+    assert hinge_triplet_loss(scores, scores, 0.2, True, same_image=same_image).item() == 0.0

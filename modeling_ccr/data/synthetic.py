@@ -25,7 +25,9 @@ from dataclasses import asdict, dataclass, field
 
 import datasets
 import numpy as np
+import torch
 
+from ..metrics.attention import box_iou as metric_box_iou
 from .schema import corpus_features
 
 
@@ -307,17 +309,13 @@ def _random_box(
 
 
 def box_iou(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
-    """IoU of `(n, 4)` and `(m, 4)` pixel boxes `(x1, y1, x2, y2)` -> `(n, m)`."""
-    a = np.asarray(boxes_a, dtype=np.float64).reshape(-1, 4)
-    b = np.asarray(boxes_b, dtype=np.float64).reshape(-1, 4)
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
+    """IoU of `(n, 4)` (or `(4,)`) and `(m, 4)` pixel boxes `(x1, y1, x2, y2)` -> `(n, m)`, in numpy.
+
+    A view of the one IoU formula, `modeling_ccr.metrics.attention.box_iou`.
+    """
+    a = torch.as_tensor(np.asarray(boxes_a, dtype=np.float64).reshape(-1, 4))
+    b = torch.as_tensor(np.asarray(boxes_b, dtype=np.float64).reshape(-1, 4))
+    return metric_box_iou(a, b).numpy()
 
 
 def _full_view_box(
