@@ -5,6 +5,9 @@ from __future__ import annotations
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
+CCS_MODES = ("swap_keys", "swap_query", "swap_image")
+ATTENDED_SET_RULES = ("inverse_n", "top_k")
+
 # Keys transformers itself passes to a config's constructor (from config.json or from_pretrained);
 # anything else that is not a declared field is a typo or a stale option and is rejected.
 _TRANSFORMERS_KWARGS = frozenset(
@@ -46,6 +49,13 @@ class MatcherConfig(PreTrainedConfig):
     normalize_regions / normalize_words: l2-normalise each region / word embedding.
     margin / max_violation: VSE++ hinge margin; hardest in-batch negative (True) or sum over negatives.
     pad/bos/eos_token_id: ids of `<pad>`, `<start>`, `<end>` in the word tokenizer.
+    ccr_weight / ccr_margin: weight and margin gamma_r of Contrastive Content Re-sourcing (0 = off).
+    ccs_weight / ccs_margin / ccs_mode: Contrastive Content Swapping: "swap_keys" (default), "swap_query"
+        or "swap_image".
+    constraint_attended_set / constraint_top_k: which keys CCS swaps out: a >= 1/n ("inverse_n") or
+        the top-k weights.
+    constraint_skip_token_ids: token ids never used as constraint queries (e.g. function words and
+        <start>/<end>, for "content words only"); None constrains every word.
     """
 
     model_type = "xmatch_matcher"
@@ -63,6 +73,15 @@ class MatcherConfig(PreTrainedConfig):
     pad_token_id: int | None = 0
     bos_token_id: int | None = 1
     eos_token_id: int | None = 2
+    # Contrastive attention constraints (SPEC section 3, our formulation; docs/constraints.md).
+    ccr_weight: float = 0.0
+    ccr_margin: float = 0.2
+    ccs_weight: float = 0.0
+    ccs_margin: float = 0.2
+    ccs_mode: str = "swap_keys"
+    constraint_attended_set: str = "inverse_n"
+    constraint_top_k: int = 3
+    constraint_skip_token_ids: list[int] | None = None
 
     def __post_init__(self, **kwargs):
         unknown = sorted(set(kwargs) - _TRANSFORMERS_KWARGS)
@@ -75,3 +94,12 @@ class MatcherConfig(PreTrainedConfig):
         for name in ("feature_dim", "embed_dim", "vocab_size", "word_dim", "num_gru_layers"):
             check_positive(name, getattr(self, name))
         check_positive("margin", self.margin, allow_zero=True)
+        for name in ("ccr_weight", "ccr_margin", "ccs_weight", "ccs_margin"):
+            check_positive(name, getattr(self, name), allow_zero=True)
+        check_choice("ccs_mode", self.ccs_mode, CCS_MODES)
+        check_choice("constraint_attended_set", self.constraint_attended_set, ATTENDED_SET_RULES)
+        check_positive("constraint_top_k", self.constraint_top_k)
+
+    @property
+    def uses_constraints(self) -> bool:
+        return self.ccr_weight > 0 or self.ccs_weight > 0

@@ -128,16 +128,3 @@ def matched_queries_and_keys(
     if direction == "t2i":
         return text_embeds, word_mask, image_embeds, region_mask
     return image_embeds, region_mask, text_embeds, word_mask
-
-
-def matched_attention(
-    queries: torch.Tensor,
-    query_mask: torch.Tensor,
-    keys: torch.Tensor,
-    key_mask: torch.Tensor,
-    lambda_softmax: float,
-    norm: str,
-) -> torch.Tensor:
-    """Attention of each query over its own pair's keys: `(batch, m, D)`, `(batch, n, D)` -> `(batch, m, n)`."""
-    logits = torch.matmul(queries, keys.transpose(-1, -2))
-    return scan_attention(logits, query_mask, key_mask, lambda_softmax, norm)

@@ -13,6 +13,7 @@ from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .configuration_matcher import MatcherConfig
+from .constraints import MatchedAttention, constraint_terms
 from .distributed import gather_padded, gather_without_grad, world_size_and_rank
 from .encoders import GRUTextEncoder, RegionEncoder
 from .losses import hinge_triplet_loss
@@ -31,6 +32,8 @@ class MatcherOutput(ModelOutput):
     region_mask: `(batch, n_regions)` bool; word_mask: `(batch, n_tokens)` bool.
     attentions: `(batch, n_queries, n_keys)` attention of each matched pair (with `output_attentions=True`):
         words over regions for t2i attention, regions over words for i2t.
+    base_loss, ccr_loss, ccs_loss: `()` the loss terms before weighting (constraint terms when enabled).
+    ccr_active_fraction, ccs_active_fraction: `()` share of constraint hinge terms that are positive.
     """
 
     loss: torch.Tensor | None = None
@@ -41,6 +44,11 @@ class MatcherOutput(ModelOutput):
     region_mask: torch.Tensor | None = None
     word_mask: torch.Tensor | None = None
     attentions: torch.Tensor | None = None
+    base_loss: torch.Tensor | None = None
+    ccr_loss: torch.Tensor | None = None
+    ccs_loss: torch.Tensor | None = None
+    ccr_active_fraction: torch.Tensor | None = None
+    ccs_active_fraction: torch.Tensor | None = None
 
 
 class MatcherPreTrainedModel(PreTrainedModel):
@@ -76,15 +84,18 @@ class MatcherPreTrainedModel(PreTrainedModel):
         """Score every image against every caption: returns `(n_images, n_captions)`."""
         raise NotImplementedError(f"{type(self).__name__} must implement score_pairs")
 
-    def matched_attention_maps(
+    def matched_attention(
         self,
         image_embeds: torch.Tensor,
         region_mask: torch.Tensor,
         text_embeds: torch.Tensor,
         word_mask: torch.Tensor,
-    ) -> torch.Tensor:
-        """Attention of each matched pair (image i, caption i): `(batch, n_queries, n_keys)`."""
-        raise NotImplementedError(f"{type(self).__name__} must implement matched_attention_maps")
+        constrained_words: torch.Tensor | None = None,
+    ) -> list[MatchedAttention]:
+        """The backbone's attention on the matched pairs (image i, caption i), one view per attention
+        direction it has, as the constraints see it. constrained_words `(batch, n_tokens)` bool marks
+        the words the constraints may use as queries."""
+        raise NotImplementedError(f"{type(self).__name__} must implement matched_attention")
 
     # -- shared ---------------------------------------------------------------------------------
     def get_image_features(self, region_features: torch.Tensor, region_mask: torch.Tensor) -> torch.Tensor:
@@ -145,10 +156,23 @@ class MatcherPreTrainedModel(PreTrainedModel):
             loss = self.base_loss(
                 image_embeds, region_mask, text_embeds, word_mask, logits, gather_negatives, image_index
             )
-        attentions = None
-        if output_attentions:
-            attentions = self.matched_attention_maps(image_embeds, region_mask, text_embeds, word_mask)
+        views = None
+        if output_attentions or (return_loss and self.config.uses_constraints):
+            constrained_words = self.constrained_word_mask(input_ids, word_mask)
+            views = self.matched_attention(
+                image_embeds, region_mask, text_embeds, word_mask, constrained_words
+            )
+        terms = {}
+        if return_loss:
+            terms = self.constraint_losses(views) if self.config.uses_constraints else {}
+            terms["base_loss"] = loss
+            loss = loss + sum(
+                getattr(self.config, f"{name}_weight") * terms[f"{name}_loss"]
+                for name in ("ccr", "ccs")
+                if f"{name}_loss" in terms
+            )
         return MatcherOutput(
+            **terms,
             loss=loss,
             logits_per_image=logits,
             logits_per_text=logits.T,
@@ -156,8 +180,37 @@ class MatcherPreTrainedModel(PreTrainedModel):
             text_embeds=text_embeds,
             region_mask=region_mask,
             word_mask=word_mask,
-            attentions=attentions,
+            attentions=views[0].attention if output_attentions else None,
         )
+
+    def constrained_word_mask(self, input_ids: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
+        """`(batch, n_tokens)` bool: real words not listed in `config.constraint_skip_token_ids`."""
+        skip = self.config.constraint_skip_token_ids
+        if not skip:
+            return word_mask
+        return word_mask & ~torch.isin(input_ids, torch.tensor(skip, device=input_ids.device))
+
+    def constraint_losses(self, views: list[MatchedAttention]) -> dict[str, torch.Tensor]:
+        """CCR/CCS loss terms summed over the attention views, and their mean hinge activation rates."""
+        config = self.config
+        per_view = [
+            constraint_terms(
+                view,
+                config.ccr_margin if config.ccr_weight > 0 else None,
+                config.ccs_margin if config.ccs_weight > 0 else None,
+                config.ccs_mode,
+                config.constraint_attended_set,
+                config.constraint_top_k,
+            )
+            for view in views
+        ]
+        losses = {}
+        for name in per_view[0]:
+            losses[f"{name}_loss"] = sum(terms[name].loss for terms in per_view)
+            losses[f"{name}_active_fraction"] = sum(terms[name].active_fraction for terms in per_view) / len(
+                views
+            )
+        return losses
 
     def base_loss(
         self,

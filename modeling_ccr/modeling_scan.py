@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 
 from .configuration_scan import ScanConfig
-from .cross_attention import matched_attention, matched_queries_and_keys, scan_all_pairs
+from .constraints import MatchedAttention
+from .cross_attention import matched_queries_and_keys, scan_all_pairs, scan_attention
 from .modeling_matcher import MatcherPreTrainedModel
 
 
@@ -42,16 +45,29 @@ class ScanModel(MatcherPreTrainedModel):
             norm=config.attention_norm,
         )
 
-    def matched_attention_maps(
+    def matched_attention(
         self,
         image_embeds: torch.Tensor,
         region_mask: torch.Tensor,
         text_embeds: torch.Tensor,
         word_mask: torch.Tensor,
-    ) -> torch.Tensor:
+        constrained_words: torch.Tensor | None = None,
+    ) -> list[MatchedAttention]:
+        config = self.config
         queries, query_mask, keys, key_mask = matched_queries_and_keys(
-            image_embeds, region_mask, text_embeds, word_mask, self.config.direction
+            image_embeds, region_mask, text_embeds, word_mask, config.direction
         )
-        return matched_attention(
-            queries, query_mask, keys, key_mask, self.config.lambda_softmax, self.config.attention_norm
-        )
+        rule = partial(scan_attention, lambda_softmax=config.lambda_softmax, norm=config.attention_norm)
+        logits = torch.matmul(queries, keys.transpose(-1, -2))
+        return [
+            MatchedAttention(
+                queries=queries,
+                query_mask=query_mask,
+                keys=keys,
+                key_mask=key_mask,
+                attention=rule(logits, query_mask, key_mask),
+                attention_rule=rule,
+                # Words are SCAN's queries only in t2i; in i2t every region query is constrained.
+                constrained_queries=constrained_words if config.direction == "t2i" else None,
+            )
+        ]

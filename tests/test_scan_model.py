@@ -95,7 +95,7 @@ def test_padded_regions_and_words_receive_no_attention():
     for direction in ("t2i", "i2t"):
         model = ScanModel(tiny_config(direction=direction)).double()
         images, region_mask, texts, word_mask = padded_batch(n_images=3, n_captions=3)
-        attention = model.matched_attention_maps(images, region_mask, texts, word_mask)
+        attention = model.matched_attention(images, region_mask, texts, word_mask)[0].attention
         query_mask, key_mask = (word_mask, region_mask) if direction == "t2i" else (region_mask, word_mask)
         assert torch.all(attention[~query_mask] == 0)
         assert torch.all(attention.transpose(1, 2)[~key_mask] == 0)

@@ -143,6 +143,7 @@ class SyntheticCorpusConfig:
     regions_per_context: int = 2  # regions showing each present context
     context_strength: float = 1.0
     context_mention_prob: float = 0.15  # P(a caption names one of the image's contexts)
+    habitat_object_leak: float = 0.5  # weight of a present category's prototype in its habitat's regions
 
     # --- (c) attribute-object binding ---
     # Images come in groups of up to this many that share categories, attributes, contexts and view counts
@@ -185,6 +186,8 @@ class SyntheticCorpusConfig:
             raise ValueError("views_per_object must be >= 1 (the full view)")
         if not 0.0 <= self.habitat_cooccurrence <= 1.0:
             raise ValueError(f"habitat_cooccurrence must be in [0, 1], got {self.habitat_cooccurrence}")
+        if self.habitat_object_leak < 0:
+            raise ValueError(f"habitat_object_leak must be >= 0, got {self.habitat_object_leak}")
         if self.binding_group_size < 1:
             raise ValueError(f"binding_group_size must be >= 1, got {self.binding_group_size}")
         if self.captions_per_image < 1 or self.objects_per_caption[0] < 1:
@@ -443,8 +446,17 @@ def _render_scene(
             entities.append(entity_id)
 
     for context in layout.contexts:
+        # A habitat region (the grass around the dog) is a large box that contains part of its object, so
+        # its feature carries some of that category, as bottom-up features of big boxes do.
+        leak = sum(
+            prototypes.category[c]
+            for c in layout.categories
+            if context in layout.habitat_contexts and CATEGORIES[c].habitat == CONTEXTS[context].name
+        )
         for _ in range(config.regions_per_context):
-            content.append(config.context_strength * prototypes.context[context])
+            content.append(
+                config.context_strength * prototypes.context[context] + config.habitat_object_leak * leak
+            )
             noise_norm.append(config.region_noise)
             boxes.append(_context_box(rng, width, height))
             roles.append(ROLE_CONTEXT)
