@@ -69,6 +69,7 @@ def command_demo(args: argparse.Namespace) -> None:
 def command_evaluate(args: argparse.Namespace) -> None:
     from transformers import AutoModel, AutoTokenizer
 
+    from .data.flickr30k_entities import attach_entities
     from .evaluation import attention_metrics, evaluate_matchers
     from .experiment import evaluate_and_record, load_evaluation_split
     from .metrics.attention import AttendedSetRule
@@ -76,6 +77,8 @@ def command_evaluate(args: argparse.Namespace) -> None:
     models = [AutoModel.from_pretrained(path) for path in args.models]
     tokenizers = [AutoTokenizer.from_pretrained(path) for path in args.models]
     dataset, dataset_name = load_evaluation_split(args.models[0], args.dataset, args.split)
+    if args.entities is not None:
+        dataset = attach_entities(dataset, args.entities)
     metrics = evaluate_matchers(
         models, tokenizers, dataset, args.protocol, args.captions_per_image, progress=True
     )
@@ -135,6 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--attended-value", type=float, default=0.0, help="threshold or k of the attended-set rule"
     )
     evaluate.add_argument("--iou-threshold", type=float, default=0.5)
+    evaluate.add_argument(
+        "--entities",
+        type=Path,
+        default=None,
+        help="Flickr30k Entities folder (Sentences/, Annotations/) to ground with",
+    )
     evaluate.add_argument(
         "--output", type=Path, default=None, help="JSON path (default: beside the first model)"
     )

@@ -22,11 +22,12 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainingArgum
 
 from . import BACKBONES, __version__
 from .data.collator import RegionCaptionCollator
+from .data.flickr30k_entities import attach_entities, write_entities_annotations
 from .data.pairs import ImageCaptionPairs, caption_table
 from .data.schema import validate_corpus
 from .data.synthetic import SyntheticCorpusConfig, build_synthetic_corpus
 from .evaluation import attention_metrics, evaluate_matchers, has_grounding
-from .tokenization import build_word_tokenizer
+from .tokenization import FUNCTION_WORDS, build_word_tokenizer
 from .trainer import MatchingTrainer
 
 SYNTHETIC_SOURCE = "synthetic"
@@ -174,6 +175,8 @@ def build_model(
 ) -> PreTrainedModel:
     """The backbone named by the model section, sized for the tokenizer and the data's features."""
     options = {k: v for k, v in model_section.items() if k != "backbone"}
+    if "constraint_skip_words" in options:
+        options["constraint_skip_token_ids"] = skip_token_ids(tokenizer, options.pop("constraint_skip_words"))
     if options.get("feature_dim", feature_dim) != feature_dim:
         raise ConfigError(
             f"{where}: model.feature_dim={options['feature_dim']} but the dataset's features have {feature_dim}"
@@ -190,6 +193,14 @@ def build_model(
     except Exception as err:
         raise ConfigError(f"{where}: invalid model section: {err}") from err
     return model_class(config)
+
+
+def skip_token_ids(tokenizer: PreTrainedTokenizerBase, words: str | list[str]) -> list[int]:
+    """Token ids the constraints skip: `<start>`, `<end>` and the given words ("function_words" = FUNCTION_WORDS)."""
+    words = list(FUNCTION_WORDS) if words == "function_words" else list(words)
+    ids = {tokenizer.bos_token_id, tokenizer.eos_token_id}
+    ids.update(i for i in tokenizer.convert_tokens_to_ids(words) if i != tokenizer.unk_token_id)
+    return sorted(ids)
 
 
 def feature_dim_of(split: datasets.Dataset) -> int:
@@ -257,7 +268,11 @@ def run_experiment(config: ExperimentConfig, resume_from_checkpoint: str | bool 
         [trainer.model], [tokenizer], corpus["test"], config.evaluation["protocol"], captions_per_image
     )
     if has_grounding(corpus["test"]):
-        test_metrics["attention"] = attention_metrics(trainer.model, tokenizer, corpus["test"])
+        test_metrics["attention"] = attention_metrics(
+            trainer.model,
+            tokenizer,
+            grounding_through_entities_files(corpus["test"], Path(config.output_dir)),
+        )
     write_json(
         model_dir / "eval_results_test.json", results_record(test_metrics, dataset_name, "test", [model_dir])
     )
@@ -290,6 +305,14 @@ def results_record(
         "metrics": metrics,
         "versions": library_versions(),
     }
+
+
+def grounding_through_entities_files(split: datasets.Dataset, output_dir: Path) -> datasets.Dataset:
+    """Write the split's phrases as Flickr30k Entities files and read them back, so the attention metrics
+    of the built-in corpus go through the same reader as real Flickr30k Entities annotations."""
+    entities_dir = output_dir / "flickr30k_entities_test"
+    write_entities_annotations(split, entities_dir)
+    return attach_entities(split.remove_columns(["phrases"]), entities_dir)
 
 
 def load_evaluation_split(

@@ -129,3 +129,12 @@ def build_word_tokenizer(
     Encoding a caption gives `<start> w_1 ... w_m <end>` with one id per word (unknown -> `<unk>`).
     """
     return word_tokenizer_from_vocab(build_vocabulary(count_words(captions), min_count), model_max_length)
+
+
+# Words with no region of their own (articles, prepositions, conjunctions, pronouns, auxiliaries,
+# punctuation): skipped as constraint queries with `constraint_skip_words: function_words`.
+FUNCTION_WORDS: tuple[str, ...] = (
+    "a", "an", "the", "of", "and", "or", "with", "in", "on", "at", "to", "from", "by", "for", "into",
+    "onto", "near", "next", "beside", "under", "over", "behind", "while", "as", "is", "are", "was",
+    "were", "be", "it", "its", "his", "her", "their", "this", "that", "there", "some", ".", ",", "'", "s",
+)  # fmt: skip

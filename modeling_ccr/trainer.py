@@ -14,6 +14,9 @@ from transformers import Trainer
 
 from .evaluation import evaluate_matchers
 
+# Per-step values of the model output logged separately (means over the steps since the last log).
+LOGGED_TERMS = ("base_loss", "ccr_loss", "ccs_loss", "ccr_active_fraction", "ccs_active_fraction")
+
 
 class MatchingTrainer(Trainer):
     """Trainer whose `eval_dataset` is a one-row-per-image corpus split, scored as a full gallery.
@@ -40,14 +43,33 @@ class MatchingTrainer(Trainer):
         self.lr_decay_factor = lr_decay_factor
         self.eval_protocol = eval_protocol
         self.captions_per_image = captions_per_image
+        self._term_sums: dict[str, float] = {}
+        self._term_counts: dict[str, int] = {}
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         world_size = self.accelerator.num_processes
         outputs = model(**inputs, return_loss=True, gather_negatives=world_size > 1)
+        if model.training:
+            self._accumulate_terms(outputs)
         # DDP averages gradients over processes; each process holds its share of the global-batch
         # loss, so scaling by the world size gives the gradient of the whole global-batch loss.
         loss = outputs.loss * world_size
         return (loss, outputs) if return_outputs else loss
+
+    def _accumulate_terms(self, outputs) -> None:
+        for name in LOGGED_TERMS:
+            value = getattr(outputs, name, None)
+            if value is not None:
+                self._term_sums[name] = self._term_sums.get(name, 0.0) + float(value.detach())
+                self._term_counts[name] = self._term_counts.get(name, 0) + 1
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Adds each loss term and each constraint's hinge activation rate, averaged since the last log."""
+        if "loss" in logs:
+            for name, total in self._term_sums.items():
+                logs[name] = round(total / self._term_counts[name], 4)
+            self._term_sums, self._term_counts = {}, {}
+        super().log(logs, start_time)
 
     def steps_per_epoch(self) -> int:
         args = self.args

@@ -72,7 +72,10 @@ def test_a_run_saves_a_loadable_checkpoint_with_its_config_versions_and_metrics(
 def test_ccr_evaluate_writes_the_same_metrics_beside_the_model(trained, tmp_path):
     _, model_dir = trained
     output = tmp_path / "eval.json"
-    assert main(["evaluate", str(model_dir), "--split", "test", "--output", str(output), "--attention"]) == 0
+    entities = model_dir.parent / "flickr30k_entities_test"  # written by the run, read back here
+    assert (entities / "Sentences").is_dir() and (entities / "Annotations").is_dir()
+    command = ["evaluate", str(model_dir), "--split", "test", "--output", str(output), "--attention"]
+    assert main([*command, "--entities", str(entities)]) == 0
     record = json.loads(output.read_text())
     saved = json.loads((model_dir / "eval_results_test.json").read_text())
     assert record["metrics"]["rsum"] == pytest.approx(saved["metrics"]["rsum"])
@@ -132,3 +135,19 @@ def test_every_shipped_config_parses(tmp_path):
     assert len(configs) >= 9
     for path in configs:
         load_experiment_config(path)
+
+
+def test_a_run_with_both_constraints_logs_each_term_and_its_activation_rate(tmp_path):
+    raw = tiny_run(tmp_path, ccr_weight=1.0, ccs_weight=1.0, constraint_skip_words="function_words")
+    raw["training"].update(max_steps=4, eval_strategy="no", save_strategy="no", load_best_model_at_end=False)
+    model_dir = run_experiment(parse_experiment_config(raw))
+    logged = [
+        entry
+        for entry in json.loads((model_dir / "run_info.json").read_text())["log_history"]
+        if "loss" in entry
+    ]
+    for name in ("base_loss", "ccr_loss", "ccs_loss", "ccr_active_fraction", "ccs_active_fraction"):
+        assert name in logged[-1], name
+    assert 0 <= logged[-1]["ccs_active_fraction"] <= 1
+    saved = json.loads((model_dir / "config.json").read_text())
+    assert saved["ccr_weight"] == 1.0 and len(saved["constraint_skip_token_ids"]) > 2

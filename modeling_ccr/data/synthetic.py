@@ -133,8 +133,8 @@ class SyntheticCorpusConfig:
     region_noise: float = 0.4  # noise norm of full views and context regions
     full_view_jitter: float = 0.08  # full-view box corners move by up to this fraction of the object side
     views_per_object: tuple[int, int] = (2, 3)  # regions per object: one full view + partial views
-    partial_view_strength: float = 0.5  # partial views carry this fraction of the category + attribute
-    partial_view_noise: float = 0.6  # noise norm of partial views (weaker, noisier views)
+    partial_view_strength: float = 0.8  # partial views carry this fraction of the category + attribute
+    partial_view_noise: float = 0.5  # noise norm of partial views (weaker, noisier views)
     partial_view_area_range: tuple[float, float] = (0.2, 0.8)  # area fraction of the object box = IoU
 
     # --- (a) correlated context ---
@@ -143,7 +143,7 @@ class SyntheticCorpusConfig:
     regions_per_context: int = 2  # regions showing each present context
     context_strength: float = 1.0
     context_mention_prob: float = 0.15  # P(a caption names one of the image's contexts)
-    habitat_object_leak: float = 0.5  # weight of a present category's prototype in its habitat's regions
+    habitat_object_leak: float = 0.7  # weight of a present category's prototype in its habitat's regions
 
     # --- (c) attribute-object binding ---
     # Images come in groups of up to this many that share categories, attributes, contexts and view counts
