@@ -136,8 +136,8 @@ def ccs_loss(matched: MatchedAttention, margin: float, mode: str, rule: str, top
     elif mode == "swap_image":
         contrast = relevance(matched.queries, recomputed_content(matched, *other_keys(matched)))
     else:
-        keys, key_mask = swapped_keys(matched, attended_set(matched.attention, matched.key_mask, rule, top_k))
-        contrast = relevance(matched.queries, recomputed_content_per_query(matched, keys, key_mask))
+        attended = attended_set(matched.attention, matched.key_mask, rule, top_k)
+        contrast = relevance(matched.queries, swapped_content(matched, attended))
     return hinge_term(matched_relevance, contrast, mask, margin)
 
 
@@ -145,17 +145,26 @@ def other_keys(matched: MatchedAttention) -> tuple[torch.Tensor, torch.Tensor]:
     return matched.keys.roll(1, dims=0), matched.key_mask.roll(1, dims=0)
 
 
-def swapped_keys(matched: MatchedAttention, attended: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per query, the pair's keys with the attended positions taken from the other sample.
+def swapped_content(matched: MatchedAttention, attended: torch.Tensor) -> torch.Tensor:
+    """Content of each query over its own swapped key set: `(batch, m, D)`.
 
-    attended: `(batch, m, n)` bool. Returns keys `(batch, m, n, D)` and key_mask `(batch, m, n)`; a
-    swapped-in position that is padding in the other sample becomes padding (its content is removed).
+    Query t's key set is the pair's keys with the positions in `attended[:, t]` `(batch, m, n)` taken
+    from the other sample; a swapped-in position that is padding there becomes padding (its content is
+    removed). For each t the backbone's rule runs over ALL queries of the pair against key set t and row
+    t is kept, so normalisations over queries see the whole caption as in the unswapped attention.
+    Swapped key sets are never built: their logits are picked from the own and the donor logits, and the
+    content is split into its own and its donor part.
     """
     donor_keys, donor_mask = other_keys(matched)
-    swap = attended.unsqueeze(-1)
-    keys = torch.where(swap, donor_keys.unsqueeze(1), matched.keys.unsqueeze(1))
-    key_mask = torch.where(attended, donor_mask.unsqueeze(1), matched.key_mask.unsqueeze(1))
-    return keys, key_mask
+    own_logits = matched.queries @ matched.keys.transpose(-1, -2)  # (batch, m, n)
+    donor_logits = matched.queries @ donor_keys.transpose(-1, -2)
+    swap = attended.unsqueeze(2)  # (batch, t, 1, n): key set t, all queries q
+    logits = torch.where(swap, donor_logits.unsqueeze(1), own_logits.unsqueeze(1))  # (batch, t, q, n)
+    key_mask = torch.where(attended, donor_mask.unsqueeze(1), matched.key_mask.unsqueeze(1))  # (batch, t, n)
+    attention = matched.attention_rule(logits, matched.query_mask.unsqueeze(1), key_mask)
+    own_rows = attention.diagonal(dim1=1, dim2=2).permute(0, 2, 1)  # (batch, m, n): row t of set t
+    from_donor = own_rows * attended
+    return from_donor @ donor_keys + (own_rows - from_donor) @ matched.keys
 
 
 def recomputed_content(matched: MatchedAttention, keys: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
@@ -163,20 +172,6 @@ def recomputed_content(matched: MatchedAttention, keys: torch.Tensor, key_mask: 
     logits = matched.queries @ keys.transpose(-1, -2)
     attention = matched.attention_rule(logits, matched.query_mask, key_mask)
     return attention @ keys
-
-
-def recomputed_content_per_query(
-    matched: MatchedAttention, keys: torch.Tensor, key_mask: torch.Tensor
-) -> torch.Tensor:
-    """Content of query t over its own swapped key set: keys `(batch, m, n, D)` -> `(batch, m, D)`.
-
-    For each t the backbone's rule runs over all queries of the pair against key set t, and row t is
-    kept, so normalisations over queries see the whole caption as in the unswapped attention.
-    """
-    logits = torch.einsum("bqd,btnd->btqn", matched.queries, keys)
-    attention = matched.attention_rule(logits, matched.query_mask.unsqueeze(1), key_mask)
-    own_rows = attention.diagonal(dim1=1, dim2=2).permute(0, 2, 1)  # (batch, m, n): row t of set t
-    return torch.einsum("btn,btnd->btd", own_rows, keys)
 
 
 def constraint_terms(

@@ -51,6 +51,7 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "dataloader_drop_last": True,
     "remove_unused_columns": False,
     "report_to": "none",
+    "dataloader_pin_memory": torch.cuda.is_available(),
 }
 # Our own training keys (consumed by MatchingTrainer, not TrainingArguments).
 TRAINER_KEYS = {"lr_decay_epochs": 15.0, "lr_decay_factor": 0.1}

@@ -10,8 +10,7 @@ from modeling_ccr.constraints import (
     MatchedAttention,
     ccr_loss,
     ccs_loss,
-    recomputed_content_per_query,
-    swapped_keys,
+    swapped_content,
 )
 from modeling_ccr.cross_attention import scan_attention
 
@@ -70,35 +69,47 @@ def test_ccs_costs_exactly_the_margin_when_the_swap_keeps_the_content():
     assert term.loss.item() == pytest.approx(2 * 0.2)  # R(q, c~) = R(q, c) in both pairs
 
 
-def test_swapped_keys_take_the_donor_at_attended_positions_and_its_padding():
-    keys = torch.arange(2 * 3 * 1, dtype=torch.float64).view(2, 3, 1)
-    key_mask = torch.tensor([[True, True, True], [True, True, False]])
-    view = matched(torch.ones(2, 1, 1, dtype=torch.float64), keys, key_mask=key_mask)
-    attended = torch.tensor([[[False, False, True]], [[True, False, False]]])
-    swapped, swapped_mask = swapped_keys(view, attended)
-    assert swapped[0, 0, :, 0].tolist() == [0.0, 1.0, 5.0]  # position 2 from pair 1 ...
-    assert swapped_mask[0, 0].tolist() == [True, True, False]  # ... where pair 1 is padding
-    assert swapped[1, 0, :, 0].tolist() == [0.0, 4.0, 5.0]
+def explicit_swapped_content(view, attended):
+    """Brute force from the definition: build key set t, run the rule over all queries, keep row t."""
+    donor_keys, donor_mask = view.keys.roll(1, dims=0), view.key_mask.roll(1, dims=0)
+    batch, m, _ = view.queries.shape
+    content = torch.zeros_like(view.queries)
+    for b in range(batch):
+        for t in range(m):
+            swap = attended[b, t]
+            keys = torch.where(swap[:, None], donor_keys[b], view.keys[b])
+            key_mask = torch.where(swap, donor_mask[b], view.key_mask[b])
+            attention = view.attention_rule(view.queries[b] @ keys.T, view.query_mask[b], key_mask)
+            content[b, t] = attention[t] @ keys
+    return content
 
 
-def test_ccs_recomputation_normalises_over_all_queries_like_the_backbone():
+def test_swapped_content_matches_the_definition_with_all_queries_normalised_together():
     generator = torch.Generator().manual_seed(0)
     queries = torch.nn.functional.normalize(
-        torch.randn(2, 4, 6, generator=generator, dtype=torch.float64), dim=-1
+        torch.randn(3, 4, 6, generator=generator, dtype=torch.float64), dim=-1
     )
     keys = torch.nn.functional.normalize(
-        torch.randn(2, 5, 6, generator=generator, dtype=torch.float64), dim=-1
+        torch.randn(3, 5, 6, generator=generator, dtype=torch.float64), dim=-1
     )
+    key_mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 1, 1, 0]], dtype=torch.bool)
+    query_mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 0]], dtype=torch.bool)
     rule = partial(scan_attention, lambda_softmax=9.0, norm="clipped_l2norm")
-    view = matched(queries, keys, rule=rule)
-    attended = torch.rand(2, 4, 5, generator=generator) > 0.6
-    swapped, swapped_mask = swapped_keys(view, attended)
-    content = recomputed_content_per_query(view, swapped, swapped_mask)
-    for b in range(2):
-        for t in range(4):
-            k = swapped[b, t]
-            full = rule(queries[b] @ k.T, view.query_mask[b], swapped_mask[b, t])  # all 4 words
-            torch.testing.assert_close(content[b, t], full[t] @ k)
+    view = matched(queries, keys, query_mask=query_mask, key_mask=key_mask, rule=rule)
+    attended = (torch.rand(3, 4, 5, generator=generator) > 0.5) & key_mask[:, None, :]
+    expected = explicit_swapped_content(view, attended)
+    valid = query_mask
+    torch.testing.assert_close(swapped_content(view, attended)[valid], expected[valid])
+
+
+def test_a_swapped_in_padding_position_removes_that_content():
+    queries = torch.stack([E[[0]], E[[0]]])
+    keys = torch.stack([E[[0, 1]], E[[2, 3]]])
+    key_mask = torch.tensor([[True, True], [False, True]])  # the donor (pair 1) pads position 0
+    view = matched(queries, keys, key_mask=key_mask)
+    attended = torch.tensor([[[True, False]], [[False, False]]])
+    content = swapped_content(view, attended)
+    torch.testing.assert_close(content[0, 0], E[1])  # only e1 is left in pair 0's swapped set
 
 
 def test_masked_keys_and_queries_never_contribute():
