@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import torch
 import yaml
 
 from modeling_ccr.experiment import parse_experiment_config, run_experiment
@@ -90,6 +93,7 @@ def main() -> None:
     parser.add_argument(
         "--corpus", nargs="*", default=[], metavar="KNOB=VALUE", help="SyntheticCorpusConfig overrides"
     )
+    parser.add_argument("--jobs", type=int, default=2, help="runs side by side, one thread each")
     parser.add_argument("--out", type=Path, default=None, help="append the table to this markdown file")
     args = parser.parse_args()
     args.corpus = parse_corpus(args.corpus)
@@ -103,11 +107,21 @@ def main() -> None:
             if name in args.variants
         ]
     started = time.time()
-    rows = []
+    cells = [(direction, name, ccr, ccs) for direction in args.directions for name, ccr, ccs in grid]
     with tempfile.TemporaryDirectory(prefix="ccr-ablation-") as tmp:
-        for direction in args.directions:
-            for name, ccr, ccs in grid:
-                results = [run_once(direction, seed, ccr, ccs, args, Path(tmp)) for seed in args.seeds]
+        # Small CPU matmuls scale poorly over threads: --jobs single-threaded runs side by side go faster.
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(
+            args.jobs, mp_context=context, initializer=torch.set_num_threads, initargs=(1,)
+        ) as pool:
+            futures = {
+                (direction, name, seed): pool.submit(run_once, direction, seed, ccr, ccs, args, Path(tmp))
+                for direction, name, ccr, ccs in cells
+                for seed in args.seeds
+            }
+            rows = []
+            for direction, name, _, _ in cells:
+                results = [futures[(direction, name, seed)].result() for seed in args.seeds]
                 rows.append(
                     [f"SCAN {direction}-AVG", name] + [summarize([r[m] for r in results]) for m in METRICS]
                 )
