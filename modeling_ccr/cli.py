@@ -1,4 +1,4 @@
-"""The `ccr` command: `ccr demo`, `ccr train CONFIG`, `ccr evaluate MODEL [MODEL ...]`."""
+"""The `ccr` command: `ccr demo`, `ccr train CONFIG`, `ccr evaluate MODEL [MODEL ...]`, `ccr visualize MODEL ...`."""
 
 from __future__ import annotations
 
@@ -95,6 +95,25 @@ def command_evaluate(args: argparse.Namespace) -> None:
     print(f"\nWrote {output}")
 
 
+def command_visualize(args: argparse.Namespace) -> None:
+    from transformers import AutoModel, AutoTokenizer
+
+    from .experiment import load_evaluation_split
+    from .visualization import visualize
+
+    models = [
+        (
+            Path(path).name if Path(path).name != "model" else Path(path).parent.name,
+            AutoModel.from_pretrained(path),
+            AutoTokenizer.from_pretrained(path),
+        )
+        for path in args.models
+    ]
+    split, _ = load_evaluation_split(args.models[0], args.dataset, args.split)
+    out = visualize(models, split, args.image_id, args.caption, args.word, args.out, args.image)
+    print(f"Wrote {out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ccr", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -148,6 +167,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--output", type=Path, default=None, help="JSON path (default: beside the first model)"
     )
     evaluate.set_defaults(handler=command_evaluate)
+    visual = commands.add_parser("visualize", help="draw a word's attention over the region boxes (PNG)")
+    visual.add_argument(
+        "models", nargs="+", help="one model folder, or two (e.g. base and constrained) side by side"
+    )
+    visual.add_argument("--image-id", required=True)
+    visual.add_argument(
+        "--caption", default="0", help="index of one of the image's captions, or any caption text"
+    )
+    visual.add_argument("--word", required=True, help="a word of the caption, or its index")
+    visual.add_argument("--out", type=Path, default=Path("attention.png"))
+    visual.add_argument(
+        "--image", type=Path, default=None, help="draw on this image file instead of the box layout"
+    )
+    visual.add_argument(
+        "--dataset", default=None, help="default: the corpus recorded in the first model's folder"
+    )
+    visual.add_argument("--split", default="test")
+    visual.set_defaults(handler=command_visualize)
     return parser
 
 
