@@ -96,21 +96,11 @@ def command_evaluate(args: argparse.Namespace) -> None:
 
 
 def command_visualize(args: argparse.Namespace) -> None:
-    from transformers import AutoModel, AutoTokenizer
-
     from .experiment import load_evaluation_split
     from .visualization import visualize
 
-    models = [
-        (
-            Path(path).name if Path(path).name != "model" else Path(path).parent.name,
-            AutoModel.from_pretrained(path),
-            AutoTokenizer.from_pretrained(path),
-        )
-        for path in args.models
-    ]
     split, _ = load_evaluation_split(args.models[0], args.dataset, args.split)
-    out = visualize(models, split, args.image_id, args.caption, args.word, args.out, args.image)
+    out = visualize(args.models, split, args.image_id, args.caption, args.word, args.out, args.image)
     print(f"Wrote {out}")
 
 

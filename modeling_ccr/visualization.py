@@ -1,10 +1,21 @@
 """Attention pictures: one word's attention over an image's region boxes, one panel per model.
 
-matplotlib is an optional dependency (`pip install .[viz]`), imported only when drawing.
+`visualize` is what `ccr visualize` calls; `word_attention_over_regions` and `draw_attention` are its
+two halves (the model's numbers, the drawing). matplotlib is an optional dependency
+(`pip install 'modeling-ccr[viz]'`), imported only inside `draw_attention`, with the Agg backend.
+
+Attention direction. t2i attention `(n_tokens, n_regions)` is words over regions: a word's weights are
+its row and sum to 1 over the regions. i2t attention `(n_regions, n_tokens)` is regions over words: a
+word's weights are its column, i.e. how much each region attends that word; they do not sum to 1 over
+the regions. The attended set follows `modeling_ccr.evaluation.word_region_attended`, the same reading
+as the attention metrics: t2i, the regions with a >= 1/n_regions; i2t, the regions that attend the
+word with a >= 1/n_tokens (`<start>`/`<end>` included in n_tokens).
 """
 
 from __future__ import annotations
 
+import textwrap
+from collections.abc import Sequence
 from pathlib import Path
 
 import datasets
@@ -12,177 +23,429 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from .data.collator import pad_regions, tokenize_captions
-from .evaluation import word_region_attended
-from .metrics.attention import AttendedSetRule, gold_regions, word_precision_recall
+from .evaluation import UNGROUNDED_PHRASE_TYPES, word_region_attended
+from .metrics.attention import AttendedSetRule, attended_regions, gold_regions, word_precision_recall
 from .modeling_matcher import MatcherPreTrainedModel
 from .tokenization import split_words, word_token_index
 
+# Figure geometry: inches per panel (the longer image side) and dots per inch of the PNG.
+PANEL_INCHES = 5.5
+DPI = 100
+# Inches above the panels for the title and legend, and below them for the colour bar.
+TITLE_INCHES = 0.9
+FOOTER_INCHES = 1.0
+# How many of the highest-weight regions carry their weight as a label.
+N_LABELLED = 3
+GOLD_COLOUR = "#00c8ff"  # cyan: stands out from the yellow-red attention colour map
+ATTENTION_COLOURMAP = "YlOrRd"
+
+# A panel of `draw_attention`: {"name": str, "boxes": (n, 4), "weights": (n,), "attended": (n,) bool}.
+Panel = dict
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The model's numbers
+# ---------------------------------------------------------------------------------------------------------
+
 
 def find_word(caption: str, word: str | int) -> int:
-    """Index of `word` in `split_words(caption)`: an int is taken as is, a string's first occurrence."""
+    """Index of `word` in `split_words(caption)`.
+
+    An int is an index (checked against the caption's length). A string is a word of the caption, its
+    first occurrence; a string of digits that is not a word of the caption is taken as an index (the
+    CLI passes every `--word` as a string).
+    """
     words = split_words(caption)
-    if isinstance(word, int) or (isinstance(word, str) and word.isdigit()):
-        index = int(word)
-        if not 0 <= index < len(words):
-            raise ValueError(f"word index {index} is outside the caption's {len(words)} words: {words}")
-        return index
-    if word.lower() not in words:
-        raise ValueError(f"word {word!r} is not in the caption; its words are {words}")
-    return words.index(word.lower())
+    if isinstance(word, str):
+        query = split_words(word)
+        if len(query) == 1 and query[0] in words:
+            return words.index(query[0])
+        if not word.strip().isdigit():
+            raise ValueError(f"word {word!r} is not in the caption {caption!r}; its words are {words}")
+        word = int(word)
+    if not 0 <= word < len(words):
+        raise ValueError(f"word index {word} is outside the caption's {len(words)} words: {words}")
+    return word
 
 
 @torch.no_grad()
-def word_attention(
+def _word_attention(
     model: MatcherPreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     features: torch.Tensor,
     caption: str,
     word_index: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One word's attention over the image's regions `(n_regions,)`, and its attended set `(n_regions,)` bool.
-
-    t2i: the word's row of attention over regions. i2t: how much each region attends that word (the
-    column); the attended set is then the regions whose rule over words selects this word.
-    """
+    """Weights `(n_regions,)` float and attended set `(n_regions,)` bool of word `word_index` (CPU)."""
+    was_training = model.training
     model.eval()
     region_features, region_mask = pad_regions([features])
     input_ids, attention_mask = tokenize_captions(tokenizer, [caption])
-    output = model(region_features, region_mask, input_ids, attention_mask, output_attentions=True)
-    direction = getattr(model.config, "direction", "t2i")
     token = word_token_index(word_index)
-    attention = output.attentions[0]
-    weights = attention[token] if direction == "t2i" else attention[:, token]
+    if token >= int(attention_mask.sum()) - 1:  # the last real token is <end>
+        raise ValueError(f"word {word_index} of {caption!r} did not survive tokenization")
+    output = model(
+        region_features.to(model.device),
+        region_mask.to(model.device),
+        input_ids.to(model.device),
+        attention_mask.to(model.device),
+        output_attentions=True,
+    )
+    model.train(was_training)
+    attentions = output.attentions.float().cpu()
+    direction = getattr(model.config, "direction", "t2i")
+    weights = attentions[0, token] if direction == "t2i" else attentions[0, :, token]
     attended = word_region_attended(
-        output.attentions, region_mask, attention_mask.bool(), direction, AttendedSetRule()
+        attentions, region_mask, attention_mask.bool(), direction, AttendedSetRule()
     )
     return weights, attended[0, token]
 
 
-def phrase_boxes_for_word(row: dict, caption_index: int, word_index: int) -> torch.Tensor:
-    """Gold boxes `(k, 4)` of the grounded phrase covering the word, empty if none does."""
-    phrases = (row.get("phrases") or [[]] * (caption_index + 1))[caption_index]
-    for phrase in phrases:
-        if (
-            phrase["first_word"] <= word_index < phrase["first_word"] + phrase["num_words"]
-            and phrase["boxes"]
-        ):
-            return torch.tensor(phrase["boxes"], dtype=torch.float32)
-    return torch.zeros(0, 4)
+def word_attention_over_regions(
+    model: MatcherPreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    features: torch.Tensor,
+    caption: str,
+    word: str | int,
+    boxes: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, int]:
+    """The attention of one word of `caption` over the image's regions, from the matched-pair attention.
+
+    features: `(n_regions, feature_dim)`; boxes (optional): `(n_regions, 4)`, only checked to be one box
+    per region. word: a word of the caption (first occurrence in `split_words(caption)`) or its index.
+
+    Returns weights `(n_regions,)` float32 on CPU and the word's index in `split_words(caption)`.
+    t2i: the word's row (sums to 1 over the regions). i2t: the word's column, how much each region
+    attends that word (each region's weights sum to 1 over the words, not over the regions).
+    """
+    features = torch.as_tensor(features)
+    if boxes is not None:
+        check_boxes(torch.as_tensor(boxes), features.shape[0])
+    word_index = find_word(caption, word)
+    weights, _ = _word_attention(model, tokenizer, features, caption, word_index)
+    return weights, word_index
+
+
+def check_boxes(boxes: torch.Tensor, n_regions: int, where: str = "the image") -> None:
+    """Raise ValueError unless `boxes` is a non-empty `(n_regions, 4)`."""
+    if boxes.numel() == 0:
+        raise ValueError(f"{where} has no region boxes: attention pictures need one box per region")
+    if boxes.dim() != 2 or tuple(boxes.shape) != (n_regions, 4):
+        raise ValueError(
+            f"{where}: expected boxes of shape ({n_regions}, 4), one per region, found {tuple(boxes.shape)}"
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Drawing
+# ---------------------------------------------------------------------------------------------------------
+
+
+def figure_inches(n_panels: int, image_size: tuple[int, int]) -> tuple[float, float]:
+    """(width, height) in inches of a figure of `n_panels` side by side for an image `(width, height)`."""
+    width, height = image_size
+    panel_width = PANEL_INCHES * min(1.0, width / height)
+    panel_height = PANEL_INCHES * min(1.0, height / width)
+    # Whole pixels at DPI, so that the PNG is exactly this size times DPI.
+    return (
+        round(n_panels * panel_width * DPI) / DPI,
+        round((panel_height + TITLE_INCHES + FOOTER_INCHES) * DPI) / DPI,
+    )
+
+
+def _import_pyplot():
+    """matplotlib.pyplot on the Agg backend, or an ImportError that says how to install it."""
+    try:
+        import matplotlib
+    except ImportError as err:
+        raise ImportError(
+            "attention pictures need matplotlib: pip install 'modeling-ccr[viz]' (or matplotlib>=3.8)"
+        ) from err
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def panel_scores(panel: Panel, gold: torch.Tensor | None) -> str:
+    """`P 0.50  R 1.00` of the panel's attended set against the gold boxes, or '' without gold."""
+    if gold is None or gold.numel() == 0:
+        return ""
+    boxes = torch.as_tensor(panel["boxes"], dtype=torch.float32)
+    gold_set = gold_regions(boxes, gold)
+    if not gold_set.any():
+        return "no region overlaps a gold box (IoU >= 0.5)"
+    precision, recall, _ = word_precision_recall(panel_attended(panel)[None], gold_set[None])
+    return f"attended-set P {float(precision[0]):.2f}  R {float(recall[0]):.2f}"
+
+
+def panel_attended(panel: Panel) -> torch.Tensor:
+    """The panel's attended set `(n,)` bool; by default the regions with weight >= 1/n."""
+    if panel.get("attended") is not None:
+        return torch.as_tensor(panel["attended"], dtype=torch.bool)
+    weights = torch.as_tensor(panel["weights"], dtype=torch.float32)
+    return attended_regions(weights, torch.ones_like(weights, dtype=torch.bool), AttendedSetRule())
+
+
+def _draw_panel(axis, panel: Panel, gold: torch.Tensor | None, colourmap, norm) -> None:
+    """One model's boxes on `axis`: fill colour and opacity grow with the weight, attended sets outlined."""
+    from matplotlib.patches import Rectangle
+
+    boxes = torch.as_tensor(panel["boxes"], dtype=torch.float32).tolist()
+    weights = torch.as_tensor(panel["weights"], dtype=torch.float32).tolist()
+    attended = panel_attended(panel).tolist()
+    order = sorted(range(len(weights)), key=lambda i: weights[i])  # strongest drawn last, on top
+    for i in order:
+        x1, y1, x2, y2 = boxes[i]
+        level = float(norm(weights[i]))
+        axis.add_patch(
+            Rectangle(
+                (x1, y1),
+                x2 - x1,
+                y2 - y1,
+                facecolor=(*colourmap(level)[:3], 0.05 + 0.55 * level),
+                edgecolor="#b00000" if attended[i] else (0.35, 0.35, 0.35, 0.5),
+                linewidth=2.0 if attended[i] else 0.6,
+            )
+        )
+    for i in [i for i in order[::-1][:N_LABELLED] if round(weights[i], 2) > 0]:
+        x1, y1 = boxes[i][:2]
+        axis.text(
+            x1 + 2,
+            y1 + 2,
+            f"{weights[i]:.2f}",
+            fontsize=8,
+            va="top",
+            bbox={"facecolor": "white", "alpha": 0.8, "pad": 1, "edgecolor": "none"},
+        )
+    for x1, y1, x2, y2 in [] if gold is None else gold.tolist():
+        axis.add_patch(
+            Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=GOLD_COLOUR, linewidth=2.5, ls="--")
+        )
+    scores = panel_scores(panel, gold)
+    axis.set_title(panel["name"] + (f"\n{scores}" if scores else ""), fontsize=10)
+
+
+def _set_canvas(axis, image_size: tuple[int, int], background) -> None:
+    """The image (stretched to `image_size`, the boxes' pixel frame) or a blank canvas of that size."""
+    width, height = image_size
+    if background is not None:
+        axis.imshow(background, extent=(0, width, height, 0))
+    else:
+        axis.set_facecolor("#f2f2f2")
+    axis.set_xlim(0, width)
+    axis.set_ylim(height, 0)
+    axis.set_aspect("equal")
+    axis.tick_params(labelsize=7)
+
+
+def _legend_handles(with_gold: bool) -> list:
+    from matplotlib.patches import Patch
+
+    handles = [Patch(facecolor="none", edgecolor="#b00000", linewidth=2.0, label="attended (a >= 1/n)")]
+    if with_gold:
+        handles.append(
+            Patch(facecolor="none", edgecolor=GOLD_COLOUR, linewidth=2.5, ls="--", label="gold phrase box")
+        )
+    return handles
 
 
 def draw_attention(
-    panels: list[dict], out_path: Path, image_size: tuple[int, int], title: str, image_path=None
+    panels: Sequence[Panel],
+    out_path: str | Path,
+    image_path: str | Path | None = None,
+    image_size: tuple[int, int] | None = None,
+    gold_boxes: torch.Tensor | None = None,
+    title: str = "",
 ) -> Path:
-    """Write a PNG with one panel per model: region boxes shaded by attention, gold boxes outlined.
+    """Write a PNG of one word's attention over the region boxes, one panel per model, side by side.
 
-    Each panel: {name, boxes (n, 4), weights (n,), gold (k, 4), precision, recall}.
+    panels: dicts with `name` (str), `boxes` `(n, 4)` pixel (x1, y1, x2, y2), `weights` `(n,)` and
+        optionally `attended` `(n,)` bool (default: weight >= 1/n). Fill colour and opacity follow the
+        weight on one colour scale shared by all panels; attended regions are outlined in dark red; the
+        `N_LABELLED` highest weights are written in their box.
+    image_path: an image file (matplotlib `imread`) to draw on, stretched to `image_size`; without it,
+        a blank canvas of `image_size`.
+    image_size: `(width, height)` in the boxes' pixels; default: the image file's size, else the
+        boxes' extent.
+    gold_boxes: `(k, 4)` gold phrase boxes, outlined dashed in cyan; each panel's title then gives its
+        attended-set precision / recall against them (IoU >= 0.5, as in the attention metrics).
+    Returns the path written. The figure is `figure_inches(len(panels), image_size)` at `DPI`.
     """
-    try:
-        import matplotlib
+    if not panels:
+        raise ValueError("draw_attention needs at least one panel")
+    plt = _import_pyplot()
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from matplotlib.patches import Rectangle
-    except ImportError as err:
-        raise ImportError("attention pictures need matplotlib: pip install 'modeling-ccr[viz]'") from err
-    width, height = image_size
-    figure, axes = plt.subplots(
-        1, len(panels), figsize=(6 * len(panels), 6 * height / width + 1), squeeze=False
-    )
     background = plt.imread(str(image_path)) if image_path is not None else None
+    image_size = image_size or _default_size(panels, background)
+    gold = None if gold_boxes is None else torch.as_tensor(gold_boxes, dtype=torch.float32).reshape(-1, 4)
+    peak = max(float(torch.as_tensor(p["weights"]).max()) for p in panels)
+    norm = Normalize(vmin=0.0, vmax=peak if peak > 0 else 1.0)
+    colourmap = plt.get_cmap(ATTENTION_COLOURMAP)
+    figure, axes = plt.subplots(
+        1, len(panels), figsize=figure_inches(len(panels), image_size), squeeze=False, layout="constrained"
+    )
     for axis, panel in zip(axes[0], panels, strict=True):
-        if background is not None:
-            axis.imshow(background, extent=(0, width, height, 0))
-        axis.set_xlim(0, width)
-        axis.set_ylim(height, 0)
-        axis.set_aspect("equal")
-        peak = float(panel["weights"].max())
-        for box, weight in sorted(
-            zip(panel["boxes"].tolist(), panel["weights"].tolist(), strict=True), key=lambda bw: bw[1]
-        ):
-            x1, y1, x2, y2 = box
-            shade = weight / peak if peak > 0 else 0.0
-            axis.add_patch(
-                Rectangle(
-                    (x1, y1),
-                    x2 - x1,
-                    y2 - y1,
-                    facecolor=(1, 0.3, 0, 0.6 * shade),
-                    edgecolor=(0.3, 0.3, 0.3, 0.4),
-                )
-            )
-            if shade > 0.3:
-                axis.text(x1 + 3, y1 + 12, f"{weight:.2f}", fontsize=8, color="black")
-        for x1, y1, x2, y2 in panel["gold"].tolist():
-            axis.add_patch(
-                Rectangle(
-                    (x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="lime", linewidth=2.5, linestyle="--"
-                )
-            )
-        scores = (
-            ""
-            if panel["precision"] is None
-            else f"\nattended-set P {panel['precision']:.2f}  R {panel['recall']:.2f}"
-        )
-        axis.set_title(f"{panel['name']}{scores}", fontsize=10)
-    figure.suptitle(title + "\n(orange: attention weight; green dashed: gold phrase boxes)", fontsize=11)
-    figure.tight_layout()
+        _set_canvas(axis, image_size, background)
+        _draw_panel(axis, panel, gold, colourmap, norm)
+    figure.suptitle(title, fontsize=11)
+    figure.colorbar(
+        ScalarMappable(norm, colourmap),
+        ax=axes[0].tolist(),
+        location="bottom",
+        shrink=0.6,
+        aspect=40,
+        label="attention weight",
+    )
+    figure.legend(
+        handles=_legend_handles(gold is not None and len(gold) > 0),
+        loc="outside lower center",
+        ncols=2,
+        fontsize=8,
+        frameon=False,
+    )
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out_path, dpi=100)
+    figure.savefig(out_path, dpi=DPI)
     plt.close(figure)
     return out_path
 
 
-def visualize(
-    models: list[tuple[str, MatcherPreTrainedModel, PreTrainedTokenizerBase]],
+def _default_size(panels: Sequence[Panel], background) -> tuple[int, int]:
+    if background is not None:
+        return background.shape[1], background.shape[0]
+    boxes = torch.cat([torch.as_tensor(p["boxes"], dtype=torch.float32).reshape(-1, 4) for p in panels])
+    return max(1, int(boxes[:, 2].max().ceil())), max(1, int(boxes[:, 3].max().ceil()))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# From a dataset row
+# ---------------------------------------------------------------------------------------------------------
+
+
+def find_row(split: datasets.Dataset, image_id: str) -> int:
+    """Row of `image_id` in `split`; a ValueError naming a few valid ids if it is absent."""
+    ids = list(split.with_format(None)["image_id"])
+    if image_id not in ids:
+        raise ValueError(
+            f"image id {image_id!r} is not in the split ({len(ids)} images); some valid ids: {ids[:5]}"
+        )
+    return ids.index(image_id)
+
+
+def find_caption(captions: Sequence[str], caption: str | int) -> tuple[str, int | None]:
+    """(caption text, its index among the image's captions or None when it is free text).
+
+    An int, or a string of digits, is an index; other text matching one of the captions word for word
+    (`split_words`) is that caption; any other text is used as is (it has no gold phrases).
+    """
+    if isinstance(caption, int) or caption.strip().isdigit():
+        index = int(caption)
+        if not 0 <= index < len(captions):
+            raise ValueError(f"caption index {index} is outside the image's {len(captions)} captions")
+        return captions[index], index
+    words = split_words(caption)
+    matches = [i for i, c in enumerate(captions) if split_words(c) == words]
+    return (captions[matches[0]], matches[0]) if matches else (caption, None)
+
+
+def phrase_boxes_for_word(phrases: Sequence[dict], word_index: int) -> torch.Tensor:
+    """Gold boxes `(k, 4)` of the grounded phrases whose word span covers `word_index`; `(0, 4)` if none.
+
+    Phrases without boxes or of an ungrounded type (scene, notvisual) are skipped, as in the metrics.
+    """
+    boxes = [
+        box
+        for phrase in phrases
+        if phrase["first_word"] <= word_index < phrase["first_word"] + phrase["num_words"]
+        and not any(t in (phrase.get("phrase_type") or "").split("/") for t in UNGROUNDED_PHRASE_TYPES)
+        for box in phrase["boxes"] or []
+    ]
+    return torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+
+
+def _panel_name(name: str, model: MatcherPreTrainedModel) -> str:
+    config = model.config
+    constraints = [
+        f"{n}={getattr(config, f'{n}_weight'):g}" for n in ("ccr", "ccs") if getattr(config, f"{n}_weight", 0)
+    ]
+    details = [getattr(config, "direction", None), *constraints]
+    return f"{name} ({', '.join(d for d in details if d)})"
+
+
+def _model_name(model_dir: str | Path) -> str:
+    """`runs/demo/model` -> `demo`; any other folder -> its own name."""
+    path = Path(model_dir).resolve()
+    return path.parent.name if path.name == "model" else path.name
+
+
+def visualize_models(
+    models: Sequence[tuple[str, MatcherPreTrainedModel, PreTrainedTokenizerBase]],
     split: datasets.Dataset,
     image_id: str,
     caption: str | int,
     word: str | int,
-    out_path: Path,
-    image_path: Path | None = None,
+    out_path: str | Path,
+    image_path: str | Path | None = None,
 ) -> Path:
-    """Draw `word`'s attention for the image `image_id` of `split` and a caption (an index into the
-    image's captions, or any text), one panel per (name, model, tokenizer)."""
-    ids = split["image_id"]
-    if image_id not in ids:
-        raise ValueError(f"image id {image_id!r} is not in the split; some ids: {ids[:5]}")
-    row = split[ids.index(image_id)]
-    if "boxes" not in row:
-        raise ValueError("attention pictures need region boxes: the dataset has no 'boxes' column")
-    caption_index = int(caption) if str(caption).isdigit() else None
-    text = row["captions"][caption_index] if caption_index is not None else str(caption)
+    """`visualize` with models already loaded: one panel per (name, model, tokenizer)."""
+    if "boxes" not in split.column_names:
+        raise ValueError(f"attention pictures need a 'boxes' column; the split has {split.column_names}")
+    row_index = find_row(split, image_id)
+    columns = [c for c in ("captions", "phrases", "image_size") if c in split.column_names]
+    row = split.select_columns(columns).with_format(None)[row_index]
+    tensors = split.with_format("torch", columns=["features", "boxes"])[row_index]
+    features, boxes = tensors["features"].float(), tensors["boxes"].float()
+    check_boxes(boxes, features.shape[0], f"image {image_id!r}")
+    text, caption_index = find_caption(row["captions"], caption)
     word_index = find_word(text, word)
-    boxes = torch.tensor(row["boxes"], dtype=torch.float32)
-    features = torch.tensor(row["features"], dtype=torch.float32)
+    phrases = row.get("phrases")
     gold = (
-        phrase_boxes_for_word(row, caption_index, word_index)
-        if caption_index is not None
-        else torch.zeros(0, 4)
+        phrase_boxes_for_word(phrases[caption_index], word_index)
+        if phrases and caption_index is not None
+        else None
     )
     panels = []
     for name, model, tokenizer in models:
-        weights, attended = word_attention(model, tokenizer, features, text, word_index)
-        precision = recall = None
-        if len(gold):
-            p, r, _ = word_precision_recall(attended[None], gold_regions(boxes, gold)[None])
-            precision, recall = float(p[0]), float(r[0])
+        weights, attended = _word_attention(model, tokenizer, features, text, word_index)
         panels.append(
-            {
-                "name": name,
-                "boxes": boxes,
-                "weights": weights,
-                "gold": gold,
-                "precision": precision,
-                "recall": recall,
-            }
+            {"name": _panel_name(name, model), "boxes": boxes, "weights": weights, "attended": attended}
         )
-    title = f'{image_id}: "{text}" - word "{split_words(text)[word_index]}"'
-    return draw_attention(
-        panels,
-        out_path,
-        tuple(row.get("image_size") or (int(boxes[:, 2].max()), int(boxes[:, 3].max()))),
-        title,
-        image_path,
-    )
+    size = tuple(row["image_size"]) if row.get("image_size") else None
+    return draw_attention(panels, out_path, image_path, size, gold, _title(image_id, text, word_index, gold))
+
+
+def _title(image_id: str, caption: str, word_index: int, gold: torch.Tensor | None) -> str:
+    word = split_words(caption)[word_index]
+    grounding = "no gold phrase covers this word" if gold is None or not len(gold) else ""
+    lines = [f"{image_id} - word {word!r} (word {word_index})", *textwrap.wrap(f'"{caption}"', 90)]
+    return "\n".join(lines + ([grounding] if grounding else []))
+
+
+def visualize(
+    model_dirs: Sequence[str | Path],
+    split: datasets.Dataset,
+    image_id: str,
+    caption: str | int,
+    word: str | int,
+    out_path: str | Path,
+    image_path: str | Path | None = None,
+) -> Path:
+    """Draw `word`'s attention over the regions of image `image_id` of `split`, one panel per model.
+
+    model_dirs: saved model folders (one, or e.g. base and constrained), each with its tokenizer.
+    caption: an index into the image's captions (int or digit string) or a caption text; the gold
+        phrase boxes covering the word are drawn when the caption is one of the image's own.
+    word: a word of the caption (first occurrence) or its index. Returns the PNG path.
+    """
+    from transformers import AutoModel, AutoTokenizer
+
+    if not model_dirs:
+        raise ValueError("visualize needs at least one model folder")
+    models = [
+        (_model_name(path), AutoModel.from_pretrained(str(path)), AutoTokenizer.from_pretrained(str(path)))
+        for path in model_dirs
+    ]
+    return visualize_models(models, split, image_id, caption, word, out_path, image_path)

@@ -1,4 +1,4 @@
-"""Attention pictures: the PNG, its panels, the weights drawn, and errors."""
+"""Attention pictures: the weights drawn, the PNG and its panels, gold boxes, and errors."""
 
 import pytest
 import torch
@@ -7,7 +7,17 @@ from modeling_ccr import ScanConfig, ScanModel
 from modeling_ccr.data.pairs import caption_table
 from modeling_ccr.data.synthetic import SyntheticCorpusConfig, build_synthetic_corpus
 from modeling_ccr.tokenization import build_word_tokenizer, split_words
-from modeling_ccr.visualization import find_word, visualize, word_attention
+from modeling_ccr.visualization import (
+    DPI,
+    draw_attention,
+    figure_inches,
+    find_word,
+    panel_scores,
+    phrase_boxes_for_word,
+    visualize,
+    visualize_models,
+    word_attention_over_regions,
+)
 
 plt = pytest.importorskip("matplotlib.pyplot")
 
@@ -20,54 +30,127 @@ def split_and_tokenizer():
     return corpus["test"], build_word_tokenizer(caption_table(corpus["train"])[0], min_count=1)
 
 
-def tiny_model(tokenizer, direction):
+def tiny_model(tokenizer, direction="t2i"):
     torch.manual_seed(0)
     return ScanModel(
         ScanConfig(feature_dim=16, embed_dim=8, word_dim=6, vocab_size=len(tokenizer), direction=direction)
     )
 
 
+def png_shape(path):
+    """(height, width) in pixels of a PNG, read back with matplotlib."""
+    return plt.imread(path).shape[:2]
+
+
+def expected_shape(n_panels, image_size):
+    width, height = figure_inches(n_panels, image_size)
+    return round(height * DPI), round(width * DPI)
+
+
 @pytest.mark.parametrize("direction", ["t2i", "i2t"])
-def test_weights_are_the_models_attention_for_that_word(split_and_tokenizer, direction):
+def test_weights_are_the_words_row_for_t2i_and_its_column_for_i2t(split_and_tokenizer, direction):
     split, tokenizer = split_and_tokenizer
     model = tiny_model(tokenizer, direction)
-    row = split[0]
-    caption = row["captions"][0]
-    word_index = 2
-    weights, attended = word_attention(model, tokenizer, torch.tensor(row["features"]), caption, word_index)
-    features = torch.tensor(row["features"])[None]
+    row = split.with_format("torch")[0]
+    caption = split[0]["captions"][0]
+    weights, word_index = word_attention_over_regions(
+        model, tokenizer, row["features"], caption, 2, boxes=row["boxes"]
+    )
     tokens = tokenizer([caption], return_tensors="pt")
     with torch.no_grad():
         out = model(
-            features,
-            torch.ones(features.shape[:2], dtype=torch.bool),
+            row["features"][None],
+            torch.ones(1, len(row["features"]), dtype=torch.bool),
             tokens["input_ids"],
             tokens["attention_mask"],
             output_attentions=True,
         )
-    expected = (
-        out.attentions[0, word_index + 1] if direction == "t2i" else out.attentions[0, :, word_index + 1]
-    )
+    token = word_index + 1  # <start> comes first
+    expected = out.attentions[0, token] if direction == "t2i" else out.attentions[0, :, token]
+    assert word_index == 2 and weights.shape == (len(row["boxes"]),)
     torch.testing.assert_close(weights, expected)
-    assert attended.shape == weights.shape and attended.dtype == torch.bool
 
 
-def test_two_models_give_a_two_panel_png(split_and_tokenizer, tmp_path):
+def test_a_word_given_as_text_is_its_first_occurrence():
+    assert find_word("a dog and a cat", "a") == 0
+    assert find_word("a dog and a cat", "Cat") == 4
+    assert find_word("a dog and a cat", 3) == find_word("a dog and a cat", "3") == 3
+
+
+def test_one_panel_png_has_the_figure_size(split_and_tokenizer, tmp_path):
     split, tokenizer = split_and_tokenizer
-    models = [(name, tiny_model(tokenizer, d), tokenizer) for name, d in (("base", "t2i"), ("other", "i2t"))]
-    row = split[1]
+    row = split[0]
     word = split_words(row["captions"][0])[-1]
-    out = visualize(models, split, row["image_id"], 0, word, tmp_path / "pic.png")
-    image = plt.imread(out)
-    assert image.ndim == 3 and image.shape[1] > image.shape[0]  # two panels side by side: wider than tall
+    out = visualize_models(
+        [("base", tiny_model(tokenizer), tokenizer)], split, row["image_id"], 0, word, tmp_path / "one.png"
+    )
+    assert png_shape(out) == expected_shape(1, tuple(row["image_size"]))
+
+
+def test_two_model_folders_give_two_panels_side_by_side(split_and_tokenizer, tmp_path):
+    split, tokenizer = split_and_tokenizer
+    for name, direction in (("base", "t2i"), ("constrained", "i2t")):
+        tiny_model(tokenizer, direction).save_pretrained(tmp_path / name)
+        tokenizer.save_pretrained(tmp_path / name)
+    row = split[1]
+    out = visualize(
+        [tmp_path / "base", tmp_path / "constrained"],
+        split,
+        row["image_id"],
+        row["captions"][1],  # caption given as text
+        "1",  # word given as an index string, as the CLI passes it
+        tmp_path / "two.png",
+    )
+    height, width = png_shape(out)
+    assert (height, width) == expected_shape(2, tuple(row["image_size"]))
+    assert width > 1.5 * expected_shape(1, tuple(row["image_size"]))[1]
+
+
+def test_drawing_on_an_image_file_keeps_the_figure_size(tmp_path):
+    image = tmp_path / "photo.png"
+    plt.imsave(image, torch.rand(60, 80, 3).numpy())
+    panel = {"name": "m", "boxes": torch.tensor([[0, 0, 40, 30], [40, 30, 80, 60]]), "weights": [0.8, 0.2]}
+    out = draw_attention([panel], tmp_path / "on_image.png", image_path=image, title="a dog - 'dog'")
+    assert png_shape(out) == expected_shape(1, (80, 60))
+
+
+def test_scores_are_precision_and_recall_of_the_attended_set_against_gold():
+    panel = {"name": "m", "boxes": torch.tensor([[0, 0, 10, 10], [20, 20, 30, 30]]), "weights": [0.9, 0.1]}
+    assert panel_scores(panel, torch.tensor([[0.0, 0.0, 10.0, 10.0]])) == "attended-set P 1.00  R 1.00"
+    assert panel_scores(panel, torch.tensor([[20.0, 20.0, 30.0, 30.0]])) == "attended-set P 0.00  R 0.00"
+    assert panel_scores(panel, None) == ""
+
+
+def test_gold_boxes_come_from_grounded_phrases_covering_the_word():
+    phrases = [
+        {"first_word": 0, "num_words": 2, "phrase_type": "animals", "boxes": [[1, 2, 3, 4]]},
+        {"first_word": 3, "num_words": 1, "phrase_type": "scene", "boxes": [[5, 6, 7, 8]]},
+    ]
+    assert phrase_boxes_for_word(phrases, 1).tolist() == [[1, 2, 3, 4]]
+    assert phrase_boxes_for_word(phrases, 2).shape == (0, 4)
+    assert phrase_boxes_for_word(phrases, 3).shape == (0, 4)  # scene phrases have no object to attend
 
 
 def test_unknown_word_and_image_id_are_named(split_and_tokenizer, tmp_path):
     split, tokenizer = split_and_tokenizer
-    models = [("base", tiny_model(tokenizer, "t2i"), tokenizer)]
-    with pytest.raises(ValueError, match="not in the caption"):
-        visualize(models, split, split[0]["image_id"], 0, "zebra-unicorn", tmp_path / "x.png")
-    with pytest.raises(ValueError, match="image id 'nope'"):
-        visualize(models, split, "nope", 0, "a", tmp_path / "x.png")
-    with pytest.raises(ValueError, match="outside the caption"):
+    models = [("base", tiny_model(tokenizer), tokenizer)]
+    image_id = split[0]["image_id"]
+    with pytest.raises(ValueError, match="'zebra' is not in the caption"):
+        visualize_models(models, split, image_id, 0, "zebra", tmp_path / "x.png")
+    with pytest.raises(ValueError, match=f"image id 'nope' is not in the split.*{image_id}"):
+        visualize_models(models, split, "nope", 0, "a", tmp_path / "x.png")
+    with pytest.raises(ValueError, match="caption index 9 is outside"):
+        visualize_models(models, split, image_id, 9, "a", tmp_path / "x.png")
+    with pytest.raises(ValueError, match="outside the caption's 3 words"):
         find_word("a red dog", 7)
+
+
+def test_an_image_without_boxes_is_refused(split_and_tokenizer):
+    split, tokenizer = split_and_tokenizer
+    features = torch.randn(4, 16)
+    with pytest.raises(ValueError, match="has no region boxes"):
+        word_attention_over_regions(
+            tiny_model(tokenizer), tokenizer, features, "a dog", "dog", boxes=torch.zeros(0, 4)
+        )
+    with pytest.raises(ValueError, match="need a 'boxes' column"):
+        visualize_models([], split.remove_columns("boxes"), split[0]["image_id"], 0, 0, "x.png")
