@@ -49,7 +49,9 @@ def main(output_path: str) -> None:
     local_loss = output.loss.detach()
     total_loss = accelerator.reduce(local_loss, reduction="sum")
     with torch.no_grad():
-        per_process_only = accelerator.reduce(model(*local[:4], return_loss=True, image_index=local[4]).loss, reduction="sum")
+        per_process_only = accelerator.reduce(
+            model(*local[:4], return_loss=True, image_index=local[4]).loss, reduction="sum"
+        )
     grads = {n: p.grad.clone() for n, p in accelerator.unwrap_model(model).named_parameters()}
 
     if accelerator.is_main_process:
