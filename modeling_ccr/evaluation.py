@@ -162,6 +162,28 @@ def grounded_pairs(dataset: datasets.Dataset) -> list[tuple[int, int, list[dict]
 
 
 @torch.no_grad()
+def matched_pair_attentions(
+    model: MatcherPreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    features: Sequence,
+    captions: Sequence[str],
+    image_indices: Sequence[int] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The model's attention on pairs (features[i], captions[i]), on the CPU: attentions
+    `(batch, n_queries, n_keys)`, region_mask `(batch, n_regions)` and attention_mask `(batch, n_tokens)`."""
+    region_features, region_mask = pad_regions(list(features), image_indices)
+    input_ids, attention_mask = tokenize_captions(tokenizer, list(captions), image_indices=image_indices)
+    output = model(
+        region_features.to(model.device),
+        region_mask.to(model.device),
+        input_ids.to(model.device),
+        attention_mask.to(model.device),
+        output_attentions=True,
+    )
+    return output.attentions.float().cpu(), region_mask, attention_mask
+
+
+@torch.no_grad()
 def attention_metrics(
     model: MatcherPreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -183,18 +205,14 @@ def attention_metrics(
     for start in tqdm(range(0, len(pairs), batch_size), desc="attention metrics", disable=not progress):
         batch = pairs[start : start + batch_size]
         rows = [row for row, _, _ in batch]
-        features, region_mask = pad_regions([images[r]["features"] for r in rows], rows)
-        input_ids, attention_mask = tokenize_captions(tokenizer, [captions[r][c] for r, c, _ in batch])
-        output = model(
-            features.to(model.device),
-            region_mask.to(model.device),
-            input_ids.to(model.device),
-            attention_mask.to(model.device),
-            output_attentions=True,
+        attentions, region_mask, attention_mask = matched_pair_attentions(
+            model,
+            tokenizer,
+            [images[r]["features"] for r in rows],
+            [captions[r][c] for r, c, _ in batch],
+            rows,
         )
-        attended = word_region_attended(
-            output.attentions.cpu(), region_mask, attention_mask.bool(), direction, rule
-        )
+        attended = word_region_attended(attentions, region_mask, attention_mask.bool(), direction, rule)
         for b, (row, _, phrases) in enumerate(batch):
             boxes = region_boxes[row]["boxes"].float()
             n_regions, n_tokens = len(boxes), int(attention_mask[b].sum())

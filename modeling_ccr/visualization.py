@@ -22,8 +22,7 @@ import datasets
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from .data.collator import pad_regions, tokenize_captions
-from .evaluation import UNGROUNDED_PHRASE_TYPES, word_region_attended
+from .evaluation import UNGROUNDED_PHRASE_TYPES, matched_pair_attentions, word_region_attended
 from .metrics.attention import AttendedSetRule, attended_regions, gold_regions, word_precision_recall
 from .modeling_matcher import MatcherPreTrainedModel
 from .tokenization import split_words, word_token_index
@@ -79,20 +78,11 @@ def _word_attention(
     """Weights `(n_regions,)` float and attended set `(n_regions,)` bool of word `word_index` (CPU)."""
     was_training = model.training
     model.eval()
-    region_features, region_mask = pad_regions([features])
-    input_ids, attention_mask = tokenize_captions(tokenizer, [caption])
+    attentions, region_mask, attention_mask = matched_pair_attentions(model, tokenizer, [features], [caption])
+    model.train(was_training)
     token = word_token_index(word_index)
     if token >= int(attention_mask.sum()) - 1:  # the last real token is <end>
         raise ValueError(f"word {word_index} of {caption!r} did not survive tokenization")
-    output = model(
-        region_features.to(model.device),
-        region_mask.to(model.device),
-        input_ids.to(model.device),
-        attention_mask.to(model.device),
-        output_attentions=True,
-    )
-    model.train(was_training)
-    attentions = output.attentions.float().cpu()
     direction = getattr(model.config, "direction", "t2i")
     weights = attentions[0, token] if direction == "t2i" else attentions[0, :, token]
     attended = word_region_attended(
