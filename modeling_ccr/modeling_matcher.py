@@ -150,12 +150,12 @@ class MatcherPreTrainedModel(PreTrainedModel):
         word_mask = attention_mask.bool()
         image_embeds = self.get_image_features(region_features, region_mask)
         text_embeds = self.get_text_features(input_ids, attention_mask)
-        logits = self.score_pairs(image_embeds, region_mask, text_embeds, word_mask)
-        loss = None
         if return_loss:
-            loss = self.base_loss(
-                image_embeds, region_mask, text_embeds, word_mask, logits, gather_negatives, image_index
+            loss, logits = self.scores_and_base_loss(
+                image_embeds, region_mask, text_embeds, word_mask, gather_negatives, image_index
             )
+        else:
+            loss, logits = None, self.score_pairs(image_embeds, region_mask, text_embeds, word_mask)
         views = None
         if output_attentions or (return_loss and self.config.uses_constraints):
             constrained_words = self.constrained_word_mask(input_ids, word_mask)
@@ -212,22 +212,24 @@ class MatcherPreTrainedModel(PreTrainedModel):
             )
         return losses
 
-    def base_loss(
+    def scores_and_base_loss(
         self,
         image_embeds: torch.Tensor,
         region_mask: torch.Tensor,
         text_embeds: torch.Tensor,
         word_mask: torch.Tensor,
-        local_logits: torch.Tensor,
         gather_negatives: bool,
         image_index: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """The base loss of this batch; under DDP with `gather_negatives`, this process's share of it."""
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The base loss of this batch (under DDP with `gather_negatives`, this process's share of the
+        global-batch loss) and the local `(batch, batch)` scores, which under DDP are read off the
+        local-images x global-captions scores instead of being computed a second time."""
         world_size, rank = world_size_and_rank()
         margin, hardest = self.config.margin, self.config.max_violation
         if not gather_negatives or world_size == 1:
+            logits = self.score_pairs(image_embeds, region_mask, text_embeds, word_mask)
             same_image = None if image_index is None else image_index[:, None] == image_index[None, :]
-            return hinge_triplet_loss(local_logits, local_logits, margin, hardest, same_image=same_image)
+            return hinge_triplet_loss(logits, logits, margin, hardest, same_image=same_image), logits
         all_images, all_regions = gather_padded(image_embeds, region_mask)
         all_texts, all_words = gather_padded(text_embeds, word_mask)
         image_to_captions = self.score_pairs(image_embeds, region_mask, all_texts, all_words)
@@ -235,10 +237,12 @@ class MatcherPreTrainedModel(PreTrainedModel):
         same_image = None
         if image_index is not None:
             same_image = image_index[:, None] == gather_without_grad(image_index)[None, :]
-        offset = rank * image_embeds.shape[0]
-        return hinge_triplet_loss(
+        batch = image_embeds.shape[0]
+        offset = rank * batch
+        loss = hinge_triplet_loss(
             image_to_captions, captions_to_image, margin, hardest, offset=offset, same_image=same_image
         )
+        return loss, image_to_captions[:, offset : offset + batch]
 
     def _check_region_features(self, region_features: torch.Tensor, region_mask: torch.Tensor) -> None:
         if region_features.dim() != 3 or region_features.shape[-1] != self.config.feature_dim:

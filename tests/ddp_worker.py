@@ -53,6 +53,11 @@ def main(output_path: str) -> None:
             model(*local[:4], return_loss=True, image_index=local[4]).loss, reduction="sum"
         )
     grads = {n: p.grad.clone() for n, p in accelerator.unwrap_model(model).named_parameters()}
+    with torch.no_grad():  # this process's (batch, batch) scores: a block of the global matrix
+        block = slice(rank * per_process, (rank + 1) * per_process)
+        expected_logits = reference(*batch[:4]).logits_per_image[block, block]
+        logits_error = (output.logits_per_image.detach() - expected_logits).abs().max()
+    max_logits_error = accelerator.reduce(logits_error, reduction="max")
 
     if accelerator.is_main_process:
         single = reference(*batch[:4], return_loss=True, image_index=batch[4])
@@ -63,6 +68,7 @@ def main(output_path: str) -> None:
                 {
                     "world_size": world,
                     "ddp_loss": float(total_loss),
+                    "max_local_logits_error": float(max_logits_error),
                     "per_process_negatives_loss": float(per_process_only),
                     "single_loss": float(single.loss.detach()),
                     "max_grad_error": max_grad_error,

@@ -32,5 +32,6 @@ def test_two_processes_of_batch_b_give_the_loss_and_gradient_of_one_process_of_2
     assert measured["world_size"] == 2
     assert measured["ddp_loss"] == pytest.approx(measured["single_loss"], rel=1e-5)
     assert measured["max_grad_error"] <= 1e-5 * max(1.0, measured["max_grad"])
+    assert measured["max_local_logits_error"] <= 1e-5  # logits_per_image is the local block
     # Without gathering, each process sees only its own negatives: a different (smaller) loss.
     assert measured["per_process_negatives_loss"] < measured["single_loss"] - 1e-3
