@@ -100,6 +100,12 @@ def _list_lengths(array: pa.Array) -> np.ndarray:
     return pc.fill_null(pc.list_value_length(array), 0).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
+def _first_mismatch(found: np.ndarray, expected: np.ndarray | int) -> tuple[int | None, int]:
+    """The first row whose count differs from the expected count(s) (None if none), and how many differ."""
+    wrong = np.flatnonzero(found != expected)
+    return (int(wrong[0]) if len(wrong) else None), len(wrong)
+
+
 def _image_ids(dataset: datasets.Dataset) -> list[str]:
     return dataset.with_format("arrow", columns=["image_id"])[:].column("image_id").to_pylist()
 
@@ -165,12 +171,11 @@ def _check_captions(
     column = _arrow_column(dataset, "captions")
     counts = _list_lengths(column)
     if captions_per_image is not None:
-        wrong = np.flatnonzero(counts != captions_per_image)
-        if len(wrong):
-            row = int(wrong[0])
+        row, n_wrong = _first_mismatch(counts, captions_per_image)
+        if row is not None:
             raise ValueError(
                 f"{_where(split_name, 'captions', row, image_ids)}: {counts[row]} captions, "
-                f"expected {captions_per_image} (and {len(wrong) - 1} more rows differ)"
+                f"expected {captions_per_image} (and {n_wrong - 1} more rows differ)"
             )
     captions = pc.list_flatten(column).to_pylist()
     for index, caption in enumerate(captions):
@@ -188,9 +193,8 @@ def _check_boxes(
 ) -> None:
     box_column = _arrow_column(dataset, "boxes")
     n_boxes = _list_lengths(box_column)
-    wrong = np.flatnonzero(n_boxes != n_regions)
-    if len(wrong):
-        row = int(wrong[0])
+    row, _ = _first_mismatch(n_boxes, n_regions)
+    if row is not None:
         raise ValueError(
             f"{_where(split_name, 'boxes', row, image_ids)}: {n_boxes[row]} boxes but {n_regions[row]} "
             "feature regions; boxes must be the boxes of the exact regions behind the features"
@@ -212,9 +216,8 @@ def _check_phrases(
 ) -> None:
     column = _arrow_column(dataset, "phrases")
     phrase_list_counts = _list_lengths(column)
-    wrong = np.flatnonzero(phrase_list_counts != caption_counts)
-    if len(wrong):
-        row = int(wrong[0])
+    row, _ = _first_mismatch(phrase_list_counts, caption_counts)
+    if row is not None:
         raise ValueError(
             f"{_where(split_name, 'phrases', row, image_ids)}: {phrase_list_counts[row]} phrase lists but "
             f"{caption_counts[row]} captions; expected one phrase list per caption"
