@@ -5,6 +5,7 @@ Importing the package registers every backbone with `AutoConfig` / `AutoModel`.
 
 from transformers import AutoConfig, AutoModel
 
+from .backbones import SINGLE_BACKBONES
 from .configuration_scan import ScanConfig
 from .modeling_matcher import MatcherOutput, MatcherPreTrainedModel
 from .modeling_scan import ScanModel
@@ -12,9 +13,7 @@ from .modeling_scan import ScanModel
 __version__ = "0.1.0"
 
 # Backbone name (as used in training configs) -> (config class, model class).
-BACKBONES = {
-    "scan": (ScanConfig, ScanModel),
-}
+BACKBONES = {**SINGLE_BACKBONES}
 
 for _config_class, _model_class in BACKBONES.values():
     AutoConfig.register(_config_class.model_type, _config_class)

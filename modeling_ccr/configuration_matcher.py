@@ -5,6 +5,8 @@ from __future__ import annotations
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
+from .losses import BASE_LOSSES
+
 CCS_MODES = ("swap_keys", "swap_query", "swap_image")
 ATTENDED_SET_RULES = ("inverse_n", "top_k")
 
@@ -27,6 +29,14 @@ _TRANSFORMERS_KWARGS = frozenset(
 )
 
 
+def reject_unknown_options(config: PreTrainedConfig, kwargs: dict) -> None:
+    """Raise on constructor keywords that are neither declared fields nor transformers' own keys."""
+    unknown = sorted(set(kwargs) - _TRANSFORMERS_KWARGS)
+    if unknown:
+        known = sorted(set(config.__dataclass_fields__) - set(PreTrainedConfig.__dataclass_fields__))
+        raise ValueError(f"unknown {type(config).__name__} option(s) {unknown}; valid options are {known}")
+
+
 def check_choice(name: str, value: object, choices: tuple) -> None:
     if value not in choices:
         raise ValueError(f"config field {name!r} must be one of {list(choices)}, got {value!r}")
@@ -47,7 +57,11 @@ class MatcherConfig(PreTrainedConfig):
     vocab_size / word_dim: word embedding table; vocab_size comes from the tokenizer.
     num_gru_layers / bidirectional_gru: the text GRU (bidirectional output = mean of both directions).
     normalize_regions / normalize_words: l2-normalise each region / word embedding.
-    margin / max_violation: VSE++ hinge margin; hardest in-batch negative (True) or sum over negatives.
+    loss: the base loss: "hinge" (VSE++ triplet), "infonce" or "unified" (docs/losses.md).
+    margin / max_violation: hinge margin (also the unified loss's margin); hinge on the hardest in-batch
+        negative (True) or summed over negatives.
+    temperature: softmax temperature of the "infonce" and "unified" losses.
+    hard_negatives: negatives per anchor inside the unified loss, hardest first (0 = all).
     pad/bos/eos_token_id: ids of `<pad>`, `<start>`, `<end>` in the word tokenizer.
     ccr_weight / ccr_margin: weight and margin gamma_r of Contrastive Content Re-sourcing (0 = off).
     ccs_weight / ccs_margin / ccs_mode: Contrastive Content Swapping: "swap_keys" (default), "swap_query"
@@ -59,6 +73,8 @@ class MatcherConfig(PreTrainedConfig):
     """
 
     model_type = "xmatch_matcher"
+    # Backbones without cross-attention (global embeddings) set this False: no attention, no constraints.
+    has_cross_attention = True
 
     feature_dim: int = 2048
     embed_dim: int = 1024
@@ -68,8 +84,11 @@ class MatcherConfig(PreTrainedConfig):
     bidirectional_gru: bool = True
     normalize_regions: bool = True
     normalize_words: bool = True
+    loss: str = "hinge"
     margin: float = 0.2
     max_violation: bool = True
+    temperature: float = 0.05
+    hard_negatives: int = 0
     pad_token_id: int | None = 0
     bos_token_id: int | None = 1
     eos_token_id: int | None = 2
@@ -84,21 +103,26 @@ class MatcherConfig(PreTrainedConfig):
     constraint_skip_token_ids: list[int] | None = None
 
     def __post_init__(self, **kwargs):
-        unknown = sorted(set(kwargs) - _TRANSFORMERS_KWARGS)
-        if unknown:
-            known = sorted(set(self.__dataclass_fields__) - set(PreTrainedConfig.__dataclass_fields__))
-            raise ValueError(f"unknown {type(self).__name__} option(s) {unknown}; valid options are {known}")
+        reject_unknown_options(self, kwargs)
         super().__post_init__(**kwargs)
 
     def validate_architecture(self):
         for name in ("feature_dim", "embed_dim", "vocab_size", "word_dim", "num_gru_layers"):
             check_positive(name, getattr(self, name))
+        check_choice("loss", self.loss, BASE_LOSSES)
         check_positive("margin", self.margin, allow_zero=True)
+        check_positive("temperature", self.temperature)
+        check_positive("hard_negatives", self.hard_negatives, allow_zero=True)
         for name in ("ccr_weight", "ccr_margin", "ccs_weight", "ccs_margin"):
             check_positive(name, getattr(self, name), allow_zero=True)
         check_choice("ccs_mode", self.ccs_mode, CCS_MODES)
         check_choice("constraint_attended_set", self.constraint_attended_set, ATTENDED_SET_RULES)
         check_positive("constraint_top_k", self.constraint_top_k)
+        if self.uses_constraints and not self.has_cross_attention:
+            raise ValueError(
+                f"{type(self).__name__} has no cross-attention for CCR/CCS to constrain: "
+                f"set ccr_weight and ccs_weight to 0 (got {self.ccr_weight} and {self.ccs_weight})"
+            )
 
     @property
     def uses_constraints(self) -> bool:

@@ -6,9 +6,12 @@ caption's words and the keys an image's regions; in i2t the roles swap. `logits[
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 
+from .constraints import AttentionRule, MatchedAttention
 from .encoders import NORM_EPS
 
 # SCAN clips negative query-key scores with this LeakyReLU slope before normalising them.
@@ -84,22 +87,20 @@ def gram(items: torch.Tensor) -> torch.Tensor:
     return torch.matmul(items, items.transpose(-1, -2))
 
 
-def scan_all_pairs(
+def all_pairs_relevance(
     image_embeds: torch.Tensor,
     region_mask: torch.Tensor,
     text_embeds: torch.Tensor,
     word_mask: torch.Tensor,
-    *,
     direction: str,
-    aggregation: str,
-    lambda_softmax: float,
-    lambda_lse: float,
-    norm: str,
-) -> torch.Tensor:
-    """SCAN score of every image against every caption.
+    attention_rule: AttentionRule,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """R_t = cos(q_t, c_t) of every query of every (image, caption) pair under an attention rule.
 
     image_embeds `(n_images, n_regions, D)`, region_mask `(n_images, n_regions)`, text_embeds
-    `(n_captions, n_words, D)`, word_mask `(n_captions, n_words)`. Returns `(n_images, n_captions)`.
+    `(n_captions, n_words, D)`, word_mask `(n_captions, n_words)`; attention_rule maps logits
+    `(..., m, n)` and masks to attention (e.g. SCAN's). Returns relevance `(n_images, n_captions, m)` and
+    its query mask (broadcastable to it): m = n_words for t2i, n_regions for i2t.
     Memory is O(n_images * n_captions * n_regions * n_words): callers block large galleries.
     """
     if direction == "t2i":
@@ -112,19 +113,54 @@ def scan_all_pairs(
         query_mask, key_mask = region_mask.unsqueeze(1), word_mask.unsqueeze(0)
         key_gram = gram(text_embeds).unsqueeze(0)
         query_norms = image_embeds.norm(dim=-1).unsqueeze(1)
-    attention = scan_attention(logits, query_mask, key_mask, lambda_softmax, norm)
-    relevance = attended_relevance(logits, attention, key_gram, query_norms)
+    attention = attention_rule(logits, query_mask, key_mask)
+    return attended_relevance(logits, attention, key_gram, query_norms), query_mask
+
+
+def scan_all_pairs(
+    image_embeds: torch.Tensor,
+    region_mask: torch.Tensor,
+    text_embeds: torch.Tensor,
+    word_mask: torch.Tensor,
+    *,
+    direction: str,
+    aggregation: str,
+    lambda_softmax: float,
+    lambda_lse: float,
+    norm: str,
+) -> torch.Tensor:
+    """SCAN score of every image against every caption: `(n_images, n_captions)` (inputs as in
+    `all_pairs_relevance`)."""
+    rule = partial(scan_attention, lambda_softmax=lambda_softmax, norm=norm)
+    relevance, query_mask = all_pairs_relevance(
+        image_embeds, region_mask, text_embeds, word_mask, direction, rule
+    )
     return aggregate_relevance(relevance, query_mask, aggregation, lambda_lse)
 
 
-def matched_queries_and_keys(
+def matched_view(
     image_embeds: torch.Tensor,
     region_mask: torch.Tensor,
     text_embeds: torch.Tensor,
     word_mask: torch.Tensor,
     direction: str,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(queries, query_mask, keys, key_mask) of the matched pairs (image i, caption i) for a direction."""
+    attention_rule: AttentionRule,
+    constrained_words: torch.Tensor | None = None,
+) -> MatchedAttention:
+    """A backbone's attention on the matched pairs (image i, caption i) in one direction, for the
+    constraints and `output_attentions`. constrained_words `(batch, n_words)` bool applies to word queries
+    (t2i); in i2t every region query is constrained."""
     if direction == "t2i":
-        return text_embeds, word_mask, image_embeds, region_mask
-    return image_embeds, region_mask, text_embeds, word_mask
+        queries, query_mask, keys, key_mask = text_embeds, word_mask, image_embeds, region_mask
+    else:
+        queries, query_mask, keys, key_mask = image_embeds, region_mask, text_embeds, word_mask
+    logits = torch.matmul(queries, keys.transpose(-1, -2))
+    return MatchedAttention(
+        queries=queries,
+        query_mask=query_mask,
+        keys=keys,
+        key_mask=key_mask,
+        attention=attention_rule(logits, query_mask, key_mask),
+        attention_rule=attention_rule,
+        constrained_queries=constrained_words if direction == "t2i" else None,
+    )

@@ -194,7 +194,7 @@ def attention_metrics(
 ) -> dict:
     """Attention P/R/F1 of a model's matched-pair attention on a split with boxes and phrases."""
     rule = rule or AttendedSetRule()
-    direction = getattr(model.config, "direction", "t2i")
+    direction = model.attention_direction
     was_training = model.training
     model.eval()
     images = ImageFeatures(dataset)

@@ -6,6 +6,7 @@ against every caption of two small sets) and `matched_attention_maps` (its atten
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +17,7 @@ from .configuration_matcher import MatcherConfig
 from .constraints import MatchedAttention, constraint_terms
 from .distributed import gather_padded, gather_without_grad, world_size_and_rank
 from .encoders import GRUTextEncoder, RegionEncoder
-from .losses import hinge_triplet_loss
+from .losses import matching_loss
 
 
 @dataclass
@@ -49,6 +50,26 @@ class MatcherOutput(ModelOutput):
     ccs_loss: torch.Tensor | None = None
     ccr_active_fraction: torch.Tensor | None = None
     ccs_active_fraction: torch.Tensor | None = None
+
+
+def blocked_scores(
+    score_pairs: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    image_embeds: torch.Tensor,
+    region_mask: torch.Tensor,
+    text_embeds: torch.Tensor,
+    word_mask: torch.Tensor,
+    image_block: int = 64,
+    caption_block: int = 256,
+) -> torch.Tensor:
+    """`score_pairs` over a whole gallery `(n_images, n_captions)`, one bounded-memory block at a time."""
+    scores = torch.empty(image_embeds.shape[0], text_embeds.shape[0], device=image_embeds.device)
+    for i in range(0, image_embeds.shape[0], image_block):
+        images, regions = image_embeds[i : i + image_block], region_mask[i : i + image_block]
+        for c in range(0, text_embeds.shape[0], caption_block):
+            scores[i : i + image_block, c : c + caption_block] = score_pairs(
+                images, regions, text_embeds[c : c + caption_block], word_mask[c : c + caption_block]
+            )
+    return scores
 
 
 class MatcherPreTrainedModel(PreTrainedModel):
@@ -107,6 +128,11 @@ class MatcherPreTrainedModel(PreTrainedModel):
         """Word embeddings `(batch, n_tokens, embed_dim)` of token ids `(batch, n_tokens)`."""
         return self.text_encoder(input_ids, attention_mask)
 
+    @property
+    def attention_direction(self) -> str:
+        """What `MatcherOutput.attentions` holds: "t2i" (words over regions) or "i2t" (regions over words)."""
+        return "t2i"
+
     @torch.no_grad()
     def similarity(
         self,
@@ -118,14 +144,9 @@ class MatcherPreTrainedModel(PreTrainedModel):
         caption_block: int = 256,
     ) -> torch.Tensor:
         """Scores of a whole gallery `(n_images, n_captions)`, computed in bounded-memory blocks."""
-        scores = torch.empty(image_embeds.shape[0], text_embeds.shape[0], device=image_embeds.device)
-        for i in range(0, image_embeds.shape[0], image_block):
-            images, regions = image_embeds[i : i + image_block], region_mask[i : i + image_block]
-            for c in range(0, text_embeds.shape[0], caption_block):
-                scores[i : i + image_block, c : c + caption_block] = self.score_pairs(
-                    images, regions, text_embeds[c : c + caption_block], word_mask[c : c + caption_block]
-                )
-        return scores
+        return blocked_scores(
+            self.score_pairs, image_embeds, region_mask, text_embeds, word_mask, image_block, caption_block
+        )
 
     def forward(
         self,
@@ -156,8 +177,10 @@ class MatcherPreTrainedModel(PreTrainedModel):
             )
         else:
             loss, logits = None, self.score_pairs(image_embeds, region_mask, text_embeds, word_mask)
-        views = None
-        if output_attentions or (return_loss and self.config.uses_constraints):
+        views = []
+        if self.config.has_cross_attention and (
+            output_attentions or (return_loss and self.config.uses_constraints)
+        ):
             constrained_words = self.constrained_word_mask(input_ids, word_mask)
             views = self.matched_attention(
                 image_embeds, region_mask, text_embeds, word_mask, constrained_words
@@ -180,7 +203,7 @@ class MatcherPreTrainedModel(PreTrainedModel):
             text_embeds=text_embeds,
             region_mask=region_mask,
             word_mask=word_mask,
-            attentions=views[0].attention if output_attentions else None,
+            attentions=views[0].attention if output_attentions and views else None,
         )
 
     def constrained_word_mask(self, input_ids: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
@@ -225,11 +248,10 @@ class MatcherPreTrainedModel(PreTrainedModel):
         global-batch loss) and the local `(batch, batch)` scores, which under DDP are read off the
         local-images x global-captions scores instead of being computed a second time."""
         world_size, rank = world_size_and_rank()
-        margin, hardest = self.config.margin, self.config.max_violation
         if not gather_negatives or world_size == 1:
             logits = self.score_pairs(image_embeds, region_mask, text_embeds, word_mask)
             same_image = None if image_index is None else image_index[:, None] == image_index[None, :]
-            return hinge_triplet_loss(logits, logits, margin, hardest, same_image=same_image), logits
+            return self.base_loss(logits, logits, same_image=same_image), logits
         all_images, all_regions = gather_padded(image_embeds, region_mask)
         all_texts, all_words = gather_padded(text_embeds, word_mask)
         image_to_captions = self.score_pairs(image_embeds, region_mask, all_texts, all_words)
@@ -239,10 +261,29 @@ class MatcherPreTrainedModel(PreTrainedModel):
             same_image = image_index[:, None] == gather_without_grad(image_index)[None, :]
         batch = image_embeds.shape[0]
         offset = rank * batch
-        loss = hinge_triplet_loss(
-            image_to_captions, captions_to_image, margin, hardest, offset=offset, same_image=same_image
-        )
+        loss = self.base_loss(image_to_captions, captions_to_image, offset=offset, same_image=same_image)
         return loss, image_to_captions[:, offset : offset + batch]
+
+    def base_loss(
+        self,
+        image_to_captions: torch.Tensor,
+        captions_to_image: torch.Tensor,
+        offset: int = 0,
+        same_image: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The configured base loss (`config.loss`) of local pairs against global negatives (see losses)."""
+        config = self.config
+        return matching_loss(
+            config.loss,
+            image_to_captions,
+            captions_to_image,
+            margin=config.margin,
+            max_violation=config.max_violation,
+            temperature=config.temperature,
+            hard_negatives=config.hard_negatives,
+            offset=offset,
+            same_image=same_image,
+        )
 
     def _check_region_features(self, region_features: torch.Tensor, region_mask: torch.Tensor) -> None:
         if region_features.dim() != 3 or region_features.shape[-1] != self.config.feature_dim:

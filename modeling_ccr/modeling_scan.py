@@ -8,7 +8,7 @@ import torch
 
 from .configuration_scan import ScanConfig
 from .constraints import MatchedAttention
-from .cross_attention import matched_queries_and_keys, scan_all_pairs, scan_attention
+from .cross_attention import matched_view, scan_all_pairs, scan_attention
 from .modeling_matcher import MatcherPreTrainedModel
 
 
@@ -24,6 +24,10 @@ class ScanModel(MatcherPreTrainedModel):
     def __init__(self, config: ScanConfig):
         super().__init__(config)
         self.post_init()
+
+    @property
+    def attention_direction(self) -> str:
+        return self.config.direction
 
     def score_pairs(
         self,
@@ -54,20 +58,9 @@ class ScanModel(MatcherPreTrainedModel):
         constrained_words: torch.Tensor | None = None,
     ) -> list[MatchedAttention]:
         config = self.config
-        queries, query_mask, keys, key_mask = matched_queries_and_keys(
-            image_embeds, region_mask, text_embeds, word_mask, config.direction
-        )
         rule = partial(scan_attention, lambda_softmax=config.lambda_softmax, norm=config.attention_norm)
-        logits = torch.matmul(queries, keys.transpose(-1, -2))
         return [
-            MatchedAttention(
-                queries=queries,
-                query_mask=query_mask,
-                keys=keys,
-                key_mask=key_mask,
-                attention=rule(logits, query_mask, key_mask),
-                attention_rule=rule,
-                # Words are SCAN's queries only in t2i; in i2t every region query is constrained.
-                constrained_queries=constrained_words if config.direction == "t2i" else None,
+            matched_view(
+                image_embeds, region_mask, text_embeds, word_mask, config.direction, rule, constrained_words
             )
         ]

@@ -83,7 +83,7 @@ def _word_attention(
     token = word_token_index(word_index)
     if token >= int(attention_mask.sum()) - 1:  # the last real token is <end>
         raise ValueError(f"word {word_index} of {caption!r} did not survive tokenization")
-    direction = getattr(model.config, "direction", "t2i")
+    direction = model.attention_direction
     weights = attentions[0, token] if direction == "t2i" else attentions[0, :, token]
     attended = word_region_attended(
         attentions, region_mask, attention_mask.bool(), direction, AttendedSetRule()

@@ -1,0 +1,60 @@
+"""DAMSM (Xu et al., AttnGAN, CVPR 2018): word-region attention similarity.
+
+s_tj = <q_t, k_j>; s is softmax-normalised over the words t for each region j; a_tj = softmax_j(gamma1
+s_tj); c_t = sum_j a_tj k_j; R_t = cos(q_t, c_t); R(Q, D) = (1/gamma2) log sum_t exp(gamma2 R_t). This is
+the SCAN t2i computation with a softmax normalisation over words and LSE pooling, so it reuses it.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+
+from .configuration_damsm import DamsmConfig
+from .constraints import MatchedAttention
+from .cross_attention import matched_view, scan_all_pairs, scan_attention
+from .modeling_matcher import MatcherPreTrainedModel
+
+
+class DamsmModel(MatcherPreTrainedModel):
+    """DAMSM's word-level image-text similarity (its sentence-level term is not included)."""
+
+    config_class = DamsmConfig
+
+    def __init__(self, config: DamsmConfig):
+        super().__init__(config)
+        self.post_init()
+
+    def score_pairs(
+        self,
+        image_embeds: torch.Tensor,
+        region_mask: torch.Tensor,
+        text_embeds: torch.Tensor,
+        word_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        config = self.config
+        return scan_all_pairs(
+            image_embeds,
+            region_mask,
+            text_embeds,
+            word_mask,
+            direction="t2i",
+            aggregation="lse",
+            lambda_softmax=config.gamma1,
+            lambda_lse=config.gamma2,
+            norm="softmax",
+        )
+
+    def matched_attention(
+        self,
+        image_embeds: torch.Tensor,
+        region_mask: torch.Tensor,
+        text_embeds: torch.Tensor,
+        word_mask: torch.Tensor,
+        constrained_words: torch.Tensor | None = None,
+    ) -> list[MatchedAttention]:
+        rule = partial(scan_attention, lambda_softmax=self.config.gamma1, norm="softmax")
+        return [
+            matched_view(image_embeds, region_mask, text_embeds, word_mask, "t2i", rule, constrained_words)
+        ]
