@@ -6,14 +6,16 @@ Importing the package registers every backbone with `AutoConfig` / `AutoModel`.
 from transformers import AutoConfig, AutoModel
 
 from .backbones import SINGLE_BACKBONES
+from .configuration_ensemble import EnsembleConfig
 from .configuration_scan import ScanConfig
+from .modeling_ensemble import EnsembleModel
 from .modeling_matcher import MatcherOutput, MatcherPreTrainedModel
 from .modeling_scan import ScanModel
 
 __version__ = "0.1.0"
 
 # Backbone name (as used in training configs) -> (config class, model class).
-BACKBONES = {**SINGLE_BACKBONES}
+BACKBONES = {**SINGLE_BACKBONES, "ensemble": (EnsembleConfig, EnsembleModel)}
 
 for _config_class, _model_class in BACKBONES.values():
     AutoConfig.register(_config_class.model_type, _config_class)
@@ -22,4 +24,13 @@ for _config_class, _model_class in BACKBONES.values():
     _config_class.register_for_auto_class()
     _model_class.register_for_auto_class("AutoModel")
 
-__all__ = ["BACKBONES", "MatcherOutput", "MatcherPreTrainedModel", "ScanConfig", "ScanModel", "__version__"]
+__all__ = [
+    "BACKBONES",
+    "EnsembleConfig",
+    "EnsembleModel",
+    "MatcherOutput",
+    "MatcherPreTrainedModel",
+    "ScanConfig",
+    "ScanModel",
+    "__version__",
+]

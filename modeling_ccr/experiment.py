@@ -18,9 +18,17 @@ import datasets
 import torch
 import transformers
 import yaml
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainingArguments, set_seed
+from transformers import (
+    PreTrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    TrainingArguments,
+    set_seed,
+)
 
 from . import BACKBONES, __version__
+from .backbones import SINGLE_BACKBONES
+from .configuration_ensemble import member_entry
 from .data.collator import RegionCaptionCollator
 from .data.flickr30k_entities import attach_entities, write_entities_annotations
 from .data.pairs import ImageCaptionPairs, caption_table
@@ -175,25 +183,55 @@ def build_model(
     model_section: dict[str, Any], tokenizer: PreTrainedTokenizerBase, feature_dim: int, where: str
 ) -> PreTrainedModel:
     """The backbone named by the model section, sized for the tokenizer and the data's features."""
+    model_class = BACKBONES[model_section["backbone"]][1]
+    return model_class(build_config(model_section, tokenizer, feature_dim, where))
+
+
+def build_config(
+    model_section: dict[str, Any], tokenizer: PreTrainedTokenizerBase, feature_dim: int, where: str
+) -> PreTrainedConfig:
+    """The model config of a model section; an ensemble's `members` are model sections themselves."""
+    backbone = model_section["backbone"]
     options = {k: v for k, v in model_section.items() if k != "backbone"}
-    if "constraint_skip_words" in options:
-        options["constraint_skip_token_ids"] = skip_token_ids(tokenizer, options.pop("constraint_skip_words"))
+    if backbone == "ensemble":
+        members = options.pop("members", None)
+        if options or not isinstance(members, list) or not members:
+            raise ConfigError(f"{where}: an ensemble's model section takes exactly one key, a 'members' list")
+        entries = []
+        for index, member in enumerate(members):
+            if not isinstance(member, dict) or member.get("backbone") not in SINGLE_BACKBONES:
+                raise ConfigError(
+                    f"{where}: model.members[{index}] needs a 'backbone' from {sorted(SINGLE_BACKBONES)}"
+                )
+            member_where = f"{where} model.members[{index}]"
+            entries.append(member_entry(build_config(member, tokenizer, feature_dim, member_where)))
+        options = {"members": entries}
+    else:
+        options.update(member_options(options, tokenizer, feature_dim, where))
+    try:
+        return BACKBONES[backbone][0](**options)
+    except Exception as err:
+        raise ConfigError(f"{where}: invalid model section: {err}") from err
+
+
+def member_options(
+    options: dict[str, Any], tokenizer: PreTrainedTokenizerBase, feature_dim: int, where: str
+) -> dict[str, Any]:
+    """A single backbone's options that come from the tokenizer and the data, not from the YAML."""
     if options.get("feature_dim", feature_dim) != feature_dim:
         raise ConfigError(
             f"{where}: model.feature_dim={options['feature_dim']} but the dataset's features have {feature_dim}"
         )
-    config_class, model_class = BACKBONES[model_section["backbone"]]
-    tokenizer_fields = {
+    derived = {
+        "feature_dim": feature_dim,
         "vocab_size": len(tokenizer),
         "pad_token_id": tokenizer.pad_token_id,
         "bos_token_id": tokenizer.bos_token_id,
         "eos_token_id": tokenizer.eos_token_id,
     }
-    try:
-        config = config_class(**{**options, "feature_dim": feature_dim, **tokenizer_fields})
-    except Exception as err:
-        raise ConfigError(f"{where}: invalid model section: {err}") from err
-    return model_class(config)
+    if "constraint_skip_words" in options:
+        derived["constraint_skip_token_ids"] = skip_token_ids(tokenizer, options.pop("constraint_skip_words"))
+    return derived
 
 
 def skip_token_ids(tokenizer: PreTrainedTokenizerBase, words: str | list[str]) -> list[int]:

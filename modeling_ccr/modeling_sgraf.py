@@ -64,12 +64,8 @@ def _update_running_stats(
     # The running variance is unbiased; a channel with fewer than two valid entries has none to give.
     seen = count > 1
     unbiased = var * count / (count - 1).clamp_min(1)
-    batch_norm.running_mean.copy_(
-        torch.where(seen, torch.lerp(batch_norm.running_mean, mean, momentum), batch_norm.running_mean)
-    )
-    batch_norm.running_var.copy_(
-        torch.where(seen, torch.lerp(batch_norm.running_var, unbiased, momentum), batch_norm.running_var)
-    )
+    for running, batch in ((batch_norm.running_mean, mean), (batch_norm.running_var, unbiased)):
+        running.copy_(torch.where(seen, torch.lerp(running, batch, momentum), running))
 
 
 class SgrafSelfAttentionPooling(nn.Module):

@@ -1,6 +1,8 @@
+import pytest
 import torch
+import torch.nn.functional as F
 
-from modeling_ccr.losses import hinge_triplet_loss
+from modeling_ccr.losses import BASE_LOSSES, hinge_triplet_loss, infonce_loss, matching_loss, unified_loss
 
 
 def reference_hinge(scores, margin, hardest):
@@ -55,3 +57,64 @@ def test_two_captions_of_one_image_are_not_each_others_negatives():
     same_image = torch.tensor([[True, True, False], [True, True, False], [False, False, True]])
     assert hinge_triplet_loss(scores, scores, 0.2, True).item() > 0.5
     assert hinge_triplet_loss(scores, scores, 0.2, True, same_image=same_image).item() == 0.0
+
+
+def test_infonce_is_the_symmetric_cross_entropy_summed_over_the_batch():
+    scores = torch.randn(5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    targets = torch.arange(5)
+    expected = F.cross_entropy(scores / 0.1, targets, reduction="sum") + F.cross_entropy(
+        scores.T / 0.1, targets, reduction="sum"
+    )
+    torch.testing.assert_close(infonce_loss(scores, scores, temperature=0.1), expected)
+
+
+def test_unified_loss_with_no_margin_and_all_negatives_is_temperature_times_infonce():
+    scores = torch.randn(6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(
+        unified_loss(scores, scores, margin=0.0, temperature=0.2, hard_negatives=0),
+        0.2 * infonce_loss(scores, scores, temperature=0.2),
+    )
+
+
+def test_unified_loss_tends_to_the_hardest_negative_hinge_at_low_temperature():
+    scores = torch.randn(6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    hinge = hinge_triplet_loss(scores, scores, margin=0.2, max_violation=True)
+    unified = unified_loss(scores, scores, margin=0.2, temperature=1e-4, hard_negatives=1)
+    torch.testing.assert_close(unified, hinge, atol=1e-3, rtol=0)
+
+
+def test_unified_loss_mines_only_the_hardest_negatives():
+    scores = torch.tensor(
+        [[0.9, 0.8, 0.1, 0.0], [0.1, 0.9, 0.2, 0.0], [0.0, 0.1, 0.9, 0.3], [0.2, 0.0, 0.1, 0.9]]
+    )
+    one = unified_loss(scores, scores, margin=0.2, temperature=0.1, hard_negatives=1)
+    # Hardest negative per anchor: caption side (rows) then image side (columns), for pairs 0..3.
+    hardest = torch.tensor([0.8, 0.2, 0.2, 0.8, 0.3, 0.2, 0.2, 0.3])
+    gaps = hardest - 0.9
+    expected = (0.1 * torch.log1p(torch.exp((gaps + 0.2) / 0.1))).sum()
+    torch.testing.assert_close(one, expected)
+    assert unified_loss(scores, scores, margin=0.2, temperature=0.1, hard_negatives=0) > one
+
+
+@pytest.mark.parametrize("name", BASE_LOSSES)
+def test_every_base_loss_splits_into_local_shares_and_skips_same_image_pairs(name):
+    scores = torch.randn(8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    options = dict(margin=0.2, max_violation=True, temperature=0.1, hard_negatives=2)
+    same_image = torch.eye(8, dtype=torch.bool)
+    same_image[0, 1] = same_image[1, 0] = True
+    whole = matching_loss(name, scores, scores, same_image=same_image, **options)
+    shares = [
+        matching_loss(
+            name,
+            scores[o : o + 4],
+            scores[:, o : o + 4],
+            offset=o,
+            same_image=same_image[o : o + 4],
+            **options,
+        )
+        for o in (0, 4)
+    ]
+    torch.testing.assert_close(sum(shares), whole)
+    raised = scores.clone()
+    raised[0, 1] = raised[1, 0] = 5.0  # two captions of one image: never negatives, whatever their score
+    torch.testing.assert_close(matching_loss(name, raised, raised, same_image=same_image, **options), whole)
