@@ -31,11 +31,16 @@ class EnsembleConfig(PreTrainedConfig):
 
     members: each member's options as a dict with its `model_type` (see `member_entry`); all members
         share the feature size and the tokenizer (SHARED_MEMBER_FIELDS).
+    pad/bos/eos_token_id: the shared tokenizer's special tokens (transformers' Trainer writes them into
+        the config); when set, they must equal the members' own.
     """
 
     model_type = "xmatch_ensemble"
 
     members: list[dict] | None = None
+    pad_token_id: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
 
     def __post_init__(self, **kwargs):
         reject_unknown_options(self, kwargs)
@@ -49,6 +54,9 @@ class EnsembleConfig(PreTrainedConfig):
             values = [getattr(config, name) for config in configs]
             if len(set(values)) > 1:
                 raise ValueError(f"ensemble members disagree on {name!r}: {values}")
+            own = getattr(self, name, None)
+            if own is not None and own != values[0]:
+                raise ValueError(f"ensemble {name}={own!r} differs from its members' {values[0]!r}")
 
     @property
     def member_configs(self) -> list[MatcherConfig]:

@@ -4,14 +4,18 @@ import json
 
 import pytest
 import yaml
+from transformers import AutoModel
 
+from modeling_ccr import EnsembleModel
 from modeling_ccr.cli import main
 from modeling_ccr.experiment import (
     ConfigError,
+    build_config,
     load_experiment_config,
     parse_experiment_config,
     run_experiment,
 )
+from modeling_ccr.tokenization import build_word_tokenizer
 
 TINY_CORPUS = {
     "train_images": 96,
@@ -128,13 +132,55 @@ def test_a_missing_config_file_is_named(tmp_path):
         load_experiment_config(tmp_path / "absent.yaml")
 
 
-def test_every_shipped_config_parses(tmp_path):
+def test_every_shipped_config_parses_and_builds_its_model_config():
     from pathlib import Path
 
+    tokenizer = build_word_tokenizer(["a dog on the grass"], min_count=1)
     configs = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
-    assert len(configs) >= 9
+    assert {"bfan", "sgr", "saf", "vsepp", "ensemble"} <= {path.stem.split("_")[0] for path in configs} | {
+        load_experiment_config(path).model["backbone"] for path in configs
+    }
     for path in configs:
-        load_experiment_config(path)
+        config = load_experiment_config(path)
+        feature_dim = config.model.get("feature_dim", 2048)
+        assert build_config(config.model, tokenizer, feature_dim, str(path)).model_type.startswith("xmatch_")
+
+
+def test_an_ensemble_trains_from_one_run_config_and_saves_as_one_checkpoint(tmp_path):
+    raw = tiny_run(tmp_path)
+    scan = {"embed_dim": 16, "word_dim": 8}
+    raw["model"] = {
+        "backbone": "ensemble",
+        "members": [
+            {"backbone": "scan", "direction": "t2i", **scan},
+            {"backbone": "scan", "direction": "i2t", "aggregation": "lse", **scan},
+        ],
+    }
+    raw["training"].update(max_steps=4, eval_strategy="no", save_strategy="no", load_best_model_at_end=False)
+    model_dir = run_experiment(parse_experiment_config(raw))
+    model = AutoModel.from_pretrained(model_dir)
+    assert type(model) is EnsembleModel
+    assert [m.config.direction for m in model.members] == ["t2i", "i2t"]
+    record = json.loads((model_dir / "eval_results_test.json").read_text())
+    assert record["metrics"]["n_captions"] == 100
+
+
+@pytest.mark.parametrize(
+    "members,message",
+    [
+        (
+            [{"backbone": "scan", "embed_dim": 16}, {"backbone": "ensemble"}],
+            "members\\[1\\] needs a 'backbone'",
+        ),
+        ([{"backbone": "scan", "lambda_sotfmax": 3.0}], "members\\[0\\].*unknown ScanConfig option"),
+        ("scan", "exactly one key, a 'members' list"),
+    ],
+)
+def test_bad_ensemble_sections_name_the_member(tmp_path, members, message):
+    raw = tiny_run(tmp_path)
+    raw["model"] = {"backbone": "ensemble", "members": members}
+    with pytest.raises(ConfigError, match=message):
+        run_experiment(parse_experiment_config(raw))
 
 
 def test_a_run_with_both_constraints_logs_each_term_and_its_activation_rate(tmp_path):
