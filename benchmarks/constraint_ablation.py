@@ -1,13 +1,15 @@
 """Constraints ablation on the built-in synthetic corpus: base vs +CCR vs +CCS vs +both, several seeds.
 
-Each run trains SCAN from `configs/demo.yaml` (corpus seed fixed at 0, training seed varied) on a
+Each run trains one attention backbone (`--models`, presets below) with the sizes and schedule of
+`configs/demo.yaml` (corpus seed fixed at 0, training seed varied) on a
 smaller training split, without per-epoch validation, so the whole grid fits on a 2-core CPU; it scores
 the last epoch's model and reads the test split's retrieval
 rSum and attention precision / recall / F1 from the run's `eval_results_test.json`. Prints and writes
 a markdown table of mean ± standard deviation over seeds.
 
-    python benchmarks/constraint_ablation.py --out docs/ablation_results.md                 # the grid
-    python benchmarks/constraint_ablation.py --sweep 0.03 0.1 0.3 1 --seeds 0 --directions t2i   # weights
+    python benchmarks/constraint_ablation.py --out docs/ablation_results.md                 # the SCAN grid
+    python benchmarks/constraint_ablation.py --models bfan-equal sgr --variants base +both   # other backbones
+    python benchmarks/constraint_ablation.py --sweep 0.03 0.1 0.3 1 --seeds 0 --models scan-t2i   # weights
     python benchmarks/constraint_ablation.py --corpus habitat_object_leak=0 ...               # corpus knobs
 
 All numbers are measured on the built-in synthetic corpus: never compare them with Flickr30K or COCO.
@@ -28,22 +30,42 @@ from pathlib import Path
 import torch
 import yaml
 
+from modeling_ccr.data.synthetic import SyntheticCorpusConfig
 from modeling_ccr.experiment import parse_experiment_config, run_experiment
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+# Each backbone's own options (its published attention settings); sizes and schedule come from the demo.
+MODELS = {
+    "scan-t2i": {"backbone": "scan", "direction": "t2i", "aggregation": "avg", "lambda_softmax": 9.0},
+    "scan-i2t": {"backbone": "scan", "direction": "i2t", "aggregation": "avg", "lambda_softmax": 4.0},
+    "bfan-equal": {"backbone": "bfan", "focal": "equal"},
+    "bfan-prob": {"backbone": "bfan", "focal": "prob"},
+    # SGRAF's similarity vectors scaled down with the demo's sizes (SPEC: 256 at embed_dim 1024; demo 256).
+    "sgr": {"backbone": "sgr", "sim_dim": 64},
+    "saf": {"backbone": "saf", "sim_dim": 64},
+    "damsm": {"backbone": "damsm"},
+    "dvsa": {"backbone": "dvsa"},
+    "vsepp": {"backbone": "vsepp"},  # no attention: base only, the non-attention reference
+}
+SIZE_KEYS = ("embed_dim", "word_dim")
 VARIANTS = {"base": (0.0, 0.0), "+CCR": (1.0, 0.0), "+CCS": (0.0, 1.0), "+both": (1.0, 1.0)}
 METRICS = ("rsum", "attention_precision", "attention_recall", "attention_f1")
 
 
-def run_once(
-    direction: str, seed: int, ccr: float, ccs: float, args: argparse.Namespace, workdir: Path
-) -> dict:
+def model_section(name: str, demo_model: dict, ccr: float, ccs: float, args: argparse.Namespace) -> dict:
+    model = {**{k: demo_model[k] for k in SIZE_KEYS}, **MODELS[name]}
+    model.update(ccr_weight=ccr, ccs_weight=ccs, ccs_mode=args.ccs_mode)
+    if model["backbone"] in ("sgr", "saf"):  # batch norm over region positions: the corpus's region count
+        model["n_regions"] = args.corpus.get("n_regions", SyntheticCorpusConfig.n_regions)
+    return model
+
+
+def run_once(name: str, seed: int, ccr: float, ccs: float, args: argparse.Namespace, workdir: Path) -> dict:
     raw = yaml.safe_load(DEMO_CONFIG.read_text())
     raw["seed"] = seed
-    raw["output_dir"] = str(workdir / f"{direction}-{ccr}-{ccs}-{seed}")
+    raw["output_dir"] = str(workdir / f"{name}-{ccr}-{ccs}-{seed}")
     raw["data"]["synthetic"] = {"seed": 0, "train_images": args.train_images, **args.corpus}
-    raw["model"].update(direction=direction, ccr_weight=ccr, ccs_weight=ccs, ccs_mode=args.ccs_mode)
-    raw["model"]["lambda_softmax"] = 9.0 if direction == "t2i" else 4.0
+    raw["model"] = model_section(name, raw["model"], ccr, ccs, args)
     if args.content_words_only:
         raw["model"]["constraint_skip_words"] = "function_words"
     # The last epoch's model is scored on test: no per-epoch validation, so the grid fits on a CPU.
@@ -80,7 +102,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--directions", nargs="+", default=["t2i", "i2t"], choices=["t2i", "i2t"])
+    parser.add_argument("--models", nargs="+", default=["scan-t2i", "scan-i2t"], choices=list(MODELS))
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--weight", type=float, default=0.1, help="w_ccr = w_ccs of the enabled constraints")
     parser.add_argument(
@@ -107,7 +129,12 @@ def main() -> None:
             if name in args.variants
         ]
     started = time.time()
-    cells = [(direction, name, ccr, ccs) for direction in args.directions for name, ccr, ccs in grid]
+    cells = [
+        (model, name, ccr, ccs)
+        for model in args.models
+        for name, ccr, ccs in grid
+        if MODELS[model]["backbone"] != "vsepp" or ccr == ccs == 0
+    ]
     with tempfile.TemporaryDirectory(prefix="ccr-ablation-") as tmp:
         # Small CPU matmuls scale poorly over threads: --jobs single-threaded runs side by side go faster.
         context = multiprocessing.get_context("spawn")
@@ -115,23 +142,22 @@ def main() -> None:
             args.jobs, mp_context=context, initializer=torch.set_num_threads, initargs=(1,)
         ) as pool:
             futures = {
-                (direction, name, seed): pool.submit(run_once, direction, seed, ccr, ccs, args, Path(tmp))
-                for direction, name, ccr, ccs in cells
+                (model, name, seed): pool.submit(run_once, model, seed, ccr, ccs, args, Path(tmp))
+                for model, name, ccr, ccs in cells
                 for seed in args.seeds
             }
             rows = []
-            for direction, name, _, _ in cells:
-                results = [futures[(direction, name, seed)].result() for seed in args.seeds]
-                rows.append(
-                    [f"SCAN {direction}-AVG", name] + [summarize([r[m] for r in results]) for m in METRICS]
-                )
+            for model, name, _, _ in cells:
+                results = [futures[(model, name, seed)].result() for seed in args.seeds]
+                rows.append([model, name] + [summarize([r[m] for r in results]) for m in METRICS])
                 print(" | ".join(rows[-1]), flush=True)
 
     command = "python benchmarks/constraint_ablation.py " + " ".join(sys.argv[1:])
     header = "| model | constraints | rSum | attention P | attention R | attention F1 |\n|---|---|---|---|---|---|\n"
     table = header + "".join("| " + " | ".join(row) + " |\n" for row in rows)
     setting = (
-        f"Built-in synthetic corpus (seed 0, {args.train_images} training images, test split 500 images), "
+        f"Built-in synthetic corpus (seed 0, {args.train_images} training images, test split "
+        f"{args.corpus.get('test_images', SyntheticCorpusConfig.test_images)} images), "
         f"{args.epochs} epochs, seeds {args.seeds}, weight {args.weight if not args.sweep else 'swept'}, "
         f"CCS mode {args.ccs_mode}, content words only: {args.content_words_only}, corpus overrides "
         f"{args.corpus or 'none'}; mean ± std over seeds; {time.time() - started:.0f} s on this machine.\n"
