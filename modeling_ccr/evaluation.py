@@ -193,6 +193,8 @@ def attention_metrics(
     progress: bool = False,
 ) -> dict:
     """Attention P/R/F1 of a model's matched-pair attention on a split with boxes and phrases."""
+    if not model.config.has_cross_attention:
+        raise ValueError(f"{type(model).__name__} has no cross-attention: attention metrics do not apply")
     rule = rule or AttendedSetRule()
     direction = model.attention_direction
     was_training = model.training

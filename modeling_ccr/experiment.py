@@ -10,6 +10,7 @@ import dataclasses
 import json
 import platform
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ import torch
 import transformers
 import yaml
 from transformers import (
+    AutoModel,
+    AutoTokenizer,
     PreTrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
@@ -26,7 +29,7 @@ from transformers import (
     set_seed,
 )
 
-from . import BACKBONES, __version__
+from . import BACKBONES, EnsembleModel, __version__
 from .backbones import SINGLE_BACKBONES
 from .configuration_ensemble import member_entry
 from .data.collator import RegionCaptionCollator
@@ -261,6 +264,55 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
     path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def assemble_ensemble(model_dirs: Sequence[str | Path], output_dir: str | Path) -> Path:
+    """One `EnsembleModel` checkpoint from separately trained models (or ensembles) sharing a tokenizer.
+
+    Writes the ensemble's weights, config and code, the shared tokenizer, `ensemble_members.json` (where
+    each member came from, with its run info) and, when the members have one, a `training_config.yaml`:
+    the first member's run config with the members' model sections, so `ccr evaluate` finds the data.
+    Returns output_dir.
+    """
+    members, provenance, vocabulary, run_configs = [], [], None, []
+    for model_dir in map(Path, model_dirs):
+        if not (model_dir / "config.json").is_file():
+            raise ConfigError(f"{model_dir}: not a model folder (no config.json)")
+        model = AutoModel.from_pretrained(model_dir)
+        members.extend(model.members if isinstance(model, EnsembleModel) else [model])
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        if vocabulary is not None and tokenizer.get_vocab() != vocabulary:
+            raise ConfigError(
+                f"{model_dir}: its tokenizer differs from {model_dirs[0]}'s; members must share one vocabulary"
+            )
+        vocabulary = tokenizer.get_vocab()
+        run_info, run_config = model_dir / "run_info.json", model_dir / "training_config.yaml"
+        if run_config.is_file():
+            run_configs.append(yaml.safe_load(run_config.read_text()))
+        provenance.append(
+            {
+                "model_dir": str(model_dir),
+                "model_type": model.config.model_type,
+                "run_info": json.loads(run_info.read_text()) if run_info.is_file() else None,
+            }
+        )
+    if len(members) < 2:
+        raise ConfigError(
+            f"an ensemble needs at least two members, got {len(members)} from {list(model_dirs)}"
+        )
+    output_dir = Path(output_dir)
+    EnsembleModel.from_members(members).save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)
+    write_json(output_dir / "ensemble_members.json", {"members": provenance, "versions": library_versions()})
+    if run_configs and len(run_configs) == len(provenance):
+        member_sections = [
+            section
+            for run_config in run_configs
+            for section in run_config["model"].get("members", [run_config["model"]])
+        ]
+        combined = {**run_configs[0], "model": {"backbone": "ensemble", "members": member_sections}}
+        (output_dir / "training_config.yaml").write_text(yaml.safe_dump(combined, sort_keys=False))
+    return output_dir
+
+
 def run_experiment(config: ExperimentConfig, resume_from_checkpoint: str | bool | None = None) -> Path:
     """Train, keep the best checkpoint by validation rSum, evaluate it on test; returns the model folder.
 
@@ -306,7 +358,7 @@ def run_experiment(config: ExperimentConfig, resume_from_checkpoint: str | bool 
     test_metrics = evaluate_matchers(
         [trainer.model], [tokenizer], corpus["test"], config.evaluation["protocol"], captions_per_image
     )
-    if has_grounding(corpus["test"]):
+    if has_grounding(corpus["test"]) and trainer.model.config.has_cross_attention:
         test_metrics["attention"] = attention_metrics(
             trainer.model,
             tokenizer,

@@ -1,6 +1,7 @@
 """A whole run on a tiny built-in corpus, `ccr evaluate` on its checkpoint, and run-config errors."""
 
 import json
+import shutil
 
 import pytest
 import yaml
@@ -10,6 +11,7 @@ from modeling_ccr import EnsembleModel
 from modeling_ccr.cli import main
 from modeling_ccr.experiment import (
     ConfigError,
+    assemble_ensemble,
     build_config,
     load_experiment_config,
     parse_experiment_config,
@@ -197,3 +199,27 @@ def test_a_run_with_both_constraints_logs_each_term_and_its_activation_rate(tmp_
     assert 0 <= logged[-1]["ccs_active_fraction"] <= 1
     saved = json.loads((model_dir / "config.json").read_text())
     assert saved["ccr_weight"] == 1.0 and len(saved["constraint_skip_token_ids"]) > 2
+
+
+def test_separately_trained_models_assemble_into_one_ensemble_checkpoint(trained, tmp_path):
+    _, model_dir = trained
+    ensemble_dir = assemble_ensemble([model_dir, model_dir], tmp_path / "ensemble")
+    model = AutoModel.from_pretrained(ensemble_dir)
+    assert type(model) is EnsembleModel and len(model.members) == 2
+    provenance = json.loads((ensemble_dir / "ensemble_members.json").read_text())
+    assert [m["model_dir"] for m in provenance["members"]] == [str(model_dir)] * 2
+    output = tmp_path / "ensemble.json"
+    assert main(["evaluate", str(ensemble_dir), "--split", "test", "--output", str(output)]) == 0
+    saved = json.loads((model_dir / "eval_results_test.json").read_text())
+    assert json.loads(output.read_text())["metrics"]["rsum"] == pytest.approx(saved["metrics"]["rsum"])
+
+
+def test_assembling_members_with_different_vocabularies_is_refused(trained, tmp_path):
+    _, model_dir = trained
+    other = tmp_path / "other"
+    shutil.copytree(model_dir, other)
+    build_word_tokenizer(["an entirely different vocabulary"], min_count=1).save_pretrained(other)
+    with pytest.raises(ConfigError, match="members must share one vocabulary"):
+        assemble_ensemble([model_dir, other], tmp_path / "ensemble")
+    with pytest.raises(ConfigError, match="not a model folder"):
+        assemble_ensemble([model_dir, tmp_path / "absent"], tmp_path / "ensemble")
