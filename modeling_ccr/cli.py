@@ -1,4 +1,6 @@
-"""The `ccr` command: `ccr demo`, `ccr train CONFIG`, `ccr evaluate MODEL [MODEL ...]`, `ccr visualize MODEL ...`."""
+"""The `ccr` command: `ccr demo`, `ccr train CONFIG`, `ccr evaluate MODEL [MODEL ...]`, `ccr visualize MODEL ...`,
+`ccr ensemble MODEL_DIR MODEL_DIR ... --output DIR`, `ccr push MODEL_DIR ORG/NAME`,
+`ccr push-dataset DATASET_DIR ORG/NAME`, `ccr card MODEL_DIR`."""
 
 from __future__ import annotations
 
@@ -74,6 +76,10 @@ def command_evaluate(args: argparse.Namespace) -> None:
     from .experiment import evaluate_and_record, load_evaluation_split
     from .metrics.attention import AttendedSetRule
 
+    if args.push:
+        from .hub import check_model_repo
+
+        check_model_repo(args.push, args.push_revision)  # fail before a long evaluation, not after it
     models = [AutoModel.from_pretrained(path) for path in args.models]
     tokenizers = [AutoTokenizer.from_pretrained(path) for path in args.models]
     dataset, dataset_name = load_evaluation_split(args.models[0], args.dataset, args.split)
@@ -93,6 +99,71 @@ def command_evaluate(args: argparse.Namespace) -> None:
     for model_dir, attention in zip(args.models, metrics.get("attention", []), strict=False):
         print(format_attention(attention, model_dir))
     print(f"\nWrote {output}")
+    if args.push:
+        from .hub import push_results
+
+        result = push_results([output], args.push, model_dir=args.models[0], revision=args.push_revision)
+        print_push(result, f"the evaluation results {output.name}")
+
+
+def print_push(result, what: str) -> None:
+    if not result.changed:
+        print(
+            f"Nothing to push: {result.repo_id} ({result.branch}) already holds {what} at {result.commit_id}"
+        )
+        return
+    print(f"Pushed {what} to {result.repo_id} ({result.branch}) in one commit: {result.commit_id}")
+    print(f"  {result.commit_url}")
+    print(f"  uploaded: {', '.join(result.uploaded)}")
+    if result.deleted:
+        print(f"  deleted (no longer in the folder): {', '.join(result.deleted)}")
+    if result.skipped:
+        print(f"  not uploaded: {', '.join(result.skipped)}")
+
+
+def command_push(args: argparse.Namespace) -> None:
+    from .hub import push_model
+
+    result = push_model(
+        args.model_dir,
+        args.repo_id,
+        private=args.private,
+        revision=args.revision,
+        commit_message=args.commit_message,
+        license=args.license,
+    )
+    print_push(result, str(args.model_dir))
+
+
+def command_push_dataset(args: argparse.Namespace) -> None:
+    from .hub import push_dataset
+
+    result = push_dataset(
+        args.dataset_dir,
+        args.repo_id,
+        license=args.license,
+        source=args.source,
+        pretty_name=args.pretty_name,
+        private=args.private,
+        revision=args.revision,
+        commit_message=args.commit_message,
+    )
+    print_push(result, str(args.dataset_dir))
+
+
+def command_card(args: argparse.Namespace) -> None:
+    from .hub import model_card_for_folder
+
+    print(model_card_for_folder(args.model_dir, args.repo_id, args.license), end="")
+
+
+def command_ensemble(args: argparse.Namespace) -> None:
+    from .experiment import assemble_ensemble
+
+    output = assemble_ensemble(args.models, args.output)
+    print(
+        f"Saved an ensemble of {len(args.models)} models to {output}; evaluate it with: ccr evaluate {output}"
+    )
 
 
 def command_visualize(args: argparse.Namespace) -> None:
@@ -156,6 +227,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--output", type=Path, default=None, help="JSON path (default: beside the first model)"
     )
+    evaluate.add_argument(
+        "--push",
+        default=None,
+        metavar="ORG/NAME",
+        help="then add the result JSON to this existing model repo and re-render its card (one commit)",
+    )
+    evaluate.add_argument(
+        "--push-revision", default=None, metavar="BRANCH", help="branch of --push (default main)"
+    )
     evaluate.set_defaults(handler=command_evaluate)
     visual = commands.add_parser("visualize", help="draw a word's attention over the region boxes (PNG)")
     visual.add_argument(
@@ -175,18 +255,78 @@ def build_parser() -> argparse.ArgumentParser:
     )
     visual.add_argument("--split", default="test")
     visual.set_defaults(handler=command_visualize)
+    ensemble = commands.add_parser(
+        "ensemble", help="combine trained models into one checkpoint that averages their similarity matrices"
+    )
+    ensemble.add_argument("models", nargs="+", type=Path, help="model folders sharing one tokenizer")
+    ensemble.add_argument("--output", type=Path, required=True, help="folder for the ensemble checkpoint")
+    ensemble.set_defaults(handler=command_ensemble)
+    add_hub_commands(commands)
     return parser
+
+
+def add_push_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--private", action="store_true", help="create the repo private (if it is new)")
+    command.add_argument(
+        "--revision", default=None, metavar="BRANCH", help="branch to push to, created if new (default main)"
+    )
+    command.add_argument("--commit-message", default=None)
+
+
+def add_hub_commands(commands) -> None:
+    push = commands.add_parser(
+        "push", help="upload an evaluated model folder with a rendered model card (one commit)"
+    )
+    push.add_argument("model_dir", type=Path, help="a model folder written by ccr train (runs/NAME/model)")
+    push.add_argument("repo_id", metavar="ORG/NAME")
+    push.add_argument(
+        "--license",
+        default=None,
+        help="license id for the card metadata, e.g. apache-2.0 (default: keep the repo's)",
+    )
+    add_push_options(push)
+    push.set_defaults(handler=command_push)
+
+    push_data = commands.add_parser(
+        "push-dataset", help="upload a save_to_disk corpus as Parquet with a dataset card (one commit)"
+    )
+    push_data.add_argument("dataset_dir", type=Path, help="a DatasetDict folder saved with save_to_disk")
+    push_data.add_argument("repo_id", metavar="ORG/NAME")
+    push_data.add_argument(
+        "--license",
+        default=None,
+        help="license id for the card metadata (default: keep the repo's; 'unknown' for a new repo)",
+    )
+    push_data.add_argument(
+        "--source", default=None, help="where the data comes from, shown in the card (e.g. how it was built)"
+    )
+    push_data.add_argument("--pretty-name", default=None, help="title of the dataset card")
+    add_push_options(push_data)
+    push_data.set_defaults(handler=command_push_dataset)
+
+    card = commands.add_parser("card", help="print the model card `ccr push` would upload for a model folder")
+    card.add_argument("model_dir", type=Path)
+    card.add_argument(
+        "--repo-id", default="ORG/NAME", metavar="ORG/NAME", help="repo id the card's examples name"
+    )
+    card.add_argument("--license", default=None)
+    card.set_defaults(handler=command_card)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .cards import CardError
     from .experiment import ConfigError
+    from .hub import PushError
 
     try:
         args.handler(args)
     except ConfigError as err:
         print(f"ccr: configuration error: {err}", file=sys.stderr)
         return 2
+    except (PushError, CardError) as err:
+        print(f"ccr: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -203,7 +203,8 @@ def test_a_run_with_both_constraints_logs_each_term_and_its_activation_rate(tmp_
 
 def test_separately_trained_models_assemble_into_one_ensemble_checkpoint(trained, tmp_path):
     _, model_dir = trained
-    ensemble_dir = assemble_ensemble([model_dir, model_dir], tmp_path / "ensemble")
+    ensemble_dir = tmp_path / "ensemble"
+    assert main(["ensemble", str(model_dir), str(model_dir), "--output", str(ensemble_dir)]) == 0
     model = AutoModel.from_pretrained(ensemble_dir)
     assert type(model) is EnsembleModel and len(model.members) == 2
     provenance = json.loads((ensemble_dir / "ensemble_members.json").read_text())
