@@ -15,10 +15,10 @@ from transformers import PreTrainedModel
 
 from .backbones import SINGLE_BACKBONES
 from .configuration_ensemble import EnsembleConfig, member_entry
-from .modeling_matcher import MatcherOutput, MatcherPreTrainedModel, blocked_scores
+from .modeling_matcher import GalleryScoring, MatcherOutput, MatcherPreTrainedModel
 
 
-class EnsembleModel(PreTrainedModel):
+class EnsembleModel(GalleryScoring, PreTrainedModel):
     """Members score pairs independently; the ensemble's score is their mean.
 
     Embeddings of the members are concatenated along the last dim (`(batch, n, sum of embed_dims)`), so
@@ -83,21 +83,6 @@ class EnsembleModel(PreTrainedModel):
             )
         ]
         return torch.stack(scores).mean(dim=0)
-
-    @torch.no_grad()
-    def similarity(
-        self,
-        image_embeds: torch.Tensor,
-        region_mask: torch.Tensor,
-        text_embeds: torch.Tensor,
-        word_mask: torch.Tensor,
-        image_block: int = 64,
-        caption_block: int = 256,
-    ) -> torch.Tensor:
-        """Scores of a whole gallery `(n_images, n_captions)`, computed in bounded-memory blocks."""
-        return blocked_scores(
-            self.score_pairs, image_embeds, region_mask, text_embeds, word_mask, image_block, caption_block
-        )
 
     def forward(
         self,

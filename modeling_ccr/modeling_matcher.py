@@ -6,7 +6,6 @@ against every caption of two small sets) and `matched_attention_maps` (its atten
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -52,27 +51,36 @@ class MatcherOutput(ModelOutput):
     ccs_active_fraction: torch.Tensor | None = None
 
 
-def blocked_scores(
-    score_pairs: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
-    image_embeds: torch.Tensor,
-    region_mask: torch.Tensor,
-    text_embeds: torch.Tensor,
-    word_mask: torch.Tensor,
-    image_block: int = 64,
-    caption_block: int = 256,
-) -> torch.Tensor:
-    """`score_pairs` over a whole gallery `(n_images, n_captions)`, one bounded-memory block at a time."""
-    scores = torch.empty(image_embeds.shape[0], text_embeds.shape[0], device=image_embeds.device)
-    for i in range(0, image_embeds.shape[0], image_block):
-        images, regions = image_embeds[i : i + image_block], region_mask[i : i + image_block]
-        for c in range(0, text_embeds.shape[0], caption_block):
-            scores[i : i + image_block, c : c + caption_block] = score_pairs(
-                images, regions, text_embeds[c : c + caption_block], word_mask[c : c + caption_block]
-            )
-    return scores
+class GalleryScoring:
+    """What every matcher, single or ensemble, offers the evaluation code besides `score_pairs`."""
+
+    @property
+    def attention_direction(self) -> str:
+        """What `MatcherOutput.attentions` holds: "t2i" (words over regions) or "i2t" (regions over words)."""
+        return "t2i"
+
+    @torch.no_grad()
+    def similarity(
+        self,
+        image_embeds: torch.Tensor,
+        region_mask: torch.Tensor,
+        text_embeds: torch.Tensor,
+        word_mask: torch.Tensor,
+        image_block: int = 64,
+        caption_block: int = 256,
+    ) -> torch.Tensor:
+        """Scores of a whole gallery `(n_images, n_captions)`, computed in bounded-memory blocks."""
+        scores = torch.empty(image_embeds.shape[0], text_embeds.shape[0], device=image_embeds.device)
+        for i in range(0, image_embeds.shape[0], image_block):
+            images, regions = image_embeds[i : i + image_block], region_mask[i : i + image_block]
+            for c in range(0, text_embeds.shape[0], caption_block):
+                scores[i : i + image_block, c : c + caption_block] = self.score_pairs(
+                    images, regions, text_embeds[c : c + caption_block], word_mask[c : c + caption_block]
+                )
+        return scores
 
 
-class MatcherPreTrainedModel(PreTrainedModel):
+class MatcherPreTrainedModel(GalleryScoring, PreTrainedModel):
     config_class = MatcherConfig
     base_model_prefix = "matcher"
     main_input_name = "region_features"
@@ -127,26 +135,6 @@ class MatcherPreTrainedModel(PreTrainedModel):
     def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Word embeddings `(batch, n_tokens, embed_dim)` of token ids `(batch, n_tokens)`."""
         return self.text_encoder(input_ids, attention_mask)
-
-    @property
-    def attention_direction(self) -> str:
-        """What `MatcherOutput.attentions` holds: "t2i" (words over regions) or "i2t" (regions over words)."""
-        return "t2i"
-
-    @torch.no_grad()
-    def similarity(
-        self,
-        image_embeds: torch.Tensor,
-        region_mask: torch.Tensor,
-        text_embeds: torch.Tensor,
-        word_mask: torch.Tensor,
-        image_block: int = 64,
-        caption_block: int = 256,
-    ) -> torch.Tensor:
-        """Scores of a whole gallery `(n_images, n_captions)`, computed in bounded-memory blocks."""
-        return blocked_scores(
-            self.score_pairs, image_embeds, region_mask, text_embeds, word_mask, image_block, caption_block
-        )
 
     def forward(
         self,

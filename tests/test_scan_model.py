@@ -5,6 +5,7 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
+from references import pool, relevances, scan_attention
 
 from modeling_ccr import ScanConfig, ScanModel
 
@@ -12,27 +13,8 @@ from modeling_ccr import ScanConfig, ScanModel
 def reference_scan_score(image, caption, direction, aggregation, lambda1, lambda2, norm):
     """One image `(n, D)` (valid regions only) against one caption `(m, D)` (valid words only)."""
     queries, keys = (caption, image) if direction == "t2i" else (image, caption)
-    s = keys @ queries.T  # s[j, t] = <k_j, q_t>
-    if norm == "clipped_l2norm":
-        s = F.leaky_relu(s, 0.1)
-        s = s / (s.norm(dim=1, keepdim=True) + 1e-8)
-    elif norm == "l2norm":
-        s = s / (s.norm(dim=1, keepdim=True) + 1e-8)
-    elif norm == "softmax":
-        s = torch.softmax(s, dim=1)
-    relevances = []
-    for t in range(queries.shape[0]):
-        a = torch.softmax(lambda1 * s[:, t], dim=0)
-        content = (a.unsqueeze(1) * keys).sum(0)
-        relevances.append(F.cosine_similarity(queries[t], content, dim=0, eps=1e-8))
-    r = torch.stack(relevances)
-    if aggregation == "avg":
-        return r.mean()
-    if aggregation == "sum":
-        return r.sum()
-    if aggregation == "max":
-        return r.max()
-    return torch.log(torch.exp(lambda2 * r).sum()) / lambda2
+    attention = scan_attention(queries, keys, lambda1, norm)
+    return pool(relevances(queries, keys, attention), aggregation, lambda2)
 
 
 def padded_batch(n_images=3, n_captions=4, dim=8, seed=0):
