@@ -233,9 +233,14 @@ class SgrReasoningStep(nn.Module):
         self.key = nn.Linear(sim_dim, sim_dim)
         self.update = nn.Linear(sim_dim, sim_dim)
 
-    def forward(self, nodes: torch.Tensor, node_mask: torch.Tensor) -> torch.Tensor:
-        """nodes `(..., n_nodes, sim_dim)`, node_mask `(..., n_nodes)` bool (broadcastable)."""
-        edges = torch.matmul(self.query(nodes), self.key(nodes).transpose(-1, -2))
+    def forward(
+        self, nodes: torch.Tensor, node_mask: torch.Tensor, updated: slice = slice(None)
+    ) -> torch.Tensor:
+        """nodes `(..., n_nodes, sim_dim)`, node_mask `(..., n_nodes)` bool (broadcastable).
+
+        Returns the new values of the nodes selected by `updated` (all by default), `(..., n_updated, sim_dim)`.
+        """
+        edges = torch.matmul(self.query(nodes[..., updated, :]), self.key(nodes).transpose(-1, -2))
         edges = torch.softmax(edges.masked_fill(~node_mask.unsqueeze(-2), float("-inf")), dim=-1)
         return torch.relu(self.update(torch.matmul(edges, nodes)))
 
@@ -252,9 +257,10 @@ class SgrModel(SgrafPreTrainedModel):
         self.post_init()
 
     def aggregate(self, nodes: torch.Tensor, node_mask: torch.Tensor) -> torch.Tensor:
-        for step in self.reasoning:
+        for step in self.reasoning[:-1]:
             nodes = step(nodes, node_mask)
-        return nodes[..., 0, :]
+        # Only the global node is read after the last step: updating the others would be wasted work.
+        return self.reasoning[-1](nodes, node_mask, updated=slice(0, 1))[..., 0, :]
 
 
 class SafAttentionFiltration(nn.Module):

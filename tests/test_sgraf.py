@@ -240,6 +240,20 @@ def test_a_few_optimizer_steps_reduce_the_loss(name):
     assert losses[-1] < 0.6 * losses[0], losses
 
 
+@pytest.mark.parametrize("name", MODELS)
+def test_new_layers_start_with_sgraf_init_xavier_uniform_zero_bias_identity_batch_norm(name):
+    model = tiny_model(name)
+    own = [m for n, m in model.named_modules() if not n.startswith(("region_encoder", "text_encoder"))]
+    linears = [m for m in own if isinstance(m, nn.Linear)]
+    assert len(linears) == (18 if name == "sgr" else 10)
+    for layer in linears:
+        bound = (6 / (layer.in_features + layer.out_features)) ** 0.5
+        assert torch.all(layer.bias == 0) and layer.weight.abs().max() <= bound and layer.weight.std() > 0
+    for norm in (m for m in own if isinstance(m, nn.BatchNorm1d)):
+        assert torch.all(norm.weight == 1) and torch.all(norm.bias == 0)
+        assert torch.all(norm.running_mean == 0) and torch.all(norm.running_var == 1)
+
+
 def test_masked_batch_norm_equals_batch_norm_without_padding_and_ignores_padded_entries():
     values = torch.randn(4, 3, 5, generator=torch.Generator().manual_seed(0))
     reference, masked = nn.BatchNorm1d(3), nn.BatchNorm1d(3)
