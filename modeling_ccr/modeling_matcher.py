@@ -23,8 +23,9 @@ from .losses import matching_loss
 class MatcherOutput(ModelOutput):
     """Output of a matcher's forward pass on a batch of (image i, caption i) pairs.
 
-    loss: `()` base loss summed over the batch (with `return_loss=True`); under DDP with
-        `gather_negatives=True`, this process's share of the global-batch loss.
+    loss: `()` the configured base loss plus the weighted CCR/CCS terms, summed over the batch (with
+        `return_loss=True`); under DDP with `gather_negatives=True`, this process's share of the
+        global-batch loss.
     logits_per_image: `(batch, batch)` score of image i against caption j.
     logits_per_text: `(batch, batch)` its transpose.
     image_embeds: `(batch, n_regions, embed_dim)` region embeddings (zero at padded regions).
