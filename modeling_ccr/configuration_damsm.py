@@ -16,12 +16,17 @@ class DamsmConfig(MatcherConfig):
         relevant words.
     gamma3 is the scale of DAMSM's softmax loss over the batch: here `loss="infonce"` with
     `temperature = 1 / gamma3` (default gamma3 = 10).
+    normalize_regions / normalize_words default to False: AttnGAN attends with raw dot products of
+    unnormalised features (with unit vectors, the softmax over words leaves gamma1 too little range to
+    focus the attention); the relevance R_t is a cosine either way.
     """
 
     model_type = "xmatch_damsm"
 
     gamma1: float = 4.0
     gamma2: float = 5.0
+    normalize_regions: bool = False
+    normalize_words: bool = False
     loss: str = "infonce"
     temperature: float = 0.1
 
