@@ -79,10 +79,13 @@ def run_once(name: str, seed: int, ccr: float, ccs: float, args: argparse.Namesp
     )
     model_dir = run_experiment(parse_experiment_config(raw, f"{DEMO_CONFIG} (ablation overrides)"))
     metrics = json.loads((model_dir / "eval_results_test.json").read_text())["metrics"]
-    return {"rsum": metrics["rsum"], **{k: metrics["attention"][k] for k in METRICS[1:]}}
+    attention = metrics.get("attention", {})  # absent for backbones without cross-attention (VSE++)
+    return {"rsum": metrics["rsum"], **{k: attention.get(k) for k in METRICS[1:]}}
 
 
-def summarize(values: list[float]) -> str:
+def summarize(values: list[float | None]) -> str:
+    if None in values:
+        return "n/a"
     if len(values) == 1:
         return f"{values[0]:.3f}" if values[0] <= 1 else f"{values[0]:.1f}"
     mean, spread = statistics.mean(values), statistics.stdev(values)
