@@ -210,7 +210,10 @@ def build_config(
             entries.append(member_entry(build_config(member, tokenizer, feature_dim, member_where)))
         options = {"members": entries}
     else:
+        skip_words = options.pop("constraint_skip_words", None)
         options.update(member_options(options, tokenizer, feature_dim, where))
+        if skip_words is not None:
+            options["constraint_skip_token_ids"] = skip_token_ids(tokenizer, skip_words)
     try:
         return BACKBONES[backbone][0](**options)
     except Exception as err:
@@ -225,16 +228,13 @@ def member_options(
         raise ConfigError(
             f"{where}: model.feature_dim={options['feature_dim']} but the dataset's features have {feature_dim}"
         )
-    derived = {
+    return {
         "feature_dim": feature_dim,
         "vocab_size": len(tokenizer),
         "pad_token_id": tokenizer.pad_token_id,
         "bos_token_id": tokenizer.bos_token_id,
         "eos_token_id": tokenizer.eos_token_id,
     }
-    if "constraint_skip_words" in options:
-        derived["constraint_skip_token_ids"] = skip_token_ids(tokenizer, options.pop("constraint_skip_words"))
-    return derived
 
 
 def skip_token_ids(tokenizer: PreTrainedTokenizerBase, words: str | list[str]) -> list[int]:

@@ -47,10 +47,6 @@ class EnsembleModel(GalleryScoring, PreTrainedModel):
             own.load_state_dict(trained.state_dict())
         return ensemble
 
-    def _init_weights(self, module: nn.Module) -> None:
-        # Each member is a PreTrainedModel and initialises its own modules.
-        pass
-
     @property
     def attention_direction(self) -> str:
         """The direction of the attention `forward` returns: that of the first member with attention."""
