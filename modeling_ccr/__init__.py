@@ -1,28 +1,21 @@
 """modeling-ccr: cross-attention image-text matchers as Hugging Face models.
 
+`modeling_ccr.models` is the checkpoint code (what a saved model carries); the rest of the package is
+the library around it: data, metrics, evaluation, training, the Hub and the `ccr` command.
 Importing the package registers every backbone with `AutoConfig` / `AutoModel`.
 """
 
-from transformers import AutoConfig, AutoModel
-
-from .backbones import SINGLE_BACKBONES
-from .configuration_ensemble import EnsembleConfig
-from .configuration_scan import ScanConfig
-from .modeling_ensemble import EnsembleModel
-from .modeling_matcher import MatcherOutput, MatcherPreTrainedModel
-from .modeling_scan import ScanModel
+from .models import (
+    BACKBONES,
+    EnsembleConfig,
+    EnsembleModel,
+    MatcherOutput,
+    MatcherPreTrainedModel,
+    ScanConfig,
+    ScanModel,
+)
 
 __version__ = "0.1.0"
-
-# Backbone name (as used in training configs) -> (config class, model class).
-BACKBONES = {**SINGLE_BACKBONES, "ensemble": (EnsembleConfig, EnsembleModel)}
-
-for _config_class, _model_class in BACKBONES.values():
-    AutoConfig.register(_config_class.model_type, _config_class)
-    AutoModel.register(_config_class, _model_class)
-    # Saved checkpoints carry `auto_map` and a copy of the modeling code (trust_remote_code loading).
-    _config_class.register_for_auto_class()
-    _model_class.register_for_auto_class("AutoModel")
 
 __all__ = [
     "BACKBONES",

@@ -4,7 +4,7 @@ A model card is rendered from what a model folder (or a Hub repo) holds: `config
 `training_config.yaml`, `run_info.json`, every `eval_results_*.json` and the attention pictures. Its tables
 and its `model-index` metadata (one `huggingface_hub.EvalResult` per measured number) come from the result
 files, so re-rendering after a new evaluation is the only way a card changes. The Jinja templates and the
-published reference numbers live in `hub_cards/` at the repository root.
+published reference numbers live in `hub_cards/` (shipped with the package: `resources.resource_dir`).
 
 Numbers measured on the built-in synthetic corpus are labelled as such everywhere (card text, tables and
 the `model-index` dataset); published Flickr30K/COCO numbers are shown only as "published, not
@@ -23,7 +23,9 @@ import jinja2
 import yaml
 from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard, ModelCardData
 
-CARDS_DIR = Path(__file__).resolve().parents[1] / "hub_cards"
+from .errors import UserError
+from .resources import resource_dir
+
 MODEL_CARD_TEMPLATE = "model_card.md"
 DATASET_CARD_TEMPLATE = "dataset_card.md"
 REFERENCES_FILE = "reference_results.yaml"
@@ -76,7 +78,7 @@ SCHEMA_COLUMNS = {
 }
 
 
-class CardError(ValueError):
+class CardError(UserError, ValueError):
     """A card cannot be rendered; the message names the file and field."""
 
 
@@ -271,9 +273,9 @@ def describe_rule(rule: dict[str, Any]) -> str:
 
 # ---------------------------------------------------------------------------- references
 def load_references(path: Path | None = None) -> dict[str, Any]:
-    path = path or CARDS_DIR / REFERENCES_FILE
+    path = path or resource_dir("hub_cards") / REFERENCES_FILE
     if not path.is_file():
-        raise CardError(f"reference numbers not found: {path} (hub_cards/ belongs to a source checkout)")
+        raise CardError(f"reference numbers not found: {path}")
     return yaml.safe_load(path.read_text())
 
 
@@ -346,10 +348,8 @@ def _weight(member: dict[str, Any], name: str) -> float:
 
 
 def _environment() -> jinja2.Environment:
-    if not CARDS_DIR.is_dir():
-        raise CardError(f"card templates not found: {CARDS_DIR} (hub_cards/ belongs to a source checkout)")
     return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(CARDS_DIR)),
+        loader=jinja2.FileSystemLoader(str(resource_dir("hub_cards"))),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,

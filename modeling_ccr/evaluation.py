@@ -23,7 +23,7 @@ from .metrics.attention import (
     word_precision_recall,
 )
 from .metrics.retrieval import evaluate_retrieval
-from .modeling_matcher import MatcherPreTrainedModel
+from .models.modeling_matcher import MatcherPreTrainedModel
 from .tokenization import word_token_index
 
 

@@ -30,14 +30,15 @@ from transformers import (
 )
 
 from . import BACKBONES, EnsembleModel, __version__
-from .backbones import SINGLE_BACKBONES
-from .configuration_ensemble import member_entry
 from .data.collator import RegionCaptionCollator
 from .data.flickr30k_entities import attach_entities, write_entities_annotations
 from .data.pairs import ImageCaptionPairs, caption_table
 from .data.schema import validate_corpus
 from .data.synthetic import SyntheticCorpusConfig, build_synthetic_corpus
+from .errors import UserError
 from .evaluation import attention_metrics, evaluate_matchers, has_grounding
+from .models.backbones import SINGLE_BACKBONES
+from .models.configuration_ensemble import member_entry
 from .tokenization import FUNCTION_WORDS, build_word_tokenizer
 from .trainer import MatchingTrainer
 
@@ -85,7 +86,7 @@ DATA_KEYS = {
 EVALUATION_KEYS = {"protocol": "full"}
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A run configuration that cannot be used; the message names the file and the field."""
 
 

@@ -33,6 +33,7 @@ from huggingface_hub.utils import RepositoryNotFoundError, RevisionNotFoundError
 
 from . import __version__
 from .cards import RESULT_FILE, CardError, CardSources, render_dataset_card, render_model_card
+from .errors import UserError
 
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 COMMIT_ID = re.compile(r"^[0-9a-f]{40}$")
@@ -49,7 +50,7 @@ DATA_DIR = "data"
 MAX_SHARD_BYTES = 500 * 1024 * 1024
 
 
-class PushError(RuntimeError):
+class PushError(UserError, RuntimeError):
     """A push that cannot be made or did not complete; the message names the file, field or repo."""
 
 

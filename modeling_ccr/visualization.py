@@ -24,7 +24,7 @@ from transformers import PreTrainedTokenizerBase
 
 from .evaluation import UNGROUNDED_PHRASE_TYPES, matched_pair_attentions, word_region_attended
 from .metrics.attention import AttendedSetRule, attended_regions, gold_regions, word_precision_recall
-from .modeling_matcher import MatcherPreTrainedModel
+from .models.modeling_matcher import MatcherPreTrainedModel
 from .tokenization import split_words, word_token_index
 
 # Figure geometry: inches per panel (the longer image side) and dots per inch of the PNG.

@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from modeling_ccr import ScanConfig, ScanModel
-from modeling_ccr.constraints import (
+from modeling_ccr.models.constraints import (
     MatchedAttention,
     ccr_loss,
     ccs_loss,
     swapped_content,
 )
-from modeling_ccr.cross_attention import scan_attention
+from modeling_ccr.models.cross_attention import scan_attention
 
 E = torch.eye(4, dtype=torch.float64)
 

@@ -340,7 +340,7 @@ def test_evaluate_push_refuses_results_of_other_weights(hub, client, pushed, tra
     answer = client.ccr(
         "evaluate", other, "--output", tmp_path / "eval_results_test.json", "--push", "org/scan-ccr-demo"
     )
-    assert answer["rc"] == 1
+    assert answer["rc"] == 2
     assert "are not org/scan-ccr-demo's model.safetensors" in answer["stderr"]
     assert hub.history("org/scan-ccr-demo") == before
 
@@ -412,7 +412,7 @@ def test_an_interrupted_push_leaves_the_repo_at_its_previous_commit(hub, client,
     )  # new weights: an LFS upload is needed
     hub.fail_next(failure)
     answer = client.ccr("push", changed, repo)
-    assert answer["rc"] == 1
+    assert answer["rc"] == 2
     assert f"push to {repo} failed" in answer["stderr"]
     assert f"the repo is unchanged: main is still at {head}" in answer["stderr"]
     assert hub.failures[failure] == 0, "the injected failure was hit"
@@ -427,7 +427,7 @@ def test_a_folder_with_a_pickle_is_refused_before_anything_is_uploaded(hub, clie
     shutil.copytree(trained, folder)
     (folder / "optimizer.pt").write_bytes(b"\x80\x04K\x01.")
     answer = client.ccr("push", folder, "org/scan-pickle")
-    assert answer["rc"] == 1
+    assert answer["rc"] == 2
     assert "pickle" in answer["stderr"] and "optimizer.pt" in answer["stderr"]
     assert not hub.has_repo("org/scan-pickle")
 

@@ -12,8 +12,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModel
 
-from modeling_ccr.configuration_sgraf import SafConfig, SgrConfig
-from modeling_ccr.modeling_sgraf import SafModel, SgrModel, masked_batch_norm
+from modeling_ccr.models.configuration_sgraf import SafConfig, SgrConfig
+from modeling_ccr.models.modeling_sgraf import SafModel, SgrModel, masked_batch_norm
 
 MODELS = {"sgr": (SgrConfig, SgrModel), "saf": (SafConfig, SafModel)}
 N_REGIONS = 5

@@ -39,6 +39,7 @@ from typing import Any
 
 import datasets
 
+from ..errors import UserError
 from ..tokenization import split_words
 from .schema import phrase_feature
 
@@ -61,7 +62,7 @@ _TYPE = re.compile(_TYPE_PATTERN)
 _WORD = re.compile(r"\w+|[^\w\s]")
 
 
-class EntitiesFormatError(ValueError):
+class EntitiesFormatError(UserError, ValueError):
     """A Flickr30k Entities file is missing or malformed; the message names the file and line/element."""
 
 

@@ -1,0 +1,44 @@
+"""The `ccr` command. Each module of this package adds one group of subcommands:
+
+- `run`: demo, train, configs, evaluate, visualize, ensemble
+- `hub`: push, push-dataset, card
+
+A user error (`modeling_ccr.errors.UserError`: a missing path, a malformed file, a bad value) is printed
+as one line and exits with code 2; `--debug` shows its traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import UserError
+from . import hub, run
+
+COMMAND_GROUPS = (run, hub)
+USER_ERROR_EXIT_CODE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ccr", description="Cross-attention image-text matching.")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for group in COMMAND_GROUPS:
+        group.add_commands(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.handler(args)
+    except UserError as err:
+        if args.debug:
+            raise
+        print(f"ccr {args.command}: error: {err}", file=sys.stderr)
+        return USER_ERROR_EXIT_CODE
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
