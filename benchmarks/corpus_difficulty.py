@@ -21,8 +21,8 @@ from torch import nn
 from modeling_ccr.data.collator import pad_regions, tokenize_captions
 from modeling_ccr.data.pairs import ImageFeatures, caption_table
 from modeling_ccr.data.synthetic import SyntheticCorpusConfig, build_synthetic_corpus
-from modeling_ccr.models.losses import hinge_triplet_loss
 from modeling_ccr.metrics.retrieval import chance_metrics, evaluate_retrieval, format_results_table
+from modeling_ccr.models.losses import hinge_triplet_loss
 from modeling_ccr.tokenization import build_word_tokenizer
 
 

@@ -13,10 +13,10 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModel
 
 from modeling_ccr import BACKBONES
-from modeling_ccr.models.configuration_ensemble import member_entry
 from modeling_ccr.data.collator import RegionCaptionCollator
 from modeling_ccr.data.pairs import ImageCaptionPairs
 from modeling_ccr.data.synthetic import SyntheticCorpusConfig, build_synthetic_corpus
+from modeling_ccr.models.configuration_ensemble import member_entry
 from modeling_ccr.tokenization import build_word_tokenizer
 
 NAMES = sorted(BACKBONES)

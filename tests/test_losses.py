@@ -2,7 +2,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from modeling_ccr.models.losses import BASE_LOSSES, hinge_triplet_loss, infonce_loss, matching_loss, unified_loss
+from modeling_ccr.models.losses import (
+    BASE_LOSSES,
+    hinge_triplet_loss,
+    infonce_loss,
+    matching_loss,
+    unified_loss,
+)
 
 
 def reference_hinge(scores, margin, hardest):
