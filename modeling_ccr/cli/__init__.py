@@ -13,9 +13,9 @@ import argparse
 import sys
 
 from ..errors import UserError
-from . import hub, run
+from . import extract, hub, run
 
-COMMAND_GROUPS = (run, hub)
+COMMAND_GROUPS = (run, hub, extract)
 USER_ERROR_EXIT_CODE = 2
 
 

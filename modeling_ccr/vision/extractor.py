@@ -19,7 +19,7 @@ from torch import nn
 from torchvision.ops import roi_align
 from tqdm.auto import tqdm
 
-from ..errors import UserError
+from ..errors import InvalidValueError, UserError
 from .processor import ImageReadError, RegionImageProcessor, read_image
 from .weights import DEFAULT_BACKBONE, create_backbone
 
@@ -96,7 +96,7 @@ class RegionFeatureExtractor:
         model: nn.Module | None = None,
     ):
         if grid < 1 or batch_size < 1:
-            raise ValueError(f"grid and batch_size must be >= 1, got {grid} and {batch_size}")
+            raise InvalidValueError(f"grid and batch_size must be >= 1, got {grid} and {batch_size}")
         model = model if model is not None else create_backbone(backbone, weights)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model = model.eval().to(device)
