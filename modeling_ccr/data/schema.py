@@ -10,6 +10,8 @@ One row per image:
   metrics compare them with the phrases' gold boxes.
 - `image_size`: `(width, height)` int32 pixels.
 - `captions`: list of strings, typically 5 per image.
+- `caption_ids` (optional): one string per caption (same length and order as `captions`), the caption's
+  id in its source (Karpathy `sentid`), so that results trace back to the source's captions.
 - `phrases` (optional): one list per caption (same length and order as `captions`) of grounded phrases,
   each a struct:
     - `entity_id`: string, unique within the image and shared by every caption mentioning that entity;
@@ -58,7 +60,11 @@ def phrase_feature() -> dict[str, Any]:
 
 
 def corpus_features(
-    feature_dim: int, dtype: str = "float32", with_boxes: bool = True, with_phrases: bool = True
+    feature_dim: int,
+    dtype: str = "float32",
+    with_boxes: bool = True,
+    with_phrases: bool = True,
+    with_caption_ids: bool = False,
 ) -> datasets.Features:
     """The `datasets.Features` of a region-feature corpus with `feature_dim`-d region features.
 
@@ -77,6 +83,8 @@ def corpus_features(
         columns["boxes"] = datasets.Array2D(shape=(None, 4), dtype="float32")
     columns["image_size"] = datasets.List(datasets.Value("int32"), length=2)
     columns["captions"] = datasets.List(datasets.Value("string"))
+    if with_caption_ids:
+        columns["caption_ids"] = datasets.List(datasets.Value("string"))
     if with_phrases:
         columns["phrases"] = datasets.List(datasets.List(phrase_feature()))
     return datasets.Features(columns)
@@ -265,6 +273,7 @@ def validate_corpus(
     Checks: required columns (`image_id`, `features`, `captions`); features are `(n_regions,
     feature_dim)` with `feature_dim == expected_feature_dim` when given, and finite; no empty caption;
     `captions_per_image` captions per row when given; optional `boxes` have one box per feature region;
+    optional `caption_ids` have one id per caption;
     optional `phrases` have one list per caption and word spans that lie inside the caption and cover the
     phrase's words. Reads columns through Arrow/numpy, not Python rows: ~3000 rows take well under 2 s.
     """
@@ -279,5 +288,13 @@ def validate_corpus(
     caption_counts, captions = _check_captions(dataset, split_name, captions_per_image, image_ids)
     if "boxes" in dataset.column_names:
         _check_boxes(dataset, split_name, n_regions, image_ids)
+    if "caption_ids" in dataset.column_names:
+        id_counts = _list_lengths(_arrow_column(dataset, "caption_ids"))
+        row, _ = _first_mismatch(id_counts, caption_counts)
+        if row is not None:
+            raise ValueError(
+                f"{_where(split_name, 'caption_ids', row, image_ids)}: {id_counts[row]} caption ids but "
+                f"{caption_counts[row]} captions; expected one id per caption"
+            )
     if "phrases" in dataset.column_names:
         _check_phrases(dataset, split_name, caption_counts, captions, image_ids)

@@ -1,0 +1,97 @@
+"""`ccr convert scan-precomp` and `ccr convert butd-tsv`: real corpora from the files researchers have."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def _print(report) -> None:
+    print(report.summary())
+    print(f"Train on it with: ccr train CONFIG --set data.source={report.output}")
+
+
+def command_scan_precomp(args: argparse.Namespace) -> None:
+    from ..data.convert import convert_precomp
+
+    report = convert_precomp(
+        args.directory,
+        args.output,
+        splits=args.split,
+        ids_path=args.ids,
+        karpathy_path=args.karpathy,
+        tsv_paths=args.boxes,
+        entities_dir=args.entities,
+        float16=args.float16,
+        skip_bad=args.skip_bad,
+        captions_per_image=args.captions_per_image,
+    )
+    _print(report)
+
+
+def command_butd_tsv(args: argparse.Namespace) -> None:
+    from ..data.convert import convert_butd_tsv
+
+    report = convert_butd_tsv(
+        args.tsv,
+        args.karpathy,
+        args.output,
+        entities_dir=args.entities,
+        float16=args.float16,
+        skip_bad=args.skip_bad,
+        captions_per_image=args.captions_per_image,
+    )
+    _print(report)
+
+
+def _common_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--entities", type=Path, default=None, help="Flickr30k Entities folder (Sentences/, Annotations/)"
+    )
+    parser.add_argument("--float16", action="store_true", help="store features as float16 (half the disk)")
+    parser.add_argument(
+        "--skip-bad", action="store_true", help="leave bad images out and list them, instead of stopping"
+    )
+    parser.add_argument("--captions-per-image", type=int, default=5)
+
+
+def add_commands(commands) -> None:
+    convert = commands.add_parser("convert", help="convert precomp folders or bottom-up-attention TSVs")
+    formats = convert.add_subparsers(dest="format", required=True)
+
+    precomp = formats.add_parser(
+        "scan-precomp", help="a SCAN precomp folder ({split}_ims.npy, {split}_caps.txt[, {split}_ids.txt])"
+    )
+    precomp.add_argument("directory", type=Path, help="e.g. data/f30k_precomp")
+    precomp.add_argument("output", type=Path, help="a new folder for the DatasetDict")
+    precomp.add_argument(
+        "--split",
+        action="append",
+        default=None,
+        metavar="NAME[=CORPUS_SPLIT]",
+        help="precomp split to convert, optionally renamed (default: all; dev -> validation), "
+        "e.g. --split train --split dev=validation --split testall=test",
+    )
+    precomp.add_argument("--ids", type=Path, default=None, help="image ids of the one --split, one per line")
+    precomp.add_argument(
+        "--karpathy", type=Path, default=None, help="dataset_flickr30k.json / dataset_coco.json"
+    )
+    precomp.add_argument(
+        "--boxes",
+        type=Path,
+        nargs="+",
+        default=(),
+        metavar="TSV",
+        help="bottom-up-attention TSVs with the boxes",
+    )
+    _common_options(precomp)
+    precomp.set_defaults(handler=command_scan_precomp)
+
+    tsv = formats.add_parser("butd-tsv", help="bottom-up-attention TSVs with a Karpathy split file")
+    tsv.add_argument("tsv", type=Path, nargs="+", help="one or more TSV files")
+    tsv.add_argument(
+        "--karpathy", type=Path, required=True, help="dataset_flickr30k.json / dataset_coco.json"
+    )
+    tsv.add_argument("output", type=Path, help="a new folder for the DatasetDict")
+    _common_options(tsv)
+    tsv.set_defaults(handler=command_butd_tsv)
