@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
+import datasets
+import numpy as np
 import pytest
 import torch
 
@@ -143,3 +147,123 @@ def test_skip_bad_yields_the_error_and_goes_on(extractor, tmp_path):
     results = list(extractor.extract([broken, GRACE_HOPPER], skip_bad=True, progress=False))
     assert isinstance(results[0][1], ImageReadError) and "broken.jpg" in str(results[0][1])
     assert results[1][1].features.shape == (36, 1280)
+
+
+# -- ccr extract ------------------------------------------------------------------------------------------
+
+CAPTIONS = {
+    "grace_hopper.jpg": "a woman in a navy uniform with medals",
+    "present.png": "a blue gift box with a ribbon",
+    "logo.png": "a colourful logo with letters",
+    "hopper_top.png": "the face of a woman with short hair",
+    "hopper_bottom.png": "a dark uniform jacket with a ribbon bar",
+    "hopper_mirror.png": "a mirrored portrait of an officer",
+    "present_crop.png": "part of a shiny blue package",
+    "hopper_gray.png": "a grey photo of a woman in uniform",
+}
+SPLITS = {
+    "hopper_mirror.png": "val",
+    "present_crop.png": "val",
+    "logo.png": "test",
+    "hopper_gray.png": "test",
+}
+
+
+@pytest.fixture(scope="module")
+def photo_folder(tmp_path_factory):
+    """Real photos shipped with matplotlib, and crops / flips of them (still real pixels)."""
+    folder = tmp_path_factory.mktemp("photos")
+    hopper = read_image(GRACE_HOPPER)
+    present = read_image(SAMPLE_DATA / "Minduka_Present_Blue_Pack.png")
+    (folder / "grace_hopper.jpg").write_bytes(GRACE_HOPPER.read_bytes())
+    present.save(folder / "present.png")
+    read_image(SAMPLE_DATA / "logo2.png").save(folder / "logo.png")
+    hopper.crop((0, 0, 512, 300)).save(folder / "hopper_top.png")
+    hopper.crop((0, 300, 512, 600)).save(folder / "hopper_bottom.png")
+    hopper.transpose(0).save(folder / "hopper_mirror.png")
+    present.crop((0, 0, present.width // 2, present.height // 2)).save(folder / "present_crop.png")
+    hopper.convert("L").save(folder / "hopper_gray.png")
+    return folder
+
+
+def write_captions_csv(path: Path) -> Path:
+    lines = ["image,caption,split"]
+    for name, caption in CAPTIONS.items():
+        lines += [f"{name},{caption} {i},{SPLITS.get(name, 'train')}" for i in range(5)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_extract_writes_a_corpus_that_trains_and_evaluates(photo_folder, tmp_path):
+    from modeling_ccr.cli import main
+    from modeling_ccr.experiment import parse_experiment_config, run_experiment
+    from modeling_ccr.vision.extractor import grid_boxes as tiling
+
+    corpus_dir = tmp_path / "corpus"
+    argv = ["extract", str(photo_folder), "--captions", str(write_captions_csv(tmp_path / "c.csv"))]
+    assert main([*argv, "--out", str(corpus_dir), "--weights", str(WEIGHTS), "--grid", "4"]) == 0
+    corpus = datasets.load_from_disk(str(corpus_dir))
+    assert {split: len(corpus[split]) for split in corpus} == {"train": 4, "validation": 2, "test": 2}
+    row = corpus["train"].with_format("numpy")[0]
+    assert row["features"].shape == (16, 1280)
+    width, height = row["image_size"]
+    np.testing.assert_allclose(row["boxes"], tiling(int(width), int(height), 4).numpy(), rtol=1e-6)
+    run = {
+        "seed": 0,
+        "output_dir": str(tmp_path / "run"),
+        "data": {"source": str(corpus_dir), "min_word_count": 1},
+        "model": {"backbone": "scan", "embed_dim": 16, "word_dim": 8},
+        "training": {"max_steps": 3, "per_device_train_batch_size": 4, "eval_strategy": "no",
+                     "save_strategy": "no", "load_best_model_at_end": False, "disable_tqdm": True},
+    }  # fmt: skip
+    model_dir = run_experiment(parse_experiment_config(run))
+    metrics = json.loads((model_dir / "eval_results_test.json").read_text())["metrics"]
+    assert metrics["n_images"] == 2 and metrics["n_captions"] == 10
+    assert 0 <= metrics["rsum"] <= 600
+
+
+def test_karpathy_json_and_jsonl_captions_give_the_same_images_as_csv(tmp_path):
+    from modeling_ccr.vision.corpus import read_captions
+
+    from_csv = read_captions(write_captions_csv(tmp_path / "c.csv"))
+    karpathy = {
+        "images": [
+            {"filename": c.filename, "split": {"validation": "val"}.get(c.split, c.split),
+             "sentences": [{"raw": s} for s in c.captions]}
+            for c in from_csv
+        ]
+    }  # fmt: skip
+    (tmp_path / "k.json").write_text(json.dumps(karpathy))
+    jsonl = [json.dumps({"image": c.filename, "captions": c.captions, "split": c.split}) for c in from_csv]
+    (tmp_path / "c.jsonl").write_text("\n".join(jsonl))
+    assert read_captions(tmp_path / "k.json") == from_csv == read_captions(tmp_path / "c.jsonl")
+
+
+def test_a_captions_row_without_an_image_name_is_an_error_naming_the_line(tmp_path):
+    from modeling_ccr.vision.corpus import CaptionsError, read_captions
+
+    (tmp_path / "c.csv").write_text("image,caption\na.jpg,a dog\n,a cat\n")
+    with pytest.raises(CaptionsError, match=r"c\.csv, line 3: field 'image'"):
+        read_captions(tmp_path / "c.csv")
+
+
+def test_extract_stops_at_a_truncated_photo_with_one_line_or_skips_it_when_asked(
+    photo_folder, tmp_path, capsys
+):
+    from modeling_ccr.cli import main
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "good.jpg").write_bytes(GRACE_HOPPER.read_bytes())
+    (folder / "cut.jpg").write_bytes(GRACE_HOPPER.read_bytes()[:4000])
+    (tmp_path / "c.jsonl").write_text(
+        '{"image": "good.jpg", "caption": "a woman"}\n{"image": "cut.jpg", "caption": "x"}\n'
+    )
+    argv = ["extract", str(folder), "--captions", str(tmp_path / "c.jsonl"), "--weights", str(WEIGHTS)]
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 2
+    # stderr also carries the progress bar, redrawn with carriage returns.
+    [error] = [line for line in re.split(r"[\r\n]", capsys.readouterr().err) if "error:" in line]
+    assert error.startswith("ccr extract: error:") and "cut.jpg" in error and "truncated" in error
+    assert main([*argv, "--out", str(tmp_path / "b"), "--skip-bad"]) == 0
+    assert "skipped:" in capsys.readouterr().out
+    assert len(datasets.load_from_disk(str(tmp_path / "b"))["train"]) == 1

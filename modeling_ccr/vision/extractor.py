@@ -163,23 +163,25 @@ class RegionFeatureExtractor:
         `(path, error)` so the caller can report it."""
         paths = [Path(p) for p in paths]
         bar = tqdm(total=len(paths), desc="extract regions", unit="image", disable=not progress)
-        for start in range(0, len(paths), self.batch_size):
-            batch, images, batch_boxes = [], [], []
-            for path in paths[start : start + self.batch_size]:
-                try:
-                    image = read_image(path)
-                except ImageReadError as err:
-                    if not skip_bad:
-                        raise
-                    yield path, err
-                    continue
-                given = None if boxes is None else boxes.get(path.name)
-                batch.append(path)
-                images.append(image)
-                batch_boxes.append(
-                    None if given is None else check_boxes(given, image.size, f"boxes of {path.name}")
-                )
-            if images:
-                yield from zip(batch, self.extract_images(images, batch_boxes), strict=True)
-            bar.update(len(paths[start : start + self.batch_size]))
-        bar.close()
+        try:
+            for start in range(0, len(paths), self.batch_size):
+                batch, images, batch_boxes = [], [], []
+                for path in paths[start : start + self.batch_size]:
+                    try:
+                        image = read_image(path)
+                    except ImageReadError as err:
+                        if not skip_bad:
+                            raise
+                        yield path, err
+                        continue
+                    given = None if boxes is None else boxes.get(path.name)
+                    batch.append(path)
+                    images.append(image)
+                    batch_boxes.append(
+                        None if given is None else check_boxes(given, image.size, f"boxes of {path.name}")
+                    )
+                if images:
+                    yield from zip(batch, self.extract_images(images, batch_boxes), strict=True)
+                bar.update(len(paths[start : start + self.batch_size]))
+        finally:
+            bar.close()  # ends the bar's line before an error message is printed
