@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..errors import InvalidValueError
+
 
 def _print(report) -> None:
     print(report.summary())
@@ -32,10 +34,12 @@ def command_scan_precomp(args: argparse.Namespace) -> None:
 def command_butd_tsv(args: argparse.Namespace) -> None:
     from ..data.convert import convert_butd_tsv
 
+    if len(args.paths) < 2:
+        raise InvalidValueError("ccr convert butd-tsv needs at least one TSV file and then the output folder")
     report = convert_butd_tsv(
-        args.tsv,
+        args.paths[:-1],
         args.karpathy,
-        args.output,
+        args.paths[-1],
         entities_dir=args.entities,
         float16=args.float16,
         skip_bad=args.skip_bad,
@@ -87,11 +91,21 @@ def add_commands(commands) -> None:
     _common_options(precomp)
     precomp.set_defaults(handler=command_scan_precomp)
 
-    tsv = formats.add_parser("butd-tsv", help="bottom-up-attention TSVs with a Karpathy split file")
-    tsv.add_argument("tsv", type=Path, nargs="+", help="one or more TSV files")
+    tsv = formats.add_parser(
+        "butd-tsv",
+        help="bottom-up-attention TSVs with a Karpathy split file",
+        description="Options may come first or last, not between the files: argparse ends a run of "
+        "positional arguments at the first option.",
+    )
+    tsv.add_argument(
+        "paths",
+        type=Path,
+        nargs="+",
+        metavar="TSV... OUT",
+        help="one or more TSV files, then a new output folder",
+    )
     tsv.add_argument(
         "--karpathy", type=Path, required=True, help="dataset_flickr30k.json / dataset_coco.json"
     )
-    tsv.add_argument("output", type=Path, help="a new folder for the DatasetDict")
     _common_options(tsv)
     tsv.set_defaults(handler=command_butd_tsv)
