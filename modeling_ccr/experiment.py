@@ -20,8 +20,6 @@ import torch
 import transformers
 import yaml
 from transformers import (
-    AutoModel,
-    AutoTokenizer,
     PreTrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
@@ -35,11 +33,12 @@ from .data.flickr30k_entities import attach_entities, write_entities_annotations
 from .data.pairs import ImageCaptionPairs, caption_table
 from .data.schema import validate_corpus
 from .data.synthetic import SyntheticCorpusConfig, build_synthetic_corpus
-from .errors import UserError
+from .errors import DatasetLoadError, UserError
 from .evaluation import attention_metrics, evaluate_matchers, has_grounding
+from .loading import load_matcher
 from .models.backbones import SINGLE_BACKBONES
 from .models.configuration_ensemble import member_entry
-from .tokenization import FUNCTION_WORDS, build_word_tokenizer
+from .tokenization import FUNCTION_WORDS, build_word_tokenizer, scan_word_tokenizer
 from .trainer import MatchingTrainer
 
 SYNTHETIC_SOURCE = "synthetic"
@@ -82,6 +81,9 @@ DATA_KEYS = {
     "min_word_count": 4,
     "captions_per_image": 5,
     "max_words": None,
+    # A SCAN vocabulary file (vocab/*_vocab.json): its ids and SCAN's word rule instead of a vocabulary
+    # built from the training captions (min_word_count is then unused).
+    "vocab": None,
 }
 EVALUATION_KEYS = {"protocol": "full"}
 
@@ -180,7 +182,24 @@ def load_corpus(data: dict[str, Any], seed: int) -> tuple[datasets.DatasetDict, 
         raise ConfigError(
             f"data.source: no dataset at {path} (expected a DatasetDict saved with save_to_disk)"
         )
-    return datasets.load_from_disk(str(path)), str(path)
+    try:
+        corpus = datasets.load_from_disk(str(path))
+    except (FileNotFoundError, ValueError) as err:
+        raise DatasetLoadError(
+            f"data.source: {path} is not a dataset saved with save_to_disk ({str(err).splitlines()[0]})"
+        ) from err
+    if not isinstance(corpus, datasets.DatasetDict):
+        raise DatasetLoadError(
+            f"data.source: {path} holds a single Dataset; expected a DatasetDict with train/validation/test splits"
+        )
+    return corpus, str(path)
+
+
+def run_tokenizer(data: dict[str, Any], train_split: datasets.Dataset) -> PreTrainedTokenizerBase:
+    """SCAN's vocabulary file when `data.vocab` names one, else a vocabulary of the training captions."""
+    if data["vocab"] is not None:
+        return scan_word_tokenizer(data["vocab"])
+    return build_word_tokenizer(caption_table(train_split)[0], data["min_word_count"])
 
 
 def build_model(
@@ -275,11 +294,8 @@ def assemble_ensemble(model_dirs: Sequence[str | Path], output_dir: str | Path) 
     """
     members, provenance, vocabulary, run_configs = [], [], None, []
     for model_dir in map(Path, model_dirs):
-        if not (model_dir / "config.json").is_file():
-            raise ConfigError(f"{model_dir}: not a model folder (no config.json)")
-        model = AutoModel.from_pretrained(model_dir)
+        model, tokenizer = load_matcher(model_dir)
         members.extend(model.members if isinstance(model, EnsembleModel) else [model])
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
         if vocabulary is not None and tokenizer.get_vocab() != vocabulary:
             raise ConfigError(
                 f"{model_dir}: its tokenizer differs from {model_dirs[0]}'s; members must share one vocabulary"
@@ -328,7 +344,7 @@ def run_experiment(config: ExperimentConfig, resume_from_checkpoint: str | bool 
             raise ConfigError(f"{config.source_file}: dataset {dataset_name} has no {split!r} split")
         validate_corpus(corpus[split], split, captions_per_image=captions_per_image)
     train_split = corpus["train"]
-    tokenizer = build_word_tokenizer(caption_table(train_split)[0], config.data["min_word_count"])
+    tokenizer = run_tokenizer(config.data, train_split)
     model = build_model(config.model, tokenizer, feature_dim_of(train_split), config.source_file)
     training = {**TRAINING_DEFAULTS, **TRAINER_KEYS, **config.training}
     trainer_options = {key: training.pop(key) for key in TRAINER_KEYS}
@@ -420,7 +436,7 @@ def load_evaluation_split(
     else:
         corpus, name = load_corpus({**DATA_KEYS, "source": dataset}, seed=0)
     if split not in corpus:
-        raise ConfigError(f"dataset {name} has no split {split!r}; it has {sorted(corpus)}")
+        raise DatasetLoadError(f"dataset {name} has no split {split!r}; it has {sorted(corpus)}")
     return corpus[split], name
 
 

@@ -22,7 +22,9 @@ import datasets
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from .errors import InvalidValueError
 from .evaluation import UNGROUNDED_PHRASE_TYPES, matched_pair_attentions, word_region_attended
+from .loading import load_matcher
 from .metrics.attention import AttendedSetRule, attended_regions, gold_regions, word_precision_recall
 from .models.modeling_matcher import MatcherPreTrainedModel
 from .tokenization import split_words, word_token_index
@@ -60,10 +62,10 @@ def find_word(caption: str, word: str | int) -> int:
         if len(query) == 1 and query[0] in words:
             return words.index(query[0])
         if not word.strip().isdigit():
-            raise ValueError(f"word {word!r} is not in the caption {caption!r}; its words are {words}")
+            raise InvalidValueError(f"word {word!r} is not in the caption {caption!r}; its words are {words}")
         word = int(word)
     if not 0 <= word < len(words):
-        raise ValueError(f"word index {word} is outside the caption's {len(words)} words: {words}")
+        raise InvalidValueError(f"word index {word} is outside the caption's {len(words)} words: {words}")
     return word
 
 
@@ -319,7 +321,7 @@ def find_row(split: datasets.Dataset, image_id: str) -> int:
     """Row of `image_id` in `split`; a ValueError naming a few valid ids if it is absent."""
     ids = list(split.with_format(None)["image_id"])
     if image_id not in ids:
-        raise ValueError(
+        raise InvalidValueError(
             f"image id {image_id!r} is not in the split ({len(ids)} images); some valid ids: {ids[:5]}"
         )
     return ids.index(image_id)
@@ -334,7 +336,7 @@ def find_caption(captions: Sequence[str], caption: str | int) -> tuple[str, int 
     if isinstance(caption, int) or caption.strip().isdigit():
         index = int(caption)
         if not 0 <= index < len(captions):
-            raise ValueError(f"caption index {index} is outside the image's {len(captions)} captions")
+            raise InvalidValueError(f"caption index {index} is outside the image's {len(captions)} captions")
         return captions[index], index
     words = split_words(caption)
     matches = [i for i, c in enumerate(captions) if split_words(c) == words]
@@ -430,12 +432,7 @@ def visualize(
         phrase boxes covering the word are drawn when the caption is one of the image's own.
     word: a word of the caption (first occurrence) or its index. Returns the PNG path.
     """
-    from transformers import AutoModel, AutoTokenizer
-
     if not model_dirs:
         raise ValueError("visualize needs at least one model folder")
-    models = [
-        (_model_name(path), AutoModel.from_pretrained(str(path)), AutoTokenizer.from_pretrained(str(path)))
-        for path in model_dirs
-    ]
+    models = [(_model_name(path), *load_matcher(path)) for path in model_dirs]
     return visualize_models(models, split, image_id, caption, word, out_path, image_path)

@@ -1,0 +1,61 @@
+"""What a wheel carries: every package folder, the published configs and the card templates."""
+
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+SETUPTOOLS = PYPROJECT["tool"]["setuptools"]
+
+
+def package_folders() -> set[str]:
+    """Dotted names of every folder under modeling_ccr/ and training/ that holds Python files."""
+    found = set()
+    for top in ("modeling_ccr", "training"):
+        for path in (ROOT / top).rglob("*.py"):
+            if "__pycache__" not in path.parts:
+                found.add(".".join(path.parent.relative_to(ROOT).parts))
+    return found
+
+
+def test_every_package_folder_is_listed_in_pyproject():
+    assert package_folders() - set(SETUPTOOLS["packages"]) == set()
+
+
+def test_configs_and_card_templates_map_onto_the_repository_folders():
+    assert SETUPTOOLS["package-dir"] == {
+        "modeling_ccr.configs": "configs",
+        "modeling_ccr.hub_cards": "hub_cards",
+    }
+
+
+def test_resources_resolve_to_the_single_source_folders_in_a_checkout():
+    from modeling_ccr.resources import published_configs, resource_dir
+
+    assert resource_dir("configs").resolve() == (ROOT / "configs").resolve()
+    assert resource_dir("hub_cards").resolve() == (ROOT / "hub_cards").resolve()
+    assert set(published_configs()) == {p.stem for p in (ROOT / "configs").glob("*.yaml")}
+
+
+@pytest.mark.slow
+def test_the_built_wheel_carries_configs_templates_and_evaluate_modules(tmp_path):
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(tmp_path), str(ROOT)],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    (wheel,) = tmp_path.glob("modeling_ccr-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for config in (ROOT / "configs").glob("*.yaml"):
+        assert f"modeling_ccr/configs/{config.name}" in names
+    for template in (ROOT / "hub_cards").iterdir():
+        assert f"modeling_ccr/hub_cards/{template.name}" in names
+    assert "modeling_ccr/metrics/evaluate_modules/attention_prf/attention_prf.py" in names
+    assert "modeling_ccr/models/modeling_scan.py" in names
+    assert not any(name.startswith(("tests/", "configs/", "hub_cards/")) for name in names)
