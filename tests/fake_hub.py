@@ -189,7 +189,7 @@ class FakeHub:
             "parent": parent,
             "title": title,
             "message": message,
-            "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
             "author": USER,
             "files": dict(sorted(files.items())),
         }
