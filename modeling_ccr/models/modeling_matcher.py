@@ -15,7 +15,7 @@ from transformers.utils import ModelOutput
 from .configuration_matcher import MatcherConfig
 from .constraints import MatchedAttention, constraint_terms
 from .distributed import gather_padded, gather_without_grad, world_size_and_rank
-from .encoders import GRUTextEncoder, RegionEncoder
+from .encoders import GRUTextEncoder, PretrainedTextEncoder, RegionEncoder, build_text_encoder
 from .losses import matching_loss
 
 
@@ -90,17 +90,10 @@ class MatcherPreTrainedModel(GalleryScoring, PreTrainedModel):
     def __init__(self, config: MatcherConfig):
         super().__init__(config)
         self.region_encoder = RegionEncoder(config.feature_dim, config.embed_dim, config.normalize_regions)
-        self.text_encoder = GRUTextEncoder(
-            config.vocab_size,
-            config.word_dim,
-            config.embed_dim,
-            config.num_gru_layers,
-            config.bidirectional_gru,
-            config.normalize_words,
-        )
+        self.text_encoder = build_text_encoder(config)
 
     def _init_weights(self, module: torch.nn.Module) -> None:
-        if isinstance(module, (RegionEncoder, GRUTextEncoder)):
+        if isinstance(module, (RegionEncoder, GRUTextEncoder, PretrainedTextEncoder)):
             module.reset_parameters()
 
     # -- what a backbone supplies ---------------------------------------------------------------
