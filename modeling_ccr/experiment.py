@@ -39,6 +39,13 @@ from .loading import load_matcher
 from .models.backbones import SINGLE_BACKBONES
 from .models.configuration_ensemble import member_entry
 from .tokenization import FUNCTION_WORDS, build_word_tokenizer, scan_word_tokenizer
+from .text_encoders import (
+    load_text_encoder_weights,
+    pretrained_text_encoder,
+    pretrained_tokenizer,
+    text_encoder_optimizer,
+    text_encoder_options,
+)
 from .trainer import MatchingTrainer
 
 SYNTHETIC_SOURCE = "synthetic"
@@ -207,7 +214,8 @@ def build_model(
 ) -> PreTrainedModel:
     """The backbone named by the model section, sized for the tokenizer and the data's features."""
     model_class = BACKBONES[model_section["backbone"]][1]
-    return model_class(build_config(model_section, tokenizer, feature_dim, where))
+    model = model_class(build_config(model_section, tokenizer, feature_dim, where))
+    return load_text_encoder_weights(model, model_section)
 
 
 def build_config(
@@ -232,6 +240,7 @@ def build_config(
     else:
         skip_words = options.pop("constraint_skip_words", None)
         options.update(member_options(options, tokenizer, feature_dim, where))
+        options.update(text_encoder_options(options, where))
         if skip_words is not None:
             options["constraint_skip_token_ids"] = skip_token_ids(tokenizer, skip_words)
     try:
@@ -260,7 +269,8 @@ def member_options(
 def skip_token_ids(tokenizer: PreTrainedTokenizerBase, words: str | list[str]) -> list[int]:
     """Token ids the constraints skip: `<start>`, `<end>` and the given words ("function_words" = FUNCTION_WORDS)."""
     words = list(FUNCTION_WORDS) if words == "function_words" else list(words)
-    ids = {tokenizer.bos_token_id, tokenizer.eos_token_id}
+    # The word tokenizer's <start>/<end>; a sub-word tokenizer's [CLS]/[SEP] (its bos/eos may be None).
+    ids = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.cls_token_id, tokenizer.sep_token_id} - {None}
     ids.update(i for i in tokenizer.convert_tokens_to_ids(words) if i != tokenizer.unk_token_id)
     return sorted(ids)
 
@@ -345,6 +355,8 @@ def run_experiment(config: ExperimentConfig, resume_from_checkpoint: str | bool 
         validate_corpus(corpus[split], split, captions_per_image=captions_per_image)
     train_split = corpus["train"]
     tokenizer = run_tokenizer(config.data, train_split)
+    if pretrained_text_encoder(config.model) is not None:
+        tokenizer = pretrained_tokenizer(pretrained_text_encoder(config.model), config.source_file)
     model = build_model(config.model, tokenizer, feature_dim_of(train_split), config.source_file)
     training = {**TRAINING_DEFAULTS, **TRAINER_KEYS, **config.training}
     trainer_options = {key: training.pop(key) for key in TRAINER_KEYS}
@@ -364,6 +376,7 @@ def run_experiment(config: ExperimentConfig, resume_from_checkpoint: str | bool 
         eval_protocol=config.evaluation["protocol"],
         captions_per_image=captions_per_image,
         **trainer_options,
+        optimizers=(text_encoder_optimizer(model, args), None),
     )
     started = time.time()
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)

@@ -208,3 +208,14 @@ def test_skipped_words_are_never_constraint_queries():
 def test_invalid_constraint_settings_are_rejected(overrides, message):
     with pytest.raises(Exception, match=message):
         tiny_scan(**overrides)
+
+
+def test_ccs_takes_its_donor_from_the_previous_pair_of_the_batch():
+    # Three pairs whose first key differs: e1, e2, e3. Pair i's swapped set holds its donor's first key.
+    queries = torch.stack([E[[0]]] * 3)
+    keys = torch.stack([E[[1, 0]], E[[2, 0]], E[[3, 0]]])
+    view = matched(queries, keys)
+    attended = torch.tensor([[[True, False]]] * 3)
+    content = swapped_content(view, attended)
+    donors = [int(content[i, 0, 1:].argmax()) + 1 for i in range(3)]  # which e_k entered pair i's content
+    assert donors == [3, 1, 2]  # pair 0 <- pair 2 (the last), pair 1 <- pair 0, pair 2 <- pair 1

@@ -116,7 +116,8 @@ def has_ignored_keys(matched: MatchedAttention) -> torch.Tensor:
 def ccs_loss(matched: MatchedAttention, margin: float, mode: str, rule: str, top_k: int) -> ConstraintTerm:
     """Contrastive Content Swapping: swapping the attended content out must lower the relevance.
 
-    The contrast comes from the next sample of the batch (pair i uses pair (i + 1) mod batch):
+    The contrast comes from the previous sample of the batch (pair i uses pair (i - 1) mod batch, a roll
+    by one, so pair 0 takes the last pair):
     - swap_keys (default): the keys query t attends to are replaced by the keys at the same positions
       of the other sample; attention is recomputed over the swapped key set with the backbone's rule,
       normalising over ALL of the pair's queries (per-query recomputation would flatten SCAN's
