@@ -38,7 +38,6 @@ from .evaluation import attention_metrics, evaluate_matchers, has_grounding
 from .loading import load_matcher
 from .models.backbones import SINGLE_BACKBONES
 from .models.configuration_ensemble import member_entry
-from .tokenization import FUNCTION_WORDS, build_word_tokenizer, scan_word_tokenizer
 from .text_encoders import (
     load_text_encoder_weights,
     pretrained_text_encoder,
@@ -46,6 +45,7 @@ from .text_encoders import (
     text_encoder_optimizer,
     text_encoder_options,
 )
+from .tokenization import FUNCTION_WORDS, build_word_tokenizer, scan_word_tokenizer
 from .trainer import MatchingTrainer
 
 SYNTHETIC_SOURCE = "synthetic"
@@ -270,7 +270,8 @@ def skip_token_ids(tokenizer: PreTrainedTokenizerBase, words: str | list[str]) -
     """Token ids the constraints skip: `<start>`, `<end>` and the given words ("function_words" = FUNCTION_WORDS)."""
     words = list(FUNCTION_WORDS) if words == "function_words" else list(words)
     # The word tokenizer's <start>/<end>; a sub-word tokenizer's [CLS]/[SEP] (its bos/eos may be None).
-    ids = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.cls_token_id, tokenizer.sep_token_id} - {None}
+    ids = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.cls_token_id, tokenizer.sep_token_id}
+    ids.discard(None)
     ids.update(i for i in tokenizer.convert_tokens_to_ids(words) if i != tokenizer.unk_token_id)
     return sorted(ids)
 

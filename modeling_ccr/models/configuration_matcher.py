@@ -56,6 +56,12 @@ class MatcherConfig(PreTrainedConfig):
     embed_dim: joint embedding size D of regions and words.
     vocab_size / word_dim: word embedding table; vocab_size comes from the tokenizer.
     num_gru_layers / bidirectional_gru: the text GRU (bidirectional output = mean of both directions).
+    text_encoder: "gru" (the word GRU above) or the transformers encoder the model was made from (a Hub id
+        or folder, recorded for reference: the encoder is rebuilt from `text_encoder_config`, no download).
+    text_encoder_config: that encoder's config as a dict (with its `model_type`); None for "gru".
+    freeze_text_encoder: keep a transformers encoder fixed (no gradient, no dropout); the projection trains.
+    text_encoder_learning_rate: the encoder's own learning rate (a separate optimiser param group);
+        None uses the run's learning rate.
     normalize_regions / normalize_words: l2-normalise each region / word embedding.
     loss: the base loss: "hinge" (VSE++ triplet), "infonce" or "unified" (docs/losses.md).
     margin / max_violation: hinge margin (also the unified loss's margin); hinge on the hardest in-batch
@@ -82,6 +88,10 @@ class MatcherConfig(PreTrainedConfig):
     word_dim: int = 300
     num_gru_layers: int = 1
     bidirectional_gru: bool = True
+    text_encoder: str = "gru"
+    text_encoder_config: dict | None = None
+    freeze_text_encoder: bool = False
+    text_encoder_learning_rate: float | None = None
     normalize_regions: bool = True
     normalize_words: bool = True
     loss: str = "hinge"
@@ -109,6 +119,7 @@ class MatcherConfig(PreTrainedConfig):
     def validate_architecture(self):
         for name in ("feature_dim", "embed_dim", "vocab_size", "word_dim", "num_gru_layers"):
             check_positive(name, getattr(self, name))
+        self.validate_text_encoder()
         check_choice("loss", self.loss, BASE_LOSSES)
         check_positive("margin", self.margin, allow_zero=True)
         check_positive("temperature", self.temperature)
@@ -123,6 +134,24 @@ class MatcherConfig(PreTrainedConfig):
                 f"{type(self).__name__} has no cross-attention for CCR/CCS to constrain: "
                 f"set ccr_weight and ccs_weight to 0 (got {self.ccr_weight} and {self.ccs_weight})"
             )
+
+    def validate_text_encoder(self) -> None:
+        if self.uses_gru:
+            if self.text_encoder_config is not None:
+                raise ValueError(
+                    "config field 'text_encoder_config' is only for a transformers text_encoder, not 'gru'"
+                )
+        elif not isinstance(self.text_encoder_config, dict) or "model_type" not in self.text_encoder_config:
+            raise ValueError(
+                f"text_encoder {self.text_encoder!r} needs 'text_encoder_config', the encoder's config dict with "
+                f"its model_type (found {type(self.text_encoder_config).__name__})"
+            )
+        if self.text_encoder_learning_rate is not None:
+            check_positive("text_encoder_learning_rate", self.text_encoder_learning_rate)
+
+    @property
+    def uses_gru(self) -> bool:
+        return self.text_encoder == "gru"
 
     @property
     def uses_constraints(self) -> bool:

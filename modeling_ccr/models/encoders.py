@@ -1,4 +1,4 @@
-"""Region and word encoders shared by every matcher (SPEC section 1)."""
+"""Region and word encoders shared by every matcher (SPEC section 1): the word GRU or a pretrained transformer."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import math
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from transformers import AutoConfig, AutoModel
 
 # SCAN's epsilon: added to norms so an all-zero (padded) vector stays zero instead of NaN.
 NORM_EPS = 1e-8
@@ -85,3 +86,67 @@ class GRUTextEncoder(nn.Module):
         if self.normalize:
             words = l2_normalize(words)
         return words * attention_mask.unsqueeze(-1).to(words.dtype)
+
+
+class PretrainedTextEncoder(nn.Module):
+    """A transformers text encoder (BERT, MiniLM, ...) whose token states are projected to the joint space.
+
+    Built from the encoder's config dict alone (`transformer_config`, with its `model_type`), so a saved
+    matcher rebuilds it without downloading anything; pretrained weights come from
+    `load_pretrained_weights` when a model is first made, and from the matcher's own checkpoint after.
+    Input ids and attention mask `(batch, n_tokens)`; output `(batch, n_tokens, embed_dim)`, l2-normalised
+    when `normalize`, zero at padded tokens. With `freeze`, the encoder gets no gradient and stays in eval
+    mode (no dropout), so it is a fixed feature function; the projection still trains.
+    """
+
+    def __init__(self, transformer_config: dict, embed_dim: int, normalize: bool, freeze: bool):
+        super().__init__()
+        options = {k: v for k, v in transformer_config.items() if k != "model_type"}
+        self.transformer = AutoModel.from_config(
+            AutoConfig.for_model(transformer_config["model_type"], **options)
+        )
+        self.projection = nn.Linear(self.transformer.config.hidden_size, embed_dim)
+        self.normalize = normalize
+        self.frozen = freeze
+        if freeze:
+            self.transformer.requires_grad_(False)
+
+    def reset_parameters(self) -> None:
+        # Only the projection is ours; the transformer keeps its own initialisation or pretrained weights.
+        nn.init.xavier_uniform_(self.projection.weight)
+        nn.init.zeros_(self.projection.bias)
+
+    def load_pretrained_weights(self, name_or_path: str) -> None:
+        """Copy the weights of a transformers encoder (local folder or Hub id) into `self.transformer`."""
+        pretrained = AutoModel.from_pretrained(name_or_path)
+        self.transformer.load_state_dict(pretrained.state_dict())
+
+    def train(self, mode: bool = True) -> PretrainedTextEncoder:
+        super().train(mode)
+        if self.frozen:
+            self.transformer.eval()
+        return self
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        states = self.transformer(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        words = self.projection(states)
+        if self.normalize:
+            words = l2_normalize(words)
+        return words * attention_mask.unsqueeze(-1).to(words.dtype)
+
+
+def build_text_encoder(config) -> GRUTextEncoder | PretrainedTextEncoder:
+    """The text encoder a `MatcherConfig` asks for: the word GRU, or a transformers encoder rebuilt from
+    `config.text_encoder_config` (random weights until loaded; see `PretrainedTextEncoder`)."""
+    if config.text_encoder == "gru":
+        return GRUTextEncoder(
+            config.vocab_size,
+            config.word_dim,
+            config.embed_dim,
+            config.num_gru_layers,
+            config.bidirectional_gru,
+            config.normalize_words,
+        )
+    return PretrainedTextEncoder(
+        config.text_encoder_config, config.embed_dim, config.normalize_words, config.freeze_text_encoder
+    )

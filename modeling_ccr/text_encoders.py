@@ -1,0 +1,102 @@
+"""Run-side support for a pretrained transformers text encoder (`model.text_encoder` in a run config).
+
+The checkpoint side is `models/encoders.py` (`PretrainedTextEncoder`); this module makes a new model
+from a run config: the encoder's fast tokenizer, its config stored inside the matcher config, its
+pretrained weights, and the optimiser with the encoder's own learning rate.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    TrainingArguments,
+)
+
+from .errors import UserError
+
+GRU = "gru"
+
+
+class TextEncoderError(UserError, ValueError):
+    """A `text_encoder` that cannot be loaded (no such folder or Hub id, or no fast tokenizer)."""
+
+
+def pretrained_text_encoder(model_section: dict[str, Any]) -> str | None:
+    """The transformers encoder a model section names, or None for the word GRU."""
+    name = model_section.get("text_encoder", GRU)
+    return None if name == GRU else str(name)
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def pretrained_tokenizer(name: str, where: str) -> PreTrainedTokenizerBase:
+    """The encoder's own tokenizer; it must be a fast one (its offsets map words to sub-word tokens)."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    except Exception as err:  # OSError, ValueError, ... for a missing or malformed folder / Hub id
+        raise TextEncoderError(
+            f"{where}: model.text_encoder {name!r}: no tokenizer ({_first_line(err)})"
+        ) from err
+    if not tokenizer.is_fast:
+        raise TextEncoderError(
+            f"{where}: model.text_encoder {name!r} has a slow tokenizer; a fast one (tokenizer.json) is needed "
+            "to map phrase words to sub-word tokens"
+        )
+    return tokenizer
+
+
+def text_encoder_options(options: dict[str, Any], where: str) -> dict[str, Any]:
+    """`text_encoder_config`: the encoder's config dict, stored inside the matcher config so that
+    `from_pretrained` rebuilds the encoder without a download. Empty for the word GRU."""
+    name = pretrained_text_encoder(options)
+    if name is None:
+        return {}
+    try:
+        encoder_config = AutoConfig.from_pretrained(name)
+    except Exception as err:
+        raise TextEncoderError(
+            f"{where}: model.text_encoder {name!r}: no config ({_first_line(err)})"
+        ) from err
+    return {"text_encoder_config": encoder_config.to_dict()}
+
+
+def load_text_encoder_weights(model: PreTrainedModel, model_section: dict[str, Any]) -> PreTrainedModel:
+    """Give a newly made matcher its text encoder's pretrained weights (no-op for the word GRU)."""
+    name = pretrained_text_encoder(model_section)
+    if name is not None:
+        model.text_encoder.load_pretrained_weights(name)
+    return model
+
+
+def text_encoder_optimizer(model: PreTrainedModel, args: TrainingArguments) -> torch.optim.Optimizer | None:
+    """AdamW with the text encoder in its own param group at `config.text_encoder_learning_rate`; None when
+    the model has no such rate (the Trainer then builds its usual optimiser).
+
+    Only `optim: adamw_torch` is supported with an own rate, so a run never silently changes optimiser.
+    """
+    rate = getattr(model.config, "text_encoder_learning_rate", None)
+    if rate is None:
+        return None
+    if args.optim != "adamw_torch":
+        raise TextEncoderError(
+            f"text_encoder_learning_rate needs training.optim adamw_torch, found {args.optim!r}"
+        )
+    encoder = [p for p in model.text_encoder.parameters() if p.requires_grad]
+    encoder_ids = {id(p) for p in encoder}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in encoder_ids]
+    groups = [{"params": rest, "lr": args.learning_rate}, {"params": encoder, "lr": rate}]
+    return torch.optim.AdamW(
+        [g for g in groups if g["params"]],
+        lr=args.learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
+        eps=args.adam_epsilon,
+        weight_decay=args.weight_decay,
+    )
