@@ -98,6 +98,7 @@ def export_corpus(corpus: datasets.DatasetDict, root: Path, tsv_files: int = 2) 
     write_karpathy(paths["karpathy"], images)
     per_file = -(-len(tsv_rows) // tsv_files)
     paths["tsv"] = [
-        write_tsv(root / f"features_{i}.tsv", tsv_rows[i * per_file : (i + 1) * per_file]) for i in range(tsv_files)
+        write_tsv(root / f"features_{i}.tsv", tsv_rows[i * per_file : (i + 1) * per_file])
+        for i in range(tsv_files)
     ]
     return paths
