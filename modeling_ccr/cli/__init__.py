@@ -3,6 +3,7 @@
 - `run`: demo, train, configs, evaluate, visualize, ensemble
 - `hub`: push, push-dataset, card
 - `convert`: scan-precomp, butd-tsv (real corpora from SCAN precomp folders and bottom-up-attention TSVs)
+- `checkpoint`: convert-checkpoint (models trained with the original SCAN, BFAN and SGRAF code)
 
 A user error (`modeling_ccr.errors.UserError`: a missing path, a malformed file, a bad value) is printed
 as one line and exits with code 2; `--debug` shows its traceback instead.
@@ -14,9 +15,9 @@ import argparse
 import sys
 
 from ..errors import UserError
-from . import convert, extract, hub, run
+from . import checkpoint, convert, extract, hub, run
 
-COMMAND_GROUPS = (run, hub, extract, convert)
+COMMAND_GROUPS = (run, hub, extract, convert, checkpoint)
 USER_ERROR_EXIT_CODE = 2
 
 
