@@ -1,0 +1,456 @@
+"""Checkpoints in the layouts of the original SCAN, BFAN and SGRAF code convert into model folders whose
+scores equal the original formulas computed here, independently, from the original tensors."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoModel, AutoTokenizer
+
+import modeling_ccr  # noqa: F401  (registers the backbones)
+from modeling_ccr.cli import main
+from modeling_ccr.original_checkpoints import ConversionError, convert_checkpoint, write_conversion
+
+SPECIALS = ["<pad>", "<start>", "<end>", "<unk>"]
+WORDS = ["a", "dog", "man", "red", "ball", "runs", "on", "grass", "with", "the"]
+CAPTIONS = ["a dog runs", "the man with a red ball", "a man on the grass runs", "dog"]
+FEATURE_DIM, EMBED_DIM, WORD_DIM, SIM_DIM, N_REGIONS, N_IMAGES = 12, 8, 6, 7, 5, 3
+
+# Options every original train.py records, beside the model's own (training-only ones included).
+COMMON_OPTIONS = {
+    "data_path": "./data/",
+    "data_name": "f30k_precomp",
+    "vocab_path": "./vocab/",
+    "margin": 0.2,
+    "num_epochs": 30,
+    "batch_size": 128,
+    "word_dim": WORD_DIM,
+    "embed_size": EMBED_DIM,
+    "grad_clip": 2.0,
+    "learning_rate": 0.0002,
+    "lr_update": 15,
+    "max_violation": True,
+    "img_dim": FEATURE_DIM,
+    "no_imgnorm": False,
+    "no_txtnorm": False,
+    "vocab_size": len(SPECIALS) + len(WORDS),
+}
+
+
+# ------------------------------------------------------------------ original layouts
+def vocab_file(tmp_path):
+    word2idx = {w: i for i, w in enumerate(SPECIALS + WORDS)}
+    path = tmp_path / "f30k_precomp_vocab.json"
+    path.write_text(
+        json.dumps(
+            {"word2idx": word2idx, "idx2word": {str(i): w for w, i in word2idx.items()}, "idx": len(word2idx)}
+        )
+    )
+    return path, word2idx
+
+
+def linear(out_dim, in_dim, gen, prefix):
+    return {
+        f"{prefix}weight": torch.randn(out_dim, in_dim, generator=gen) * 0.4,
+        f"{prefix}bias": torch.randn(out_dim, generator=gen) * 0.1,
+    }
+
+
+def batch_norm(channels, gen, prefix):
+    return {
+        f"{prefix}weight": 1 + 0.2 * torch.randn(channels, generator=gen),
+        f"{prefix}bias": 0.1 * torch.randn(channels, generator=gen),
+        f"{prefix}running_mean": 0.1 * torch.randn(channels, generator=gen),
+        f"{prefix}running_var": 0.5 + torch.rand(channels, generator=gen),
+        f"{prefix}num_batches_tracked": torch.tensor(321),
+    }
+
+
+def image_state(gen, weight_norm=False):
+    state = linear(EMBED_DIM, FEATURE_DIM, gen, "fc.")
+    if weight_norm:
+        state["fc.weight_v"] = state.pop("fc.weight")
+        state["fc.weight_g"] = torch.tensor(2.5)
+    return state
+
+
+def text_state(gen, rnn_name, bidirectional, layers=1):
+    gru = torch.nn.GRU(WORD_DIM, EMBED_DIM, layers, batch_first=True, bidirectional=bidirectional)
+    for weight in gru.parameters():
+        weight.data = torch.randn(weight.shape, generator=gen) * 0.3
+    state = {f"{rnn_name}.{k}": v.clone() for k, v in gru.state_dict().items()}
+    state["embed.weight"] = torch.rand(len(SPECIALS) + len(WORDS), WORD_DIM, generator=gen) * 0.2 - 0.1
+    return state
+
+
+def similarity_state(gen, module_name, steps=3):
+    state = {}
+    state |= linear(EMBED_DIM, EMBED_DIM, gen, "v_global_w.embedding_local.0.")
+    state |= batch_norm(N_REGIONS, gen, "v_global_w.embedding_local.1.")
+    state |= linear(EMBED_DIM, EMBED_DIM, gen, "v_global_w.embedding_global.0.")
+    state |= batch_norm(EMBED_DIM, gen, "v_global_w.embedding_global.1.")
+    state |= linear(1, EMBED_DIM, gen, "v_global_w.embedding_common.0.")
+    state |= linear(EMBED_DIM, EMBED_DIM, gen, "t_global_w.embedding_local.0.")
+    state |= linear(EMBED_DIM, EMBED_DIM, gen, "t_global_w.embedding_global.0.")
+    state |= linear(1, EMBED_DIM, gen, "t_global_w.embedding_common.0.")
+    state |= linear(SIM_DIM, EMBED_DIM, gen, "sim_tranloc_w.")
+    state |= linear(SIM_DIM, EMBED_DIM, gen, "sim_tranglo_w.")
+    state |= linear(1, SIM_DIM, gen, "sim_eval_w.")
+    if module_name == "SGR":
+        for i in range(steps):
+            for name in ("graph_query_w", "graph_key_w", "sim_graph_w"):
+                state |= linear(SIM_DIM, SIM_DIM, gen, f"SGR_module.{i}.{name}.")
+    else:
+        state |= linear(1, SIM_DIM, gen, "SAF_module.attn_sim_w.")
+        state |= batch_norm(1, gen, "SAF_module.bn.")
+    return state
+
+
+CASES = {
+    "scan_t2i_avg_bigru": ("scan", {"cross_attn": "t2i", "agg_func": "Mean", "raw_feature_norm": "clipped_l2norm",
+                                    "lambda_softmax": 9.0, "lambda_lse": 6.0, "bi_gru": True, "num_layers": 1,
+                                    "precomp_enc_type": "basic"}),
+    "scan_i2t_lse_gru_2layers": ("scan", {"cross_attn": "i2t", "agg_func": "LogSumExp", "lambda_softmax": 4.0,
+                                          "raw_feature_norm": "clipped_l2norm", "lambda_lse": 5.0, "bi_gru": False,
+                                          "num_layers": 2, "precomp_enc_type": "basic"}),
+    "scan_t2i_max_softmax_weight_norm": ("scan", {"cross_attn": "t2i", "agg_func": "Max", "lambda_softmax": 5.0,
+                                                  "raw_feature_norm": "softmax", "lambda_lse": 6.0, "bi_gru": True,
+                                                  "num_layers": 1, "precomp_enc_type": "weight_norm",
+                                                  "no_imgnorm": True}),
+    "scan_i2t_sum_l2norm": ("scan", {"cross_attn": "i2t", "agg_func": "Sum", "lambda_softmax": 4.0,
+                                     "raw_feature_norm": "l2norm", "lambda_lse": 6.0, "bi_gru": True,
+                                     "num_layers": 1, "precomp_enc_type": "basic"}),
+    "bfan_equal": ("bfan", {"lambda_softmax": 20.0, "focal_type": "equal", "num_layers": 1, "precomp_enc_type": "basic"}),
+    "bfan_prob": ("bfan", {"lambda_softmax": 20.0, "focal_type": "prob", "num_layers": 1, "precomp_enc_type": "basic"}),
+    "sgr_bigru": ("sgraf", {"module_name": "SGR", "sgr_step": 3, "sim_dim": SIM_DIM, "bi_gru": True, "num_layers": 1}),
+    "saf_gru": ("sgraf", {"module_name": "SAF", "sgr_step": 3, "sim_dim": SIM_DIM, "bi_gru": False, "num_layers": 1}),
+}  # fmt: skip
+
+
+def original_checkpoint(arch, model_options, seed=0):
+    """(checkpoint dict, options) as the original train.py saves them."""
+    gen = torch.Generator().manual_seed(seed)
+    options = {**COMMON_OPTIONS, **model_options}
+    bidirectional = options.get("bi_gru", True)  # BFAN's text encoder is always a bi-GRU
+    image = image_state(gen, options.get("precomp_enc_type") == "weight_norm")
+    if arch == "sgraf":
+        states = [
+            image,
+            text_state(gen, "cap_rnn", bidirectional, options["num_layers"]),
+            similarity_state(gen, options["module_name"], options["sgr_step"]),
+        ]
+    else:
+        states = [image, text_state(gen, "rnn", bidirectional, options["num_layers"])]
+    return {
+        "epoch": 17,
+        "model": states,
+        "best_rsum": 432.5,
+        "opt": argparse.Namespace(**options),
+        "Eiters": 4321,
+    }, options
+
+
+# ------------------------------------------------------------------ the original formulas
+def l2norm(x, dim=-1):
+    return x / (x.pow(2).sum(dim, keepdim=True).sqrt() + 1e-8)
+
+
+def cosine(x1, x2):
+    return (x1 * x2).sum(-1) / (x1.norm(dim=-1) * x2.norm(dim=-1)).clamp(min=1e-8)
+
+
+def original_images(state, features, normalize):
+    weight = state.get("fc.weight")
+    if weight is None:  # weight_norm(dim=None): w = g v / ||v||
+        weight = state["fc.weight_g"] * state["fc.weight_v"] / state["fc.weight_v"].norm()
+    regions = features @ weight.T + state["fc.bias"]
+    return l2norm(regions) if normalize else regions
+
+
+def original_captions(state, rnn_name, ids, options):
+    """One caption at a time, no padding: (n_words, D) each."""
+    bidirectional, layers = options.get("bi_gru", True), options["num_layers"]
+    gru = torch.nn.GRU(WORD_DIM, EMBED_DIM, layers, batch_first=True, bidirectional=bidirectional)
+    gru.load_state_dict(
+        {k.removeprefix(f"{rnn_name}."): v for k, v in state.items() if k.startswith(rnn_name)}
+    )
+    out = []
+    for caption in ids:
+        words = gru(state["embed.weight"][torch.tensor(caption)][None])[0][0]
+        if bidirectional:
+            words = (words[:, :EMBED_DIM] + words[:, EMBED_DIM:]) / 2
+        out.append(words if options["no_txtnorm"] else l2norm(words))
+    return out
+
+
+def scan_attention(query, context, raw_norm, smooth):
+    """SCAN's func_attention for one pair: query (n_q, d), context (n_c, d) -> attention (n_q, n_c)."""
+    attn = context @ query.T  # (n_c, n_q)
+    if raw_norm == "softmax":
+        attn = torch.softmax(attn, dim=1)
+    elif raw_norm == "l2norm":
+        attn = l2norm(attn, 1)
+    elif raw_norm == "clipped_l2norm":
+        attn = l2norm(F.leaky_relu(attn, 0.1), 1)
+    return torch.softmax(attn.T * smooth, dim=1)
+
+
+def aggregate(similarities, agg_func, lambda_lse):
+    if agg_func == "LogSumExp":
+        return torch.log(torch.exp(similarities * lambda_lse).sum()) / lambda_lse
+    return {"Mean": similarities.mean(), "Max": similarities.max(), "Sum": similarities.sum()}[agg_func]
+
+
+def scan_score(image, caption, o):
+    query, context = (caption, image) if o["cross_attn"] == "t2i" else (image, caption)
+    attended = scan_attention(query, context, o["raw_feature_norm"], o["lambda_softmax"]) @ context
+    return aggregate(cosine(query, attended), o["agg_func"], o["lambda_lse"])
+
+
+def focal_attention(query, context, o):
+    attn = scan_attention(query, context, "clipped_l2norm", o["lambda_softmax"])  # (n_q, n_c)
+    if o["focal_type"] == "equal":
+        focal = attn * context.shape[0] - attn.sum(-1, keepdim=True)
+    else:  # sum_j (a_i - a_j) sqrt(a_j)
+        focal = (attn[:, :, None] - attn[:, None, :]).mul(attn[:, None, :].sqrt()).sum(-1)
+    kept = attn * (focal > 0)
+    return kept / kept.sum(-1, keepdim=True)
+
+
+def bfan_score(image, caption, o):
+    t2i = cosine(caption, focal_attention(caption, image, o) @ image).mean()
+    i2t = cosine(image, focal_attention(image, caption, o) @ caption).mean()
+    return t2i + i2t
+
+
+def bn_eval(x, state, prefix, channel_dim):
+    shape = [1] * x.dim()
+    shape[channel_dim] = -1
+    mean, var = state[f"{prefix}running_mean"].view(shape), state[f"{prefix}running_var"].view(shape)
+    weight, bias = state[f"{prefix}weight"].view(shape), state[f"{prefix}bias"].view(shape)
+    return (x - mean) / torch.sqrt(var + 1e-5) * weight + bias
+
+
+def lin(x, state, prefix):
+    return x @ state[f"{prefix}weight"].T + state[f"{prefix}bias"]
+
+
+def self_attention_pool(local, state, owner, regions):
+    l_emb = lin(local, state, f"{owner}.embedding_local.0.")
+    g_emb = lin(local.mean(0), state, f"{owner}.embedding_global.0.")
+    if regions:
+        l_emb = bn_eval(l_emb, state, f"{owner}.embedding_local.1.", 0)  # channels = region slots
+        g_emb = bn_eval(g_emb, state, f"{owner}.embedding_global.1.", 0)
+    weights = torch.softmax(
+        lin(torch.tanh(l_emb) * torch.tanh(g_emb), state, f"{owner}.embedding_common.0.")[:, 0], 0
+    )
+    return l2norm((weights[:, None] * local).sum(0))
+
+
+def sgraf_score(image, caption, o, state):
+    context = l2norm(scan_attention(caption, image, "clipped_l2norm", 9.0) @ image)
+    sim_loc = l2norm(lin((context - caption) ** 2, state, "sim_tranloc_w."))
+    img_glo = self_attention_pool(image, state, "v_global_w", regions=True)
+    cap_glo = self_attention_pool(caption, state, "t_global_w", regions=False)
+    sim_glo = l2norm(lin((img_glo - cap_glo) ** 2, state, "sim_tranglo_w."))
+    nodes = torch.cat([sim_glo[None], sim_loc], 0)
+    if o["module_name"] == "SGR":
+        for i in range(o["sgr_step"]):
+            query = lin(nodes, state, f"SGR_module.{i}.graph_query_w.")
+            key = lin(nodes, state, f"SGR_module.{i}.graph_key_w.")
+            nodes = torch.relu(
+                lin(torch.softmax(query @ key.T, -1) @ nodes, state, f"SGR_module.{i}.sim_graph_w.")
+            )
+        vector = nodes[0]
+    else:
+        gate = torch.sigmoid(
+            bn_eval(lin(nodes, state, "SAF_module.attn_sim_w.")[:, 0], state, "SAF_module.bn.", 0)
+        )
+        gate = gate / (gate.abs().sum() + 1e-8)
+        vector = l2norm(gate @ nodes)
+    return torch.sigmoid(lin(vector, state, "sim_eval_w."))[0]
+
+
+def original_scores(arch, checkpoint, options, features, ids):
+    states = checkpoint["model"]
+    images = original_images(states[0], features, not options["no_imgnorm"])
+    captions = original_captions(states[1], "cap_rnn" if arch == "sgraf" else "rnn", ids, options)
+    scores = torch.empty(len(images), len(captions))
+    for i, image in enumerate(images):
+        for c, caption in enumerate(captions):
+            if arch == "scan":
+                scores[i, c] = scan_score(image, caption, options)
+            elif arch == "bfan":
+                scores[i, c] = bfan_score(image, caption, options)
+            else:
+                scores[i, c] = sgraf_score(image, caption, options, states[2])
+    return scores
+
+
+# ------------------------------------------------------------------ tests
+def converted_scores(model_dir, features):
+    model = AutoModel.from_pretrained(model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokens = tokenizer(CAPTIONS, padding=True, return_tensors="pt")
+    mask = torch.ones(features.shape[:2], dtype=torch.bool)
+    with torch.no_grad():
+        regions = model.get_image_features(features, mask)
+        words = model.get_text_features(tokens["input_ids"], tokens["attention_mask"])
+        return model.similarity(regions, mask, words, tokens["attention_mask"].bool()), tokens
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_converted_model_scores_equal_the_original_formulas(tmp_path, case):
+    arch, model_options = CASES[case]
+    checkpoint, options = original_checkpoint(arch, model_options)
+    torch.save(checkpoint, tmp_path / "model_best.pth.tar")
+    vocab_path, word2idx = vocab_file(tmp_path)
+    conversion = convert_checkpoint(tmp_path / "model_best.pth.tar", vocab_path)
+    assert conversion.architecture == arch  # guessed from the file
+    write_conversion(conversion, tmp_path / "converted")
+
+    features = torch.randn(N_IMAGES, N_REGIONS, FEATURE_DIM, generator=torch.Generator().manual_seed(1))
+    ids = [[1, *(word2idx[w] for w in caption.split()), 2] for caption in CAPTIONS]
+    expected = original_scores(arch, checkpoint, options, features, ids)
+    scores, tokens = converted_scores(tmp_path / "converted", features)
+    assert [row[: len(i)] for row, i in zip(tokens["input_ids"].tolist(), ids, strict=True)] == ids
+    torch.testing.assert_close(scores, expected, atol=1e-5, rtol=0)
+    assert expected.std() > 1e-3  # the scores differ between pairs: a wrong weight would show
+
+
+def test_conversion_json_records_the_source_and_the_options(tmp_path):
+    checkpoint, options = original_checkpoint(*CASES["sgr_bigru"])
+    path = tmp_path / "model_best.pth.tar"
+    torch.save(checkpoint, path)
+    vocab_path, _ = vocab_file(tmp_path)
+    write_conversion(convert_checkpoint(path, vocab_path), tmp_path / "out")
+    record = json.loads((tmp_path / "out" / "conversion.json").read_text())
+    assert record["converted_from"] == "model_best.pth.tar"
+    assert record["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert (record["epoch"], record["best_rsum"], record["eiters"]) == (17, 432.5, 4321)
+    assert record["options"] == options
+    assert record["architecture"] == "sgraf" and record["model_type"] == "xmatch_sgr"
+    assert not any(p.suffix in (".tar", ".pth", ".bin", ".pt") for p in (tmp_path / "out").iterdir())
+
+
+class WritesAFile:
+    """A pickle payload: unpickling it calls exec, which writes `path`."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.path!r}, 'w').write('ran')",))
+
+
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_a_pickle_with_another_global_is_refused_before_its_code_runs(tmp_path, zip_format):
+    checkpoint, _ = original_checkpoint(*CASES["scan_t2i_avg_bigru"])
+    marker = tmp_path / "payload_ran"
+    checkpoint["opt"].payload = WritesAFile(marker)
+    path = tmp_path / "evil.pth.tar"
+    torch.save(checkpoint, path, _use_new_zipfile_serialization=zip_format)
+    vocab_path, _ = vocab_file(tmp_path)
+    with pytest.raises(ConversionError, match=r"refusing to load: the pickle references (builtins\.)?exec"):
+        convert_checkpoint(path, vocab_path)
+    assert not marker.exists()
+    # The payload is live: unrestricted unpickling runs it (which is why the converter never does).
+    torch.load(path, weights_only=False)
+    assert marker.read_text() == "ran"
+
+
+def test_legacy_non_zip_checkpoints_convert(tmp_path):
+    checkpoint, _ = original_checkpoint(*CASES["bfan_prob"])
+    torch.save(checkpoint, tmp_path / "old.pth.tar", _use_new_zipfile_serialization=False)
+    vocab_path, _ = vocab_file(tmp_path)
+    assert convert_checkpoint(tmp_path / "old.pth.tar", vocab_path).architecture == "bfan"
+
+
+@pytest.mark.parametrize(
+    ("case", "option", "value"),
+    [
+        ("scan_t2i_avg_bigru", "raw_feature_norm", "clipped"),
+        ("scan_t2i_avg_bigru", "raw_feature_norm", "l1norm"),
+        ("scan_t2i_avg_bigru", "precomp_enc_type", "backup"),
+        ("scan_t2i_avg_bigru", "agg_func", "Median"),
+        ("scan_t2i_avg_bigru", "cross_attn", "both"),
+        ("bfan_equal", "focal_type", "soft"),
+        ("sgr_bigru", "module_name", "AVE"),
+    ],
+)
+def test_an_option_value_we_do_not_implement_is_refused_naming_it(tmp_path, case, option, value):
+    checkpoint, _ = original_checkpoint(*CASES[case])
+    setattr(checkpoint["opt"], option, value)
+    torch.save(checkpoint, tmp_path / "model_best.pth.tar")
+    vocab_path, _ = vocab_file(tmp_path)
+    with pytest.raises(ConversionError, match=re.escape(f"opt.{option}={value!r}")):
+        convert_checkpoint(tmp_path / "model_best.pth.tar", vocab_path)
+
+
+def test_options_that_contradict_the_tensors_are_refused(tmp_path):
+    checkpoint, _ = original_checkpoint(*CASES["scan_t2i_avg_bigru"])
+    checkpoint["opt"].bi_gru = False
+    torch.save(checkpoint, tmp_path / "model_best.pth.tar")
+    vocab_path, _ = vocab_file(tmp_path)
+    with pytest.raises(ConversionError, match=re.escape("opt.bi_gru=False but the GRU weights")):
+        convert_checkpoint(tmp_path / "model_best.pth.tar", vocab_path)
+
+
+def test_leftover_tensors_on_either_side_are_listed(tmp_path):
+    checkpoint, _ = original_checkpoint(*CASES["saf_gru"])
+    checkpoint["model"][0]["fc.extra"] = torch.zeros(3)
+    del checkpoint["model"][2]["SAF_module.bn.running_var"]
+    torch.save(checkpoint, tmp_path / "model_best.pth.tar")
+    vocab_path, _ = vocab_file(tmp_path)
+    with pytest.raises(ConversionError) as caught:
+        convert_checkpoint(tmp_path / "model_best.pth.tar", vocab_path)
+    message = str(caught.value)
+    assert "unused original tensors ['model[0].fc.extra']" in message
+    assert "model tensors with no source ['filtration.norm.running_var']" in message
+
+
+def test_a_vocabulary_of_another_size_is_refused(tmp_path):
+    checkpoint, _ = original_checkpoint(*CASES["scan_t2i_avg_bigru"])
+    torch.save(checkpoint, tmp_path / "model_best.pth.tar")
+    vocab_path, word2idx = vocab_file(tmp_path)
+    word2idx["extra"] = len(word2idx)
+    vocab_path.write_text(
+        json.dumps(
+            {"word2idx": word2idx, "idx2word": {str(i): w for w, i in word2idx.items()}, "idx": len(word2idx)}
+        )
+    )
+    with pytest.raises(
+        ConversionError, match=re.escape("embed.weight has 14 rows but the vocabulary file has 15")
+    ):
+        convert_checkpoint(tmp_path / "model_best.pth.tar", vocab_path)
+
+
+def test_cli_says_what_it_guessed_and_writes_a_loadable_folder(tmp_path, capsys):
+    checkpoint, _ = original_checkpoint(*CASES["scan_i2t_lse_gru_2layers"])
+    torch.save(checkpoint, tmp_path / "model_best.pth.tar")
+    vocab_path, _ = vocab_file(tmp_path)
+    out = tmp_path / "converted"
+    argv = [
+        "convert-checkpoint",
+        str(tmp_path / "model_best.pth.tar"),
+        "--vocab",
+        str(vocab_path),
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "architecture: scan (guessed: opt has cross_attn" in printed
+    config = json.loads((out / "config.json").read_text())
+    assert config["auto_map"] and config["direction"] == "i2t" and config["aggregation"] == "lse"
+    assert math.isclose(config["lambda_lse"], 5.0)
+    # A second conversion into the same folder is a one-line user error (exit code 2).
+    assert main(argv) == 2
+    assert "exists and is not empty" in capsys.readouterr().err
