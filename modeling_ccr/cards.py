@@ -160,6 +160,8 @@ class CardSources:
     results: list[ResultFile] = field(default_factory=list)
     pictures: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
+    # conversion.json of a model converted from an original SCAN/BFAN/SGRAF checkpoint (provenance).
+    conversion: dict[str, Any] | None = None
 
     @classmethod
     def from_texts(cls, texts: dict[str, str], files: list[str]) -> CardSources:
@@ -170,6 +172,7 @@ class CardSources:
         config = _parse(texts["config.json"], "config.json", json.loads)
         training = texts.get("training_config.yaml")
         run_info = texts.get("run_info.json")
+        conversion = texts.get("conversion.json")
         results = [
             ResultFile(name, _parse(text, name, json.loads))
             for name, text in sorted(texts.items())
@@ -182,6 +185,7 @@ class CardSources:
             results=results,
             pictures=sorted(f for f in files if f.lower().endswith(".png") and "/" not in f),
             files=sorted(files),
+            conversion=_parse(conversion, "conversion.json", json.loads) if conversion else None,
         )
 
 
@@ -496,6 +500,7 @@ def render_model_card(sources: CardSources, repo_id: str, license: str | None = 
         "pictures": sources.pictures,
         "files": sources.files,
         "result_files": [r.filename for r in sources.results],
+        "conversion": sources.conversion,
     }
     body = _environment().get_template(MODEL_CARD_TEMPLATE).render(card=view, card_data=card_data.to_yaml())
     return ModelCard(body)

@@ -44,7 +44,9 @@ WEIGHT_FILES = re.compile(r"^model(-\d{5}-of-\d{5})?\.safetensors$|^model\.safet
 TOKENIZER_FILES = frozenset(
     {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json"}
 )
-RUN_FILES = frozenset({"config.json", "generation_config.json", "training_config.yaml", "run_info.json"})
+RUN_FILES = frozenset(
+    {"config.json", "generation_config.json", "training_config.yaml", "run_info.json", "conversion.json"}
+)
 CARD_FILE = "README.md"
 DATA_DIR = "data"
 MAX_SHARD_BYTES = 500 * 1024 * 1024

@@ -46,6 +46,9 @@ CONVERSION_FILE = "conversion.json"
 # The one global a checkpoint may reference besides tensors and plain containers: the options object.
 ALLOWED_GLOBALS = {"argparse.Namespace": argparse.Namespace}
 
+# Where the code that saves each layout is published.
+ORIGINAL_CODE = {"scan": "kuanghuei/SCAN", "bfan": "CrossmodalGroup/BFAN", "sgraf": "Paranioar/SGRAF"}
+
 # SCAN's option values -> ours.
 SCAN_AGGREGATIONS = {"LogSumExp": "lse", "Mean": "avg", "Max": "max", "Sum": "sum"}
 SCAN_ATTENTION_NORMS = {
@@ -465,6 +468,7 @@ def convert_checkpoint(
         "sha256": checkpoint.sha256,
         "architecture": architecture,
         "architecture_reason": reason,
+        "original_code": ORIGINAL_CODE[architecture],
         "model_type": config.model_type,
         "epoch": checkpoint.epoch,
         "best_rsum": checkpoint.best_rsum,

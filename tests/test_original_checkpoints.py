@@ -454,3 +454,23 @@ def test_cli_says_what_it_guessed_and_writes_a_loadable_folder(tmp_path, capsys)
     # A second conversion into the same folder is a one-line user error (exit code 2).
     assert main(argv) == 2
     assert "exists and is not empty" in capsys.readouterr().err
+
+
+def test_the_model_card_says_the_weights_were_converted_and_from_what(tmp_path):
+    from modeling_ccr.cards import CardSources, render_model_card
+
+    checkpoint, _ = original_checkpoint(*CASES["saf_gru"])
+    torch.save(checkpoint, tmp_path / "model_best.pth.tar")
+    vocab_path, _ = vocab_file(tmp_path)
+    out = write_conversion(convert_checkpoint(tmp_path / "model_best.pth.tar", vocab_path), tmp_path / "out")
+    metrics = dict.fromkeys(["i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"], 50.0) | {
+        "rsum": 300.0
+    }
+    result = {"dataset": "built-in synthetic corpus (seed 0)", "split": "test", "metrics": metrics}
+    texts = {name: (out / name).read_text() for name in ("config.json", "conversion.json")}
+    texts["eval_results_test.json"] = json.dumps(result)
+    card = str(render_model_card(CardSources.from_texts(texts, sorted(texts)), "org/saf-converted"))
+    sha = json.loads(texts["conversion.json"])["sha256"]
+    assert "not trained by modeling-ccr" in card
+    assert f"`model_best.pth.tar` (sha256 `{sha}`; epoch 17" in card
+    assert "Paranioar/SGRAF" in card
