@@ -16,6 +16,7 @@ from .configuration_matcher import MatcherConfig
 from .constraints import MatchedAttention, constraint_terms
 from .distributed import gather_padded, gather_without_grad, world_size_and_rank
 from .encoders import GRUTextEncoder, PretrainedTextEncoder, RegionEncoder, build_text_encoder
+from .gallery_scoring import block_sizes, caption_length_groups, generic_pair_bytes
 from .losses import matching_loss
 
 
@@ -60,6 +61,10 @@ class GalleryScoring:
         """What `MatcherOutput.attentions` holds: "t2i" (words over regions) or "i2t" (regions over words)."""
         return "t2i"
 
+    def pair_scoring_bytes(self, n_regions: int, n_words: int, embed_dim: int) -> int:
+        """Peak bytes `score_pairs` needs per image-caption pair: sizes the blocks of `similarity`."""
+        return generic_pair_bytes(n_regions, n_words, embed_dim)
+
     @torch.no_grad()
     def similarity(
         self,
@@ -67,17 +72,34 @@ class GalleryScoring:
         region_mask: torch.Tensor,
         text_embeds: torch.Tensor,
         word_mask: torch.Tensor,
-        image_block: int = 64,
-        caption_block: int = 256,
+        image_block: int | None = None,
+        caption_block: int | None = None,
+        dtype: torch.dtype | None = None,
     ) -> torch.Tensor:
-        """Scores of a whole gallery `(n_images, n_captions)`, computed in bounded-memory blocks."""
-        scores = torch.empty(image_embeds.shape[0], text_embeds.shape[0], device=image_embeds.device)
-        for i in range(0, image_embeds.shape[0], image_block):
-            images, regions = image_embeds[i : i + image_block], region_mask[i : i + image_block]
-            for c in range(0, text_embeds.shape[0], caption_block):
-                scores[i : i + image_block, c : c + caption_block] = self.score_pairs(
-                    images, regions, text_embeds[c : c + caption_block], word_mask[c : c + caption_block]
+        """Scores of a whole gallery `(n_images, n_captions)` float32, computed in bounded-memory blocks.
+
+        image_embeds `(n_images, n_regions, D)`, region_mask `(n_images, n_regions)`, text_embeds
+        `(n_captions, n_words, D)`, word_mask `(n_captions, n_words)`. Captions are scored in groups of one
+        length, each cut to that length, so padding costs nothing; blocks are sized from free memory and
+        `pair_scoring_bytes` unless image_block / caption_block are given. dtype (e.g. torch.bfloat16)
+        runs the products under autocast in that precision (tolerances in docs/scoring.md).
+        """
+        device = image_embeds.device
+        n_images, n_regions, embed_dim = image_embeds.shape
+        scores = torch.empty(n_images, text_embeds.shape[0], device=device)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            for captions, length in caption_length_groups(word_mask):
+                auto = block_sizes(
+                    n_images, len(captions), self.pair_scoring_bytes(n_regions, length, embed_dim), device
                 )
+                images_per_block, captions_per_block = image_block or auto[0], caption_block or auto[1]
+                for c in captions.split(captions_per_block):
+                    texts, words = text_embeds[c, :length], word_mask[c, :length]
+                    for i in range(0, n_images, images_per_block):
+                        block = slice(i, i + images_per_block)
+                        scores[block, c] = self.score_pairs(
+                            image_embeds[block], region_mask[block], texts, words
+                        ).float()
         return scores
 
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from functools import partial
-
 import torch
 
 from .configuration_scan import ScanConfig
 from .constraints import MatchedAttention
-from .cross_attention import matched_view, scan_all_pairs, scan_attention
+from .cross_attention import matched_view, scan_all_pairs, scan_rule
+from .gallery_scoring import tiled_pair_bytes
 from .modeling_matcher import MatcherPreTrainedModel
 
 
@@ -28,6 +27,9 @@ class ScanModel(MatcherPreTrainedModel):
     @property
     def attention_direction(self) -> str:
         return self.config.direction
+
+    def pair_scoring_bytes(self, n_regions: int, n_words: int, embed_dim: int) -> int:
+        return tiled_pair_bytes(n_regions, n_words)
 
     def score_pairs(
         self,
@@ -58,7 +60,7 @@ class ScanModel(MatcherPreTrainedModel):
         constrained_words: torch.Tensor | None = None,
     ) -> list[MatchedAttention]:
         config = self.config
-        rule = partial(scan_attention, lambda_softmax=config.lambda_softmax, norm=config.attention_norm)
+        rule = scan_rule(config.lambda_softmax, config.attention_norm)
         return [
             matched_view(
                 image_embeds, region_mask, text_embeds, word_mask, config.direction, rule, constrained_words

@@ -1,0 +1,101 @@
+"""Memory budgets of full-gallery scoring: the tiles of the cross-attention scorer and a gallery's blocks.
+
+The all-pairs cross-attention scorer (`cross_attention.cross_attention_scores`) cuts its one product of all
+regions with all words into tiles small enough that a tile's per-pair intermediates stay in cache on a
+CPU (or within a share of free memory on a GPU), so each of its few elementwise passes runs at cache speed
+instead of memory speed. Sizes come from the machine, never from constants tuned on one machine.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import torch
+
+# Live fp32 tensors of a tile's size at the peak of a tile (logits, weights, Gram product, their products).
+LIVE_TILE_TENSORS = 4
+# Share of free accelerator memory, or of available host memory, that scoring may use for a tile / block.
+MEMORY_SHARE = 0.25
+# Per-core second-level cache assumed when the operating system does not report one.
+DEFAULT_CACHE_BYTES = 1 << 20
+
+
+def cache_bytes() -> int:
+    """Total second-level cache of the cores torch computes on (per-core L2 x threads)."""
+    per_core = DEFAULT_CACHE_BYTES
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            if (index / "level").read_text().strip() == "2":
+                per_core = parse_size((index / "size").read_text().strip())
+        except (OSError, ValueError):
+            continue
+    return per_core * torch.get_num_threads()
+
+
+def parse_size(text: str) -> int:
+    """'1024K' / '2M' / '512' -> bytes."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    return int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text)
+
+
+def available_memory_bytes(device: torch.device) -> int:
+    """Free memory on the device: the accelerator's free memory, or the host's available memory."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if hasattr(os, "sysconf") and "SC_AVPHYS_PAGES" in os.sysconf_names:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return 1 << 32
+
+
+def tile_budget(device: torch.device, element_bytes: int = 4) -> int:
+    """Elements (pairs x queries x keys) per tile: the tile's live intermediates fit in the CPU's L2
+    caches, or in a share of free accelerator memory; never more than a share of free memory."""
+    memory = int(available_memory_bytes(device) * MEMORY_SHARE) // (LIVE_TILE_TENSORS * element_bytes)
+    if device.type == "cuda":
+        return max(memory, 1)
+    return max(min(cache_bytes() // (LIVE_TILE_TENSORS * element_bytes), memory), 1)
+
+
+def tile_shape(n_images: int, n_regions: int, n_captions: int, n_words: int, budget: int) -> tuple[int, int]:
+    """(images, captions) per tile with about `budget` region-word entries, as square as the GEMM likes:
+    about as many region rows as word columns."""
+    side = math.isqrt(max(budget, 1))
+    images = min(n_images, max(1, side // max(n_regions, 1)))
+    captions = min(n_captions, max(1, budget // max(images * n_regions * n_words, 1)))
+    return images, captions
+
+
+def generic_pair_bytes(n_regions: int, n_words: int, embed_dim: int) -> int:
+    """Peak bytes per image-caption pair of a scorer that builds per-word vectors of every pair (e.g. the
+    attended contents `(pairs, n_words, D)` and the attention `(pairs, n_words, n_regions)`)."""
+    return 4 * LIVE_TILE_TENSORS * n_words * (embed_dim + n_regions)
+
+
+def caption_length_groups(word_mask: torch.Tensor) -> list[tuple[torch.Tensor, int]]:
+    """Captions grouped by length: (caption indices, length) per distinct length, shortest first.
+
+    word_mask `(n_captions, n_words)` bool; a caption's length is one past its last valid token, so a
+    group's captions cut to that length lose only padding. Scoring a group at its own length makes padding
+    cost nothing, whatever the spread of caption lengths.
+    """
+    positions = torch.arange(1, word_mask.shape[1] + 1, device=word_mask.device)
+    lengths = (word_mask * positions).amax(dim=1)
+    order = torch.argsort(lengths, stable=True)
+    values, counts = torch.unique_consecutive(lengths[order], return_counts=True)
+    groups = order.split(counts.tolist())
+    return [(group, int(length)) for group, length in zip(groups, values.tolist(), strict=True)]
+
+
+def block_sizes(n_images: int, n_captions: int, pair_bytes: int, device: torch.device) -> tuple[int, int]:
+    """(images, captions) per block so that a block's pairs need at most a share of free memory."""
+    max_pairs = max(int(available_memory_bytes(device) * MEMORY_SHARE) // max(pair_bytes, 1), 1)
+    images = min(n_images, max_pairs)
+    return images, max(1, min(n_captions, max_pairs // images))
+
+
+def tiled_pair_bytes(n_regions: int, n_words: int) -> int:
+    """Bytes per pair of a scorer that tiles its intermediates itself (`cross_attention_scores`): the
+    score and, for the tile in flight, its per-query relevances; the tile budget bounds the rest."""
+    return 4 * (1 + max(n_regions, n_words))
