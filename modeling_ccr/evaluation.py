@@ -24,7 +24,7 @@ from .metrics.attention import (
 )
 from .metrics.retrieval import evaluate_retrieval
 from .models.modeling_matcher import MatcherPreTrainedModel
-from .tokenization import word_token_index
+from .word_alignment import DEFAULT_WORD_COMBINE, combine_word_rows, word_token_positions
 
 
 def pad_to_length(items: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -137,6 +137,20 @@ def word_region_attended(
     return attended.transpose(1, 2) & region_mask.unsqueeze(1)
 
 
+def word_level_attention(
+    attention: torch.Tensor, positions: Sequence[Sequence[int]], direction: str, combine: str
+) -> torch.Tensor:
+    """One pair's attention with its tokens replaced by the words of `split_words(caption)`.
+
+    t2i `(n_tokens, n_regions)` -> `(n_words, n_regions)`: a word's row combines its tokens' rows;
+    i2t `(n_regions, n_tokens)` -> `(n_regions, n_words)`: a word's column combines its tokens' columns.
+    `positions[w]`: word w's tokens (`word_alignment.word_token_positions`); combine: "mean" or "max".
+    """
+    if direction == "t2i":
+        return combine_word_rows(attention, positions, combine)
+    return combine_word_rows(attention.T, positions, combine).T
+
+
 def has_grounding(dataset: datasets.Dataset) -> bool:
     """Whether a split has what the attention metrics need: region boxes and grounded phrases."""
     return "phrases" in dataset.column_names and "boxes" in dataset.column_names
@@ -191,8 +205,13 @@ def attention_metrics(
     rule: AttendedSetRule | None = None,
     batch_size: int = 64,
     progress: bool = False,
+    word_combine: str = DEFAULT_WORD_COMBINE,
 ) -> dict:
-    """Attention P/R/F1 of a model's matched-pair attention on a split with boxes and phrases."""
+    """Attention P/R/F1 of a model's matched-pair attention on a split with boxes and phrases.
+
+    Phrase words map to their tokens through the tokenizer's offsets (`word_alignment`); a word split into
+    several tokens gets the `word_combine` ("mean" or "max") of their attention rows.
+    """
     if not model.config.has_cross_attention:
         raise ValueError(f"{type(model).__name__} has no cross-attention: attention metrics do not apply")
     rule = rule or AttendedSetRule()
@@ -214,26 +233,40 @@ def attention_metrics(
             [captions[r][c] for r, c, _ in batch],
             rows,
         )
-        attended = word_region_attended(attentions, region_mask, attention_mask.bool(), direction, rule)
+        alignments = word_token_positions(tokenizer, [captions[r][c] for r, c, _ in batch])
         for b, (row, _, phrases) in enumerate(batch):
             boxes = region_boxes[row]["boxes"].float()
             n_regions, n_tokens = len(boxes), int(attention_mask[b].sum())
+            words = word_level_attention(
+                attentions[b, :n_tokens, :n_regions]
+                if direction == "t2i"
+                else attentions[b, :n_regions, :n_tokens],
+                alignments[b],
+                direction,
+                word_combine,
+            )
+            word_mask = torch.tensor([bool(tokens) for tokens in alignments[b]])
+            attended = word_region_attended(
+                words[None], region_mask[b : b + 1, :n_regions], word_mask[None], direction, rule
+            )[0]
             for phrase in phrases:
                 gold = gold_regions(
                     boxes, torch.tensor(phrase["boxes"], dtype=torch.float32), rule.iou_threshold
                 )
-                tokens = [
-                    word_token_index(phrase["first_word"] + w)
-                    for w in range(phrase["num_words"])
-                    if word_token_index(phrase["first_word"] + w) < n_tokens - 1  # inside <start> ... <end>
-                ]
-                if not tokens:
+                span = range(phrase["first_word"], phrase["first_word"] + phrase["num_words"])
+                phrase_words = [w for w in span if w < len(word_mask) and word_mask[w]]  # not truncated away
+                if not phrase_words:
                     continue
                 p, r, valid = word_precision_recall(
-                    attended[b, tokens, :n_regions], gold.unsqueeze(0).expand(len(tokens), -1)
+                    attended[phrase_words], gold.unsqueeze(0).expand(len(phrase_words), -1)
                 )
                 precisions.append(p[valid])
                 recalls.append(r[valid])
     model.train(was_training)
     summary = summarize_precision_recall(torch.cat(precisions), torch.cat(recalls))
-    return {**summary, "direction": direction, "attended_set_rule": rule.to_dict()}
+    return {
+        **summary,
+        "direction": direction,
+        "attended_set_rule": rule.to_dict(),
+        "word_combine": word_combine,
+    }

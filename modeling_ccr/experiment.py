@@ -240,7 +240,7 @@ def build_config(
     else:
         skip_words = options.pop("constraint_skip_words", None)
         options.update(member_options(options, tokenizer, feature_dim, where))
-        options.update(text_encoder_options(options, where))
+        options = text_encoder_options(options, where)
         if skip_words is not None:
             options["constraint_skip_token_ids"] = skip_token_ids(tokenizer, skip_words)
     try:

@@ -54,18 +54,22 @@ def pretrained_tokenizer(name: str, where: str) -> PreTrainedTokenizerBase:
 
 
 def text_encoder_options(options: dict[str, Any], where: str) -> dict[str, Any]:
-    """`text_encoder_config`: the encoder's config dict, stored inside the matcher config so that
-    `from_pretrained` rebuilds the encoder without a download. Empty for the word GRU."""
+    """A model section's options with `text_encoder` turned into the config's `text_encoder_name` and
+    `text_encoder_config` (the encoder's config dict, stored inside the matcher config so that
+    `from_pretrained` rebuilds the encoder without a download)."""
+    options = dict(options)
     name = pretrained_text_encoder(options)
+    options["text_encoder_name"] = str(options.pop("text_encoder", GRU))
     if name is None:
-        return {}
+        return options
     try:
         encoder_config = AutoConfig.from_pretrained(name)
     except Exception as err:
         raise TextEncoderError(
             f"{where}: model.text_encoder {name!r}: no config ({_first_line(err)})"
         ) from err
-    return {"text_encoder_config": encoder_config.to_dict()}
+    options["text_encoder_config"] = encoder_config.to_dict()
+    return options
 
 
 def load_text_encoder_weights(model: PreTrainedModel, model_section: dict[str, Any]) -> PreTrainedModel:

@@ -23,11 +23,17 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from .errors import InvalidValueError
-from .evaluation import UNGROUNDED_PHRASE_TYPES, matched_pair_attentions, word_region_attended
+from .evaluation import (
+    UNGROUNDED_PHRASE_TYPES,
+    matched_pair_attentions,
+    word_level_attention,
+    word_region_attended,
+)
 from .loading import load_matcher
 from .metrics.attention import AttendedSetRule, attended_regions, gold_regions, word_precision_recall
 from .models.modeling_matcher import MatcherPreTrainedModel
-from .tokenization import split_words, word_token_index
+from .tokenization import split_words
+from .word_alignment import DEFAULT_WORD_COMBINE, word_token_positions
 
 # Figure geometry: inches per panel (the longer image side) and dots per inch of the PNG.
 PANEL_INCHES = 5.5
@@ -80,17 +86,18 @@ def _word_attention(
     """Weights `(n_regions,)` float and attended set `(n_regions,)` bool of word `word_index` (CPU)."""
     was_training = model.training
     model.eval()
-    attentions, region_mask, attention_mask = matched_pair_attentions(model, tokenizer, [features], [caption])
+    attentions, region_mask, _ = matched_pair_attentions(model, tokenizer, [features], [caption])
     model.train(was_training)
-    token = word_token_index(word_index)
-    if token >= int(attention_mask.sum()) - 1:  # the last real token is <end>
+    positions = word_token_positions(tokenizer, [caption])[0]
+    if not positions[word_index]:
         raise ValueError(f"word {word_index} of {caption!r} did not survive tokenization")
     direction = model.attention_direction
-    weights = attentions[0, token] if direction == "t2i" else attentions[0, :, token]
-    attended = word_region_attended(
-        attentions, region_mask, attention_mask.bool(), direction, AttendedSetRule()
-    )
-    return weights, attended[0, token]
+    # A word split into sub-word tokens combines their rows (word_alignment's default, as the metrics do).
+    words = word_level_attention(attentions[0], positions, direction, DEFAULT_WORD_COMBINE)
+    weights = words[word_index] if direction == "t2i" else words[:, word_index]
+    word_mask = torch.tensor([[bool(tokens) for tokens in positions]])
+    attended = word_region_attended(words[None], region_mask, word_mask, direction, AttendedSetRule())
+    return weights, attended[0, word_index]
 
 
 def word_attention_over_regions(

@@ -56,8 +56,10 @@ class MatcherConfig(PreTrainedConfig):
     embed_dim: joint embedding size D of regions and words.
     vocab_size / word_dim: word embedding table; vocab_size comes from the tokenizer.
     num_gru_layers / bidirectional_gru: the text GRU (bidirectional output = mean of both directions).
-    text_encoder: "gru" (the word GRU above) or the transformers encoder the model was made from (a Hub id
+    text_encoder_name: "gru" (the word GRU above) or the transformers encoder the model was made from (Hub id
         or folder, recorded for reference: the encoder is rebuilt from `text_encoder_config`, no download).
+        Run configs call it `text_encoder`; the config cannot, as transformers reads a `text_encoder`
+        attribute as a sub-config.
     text_encoder_config: that encoder's config as a dict (with its `model_type`); None for "gru".
     freeze_text_encoder: keep a transformers encoder fixed (no gradient, no dropout); the projection trains.
     text_encoder_learning_rate: the encoder's own learning rate (a separate optimiser param group);
@@ -88,7 +90,7 @@ class MatcherConfig(PreTrainedConfig):
     word_dim: int = 300
     num_gru_layers: int = 1
     bidirectional_gru: bool = True
-    text_encoder: str = "gru"
+    text_encoder_name: str = "gru"
     text_encoder_config: dict | None = None
     freeze_text_encoder: bool = False
     text_encoder_learning_rate: float | None = None
@@ -143,7 +145,7 @@ class MatcherConfig(PreTrainedConfig):
                 )
         elif not isinstance(self.text_encoder_config, dict) or "model_type" not in self.text_encoder_config:
             raise ValueError(
-                f"text_encoder {self.text_encoder!r} needs 'text_encoder_config', the encoder's config dict with "
+                f"text_encoder_name {self.text_encoder_name!r} needs 'text_encoder_config', the encoder's config dict with "
                 f"its model_type (found {type(self.text_encoder_config).__name__})"
             )
         if self.text_encoder_learning_rate is not None:
@@ -151,7 +153,7 @@ class MatcherConfig(PreTrainedConfig):
 
     @property
     def uses_gru(self) -> bool:
-        return self.text_encoder == "gru"
+        return self.text_encoder_name == "gru"
 
     @property
     def uses_constraints(self) -> bool:

@@ -138,7 +138,7 @@ class PretrainedTextEncoder(nn.Module):
 def build_text_encoder(config) -> GRUTextEncoder | PretrainedTextEncoder:
     """The text encoder a `MatcherConfig` asks for: the word GRU, or a transformers encoder rebuilt from
     `config.text_encoder_config` (random weights until loaded; see `PretrainedTextEncoder`)."""
-    if config.text_encoder == "gru":
+    if config.text_encoder_name == "gru":
         return GRUTextEncoder(
             config.vocab_size,
             config.word_dim,
