@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import platform
-import time
+import re
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ from transformers import (
 )
 
 from . import BACKBONES, EnsembleModel, __version__
+from .checkpoints import checkpoint_problem, list_checkpoints, newest_complete
 from .data.collator import RegionCaptionCollator
 from .data.flickr30k_entities import attach_entities, write_entities_annotations
 from .data.pairs import ImageCaptionPairs, caption_table
@@ -35,6 +38,7 @@ from .data.schema import validate_corpus
 from .data.synthetic import SyntheticCorpusConfig, build_synthetic_corpus
 from .errors import DatasetLoadError, UserError
 from .evaluation import attention_metrics, evaluate_matchers, has_grounding
+from .integrity import check_can_overwrite_results, sha256_file, weights_record
 from .loading import load_matcher
 from .models.backbones import SINGLE_BACKBONES
 from .models.configuration_ensemble import member_entry
@@ -70,9 +74,20 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "remove_unused_columns": False,
     "report_to": "none",
     "dataloader_pin_memory": torch.cuda.is_available(),
+    # The Trainer would log a NaN loss as the running average (0 at first); MatchingTrainer stops instead.
+    "logging_nan_inf_filter": False,
 }
 # Our own training keys (consumed by MatchingTrainer, not TrainingArguments).
-TRAINER_KEYS = {"lr_decay_epochs": 15.0, "lr_decay_factor": 0.1}
+TRAINER_KEYS = {
+    "lr_decay_epochs": 15.0,
+    "lr_decay_factor": 0.1,
+    "collapse_guard": "warn",
+}
+TRAINER_KEY_TYPES = {
+    "lr_decay_epochs": "float | None",
+    "lr_decay_factor": "float",
+    "collapse_guard": "str",
+}
 
 SECTIONS = {
     "seed": int,
@@ -97,6 +112,111 @@ EVALUATION_KEYS = {"protocol": "full"}
 
 class ConfigError(UserError, ValueError):
     """A run configuration that cannot be used; the message names the file and the field."""
+
+
+class RunFolderError(UserError):
+    """An output folder that already holds a run, without `--resume` or `--overwrite` to say what to do."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# YAML numbers and value types
+# ---------------------------------------------------------------------------------------------------------
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """YAML 1.1 reads `1e-3` (no dot) as a string; YAML 1.2 and every user read it as a float."""
+
+
+ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse run-configuration YAML (a file or a `--set` value), reading `1e-3` as a float."""
+    return yaml.load(text, Loader=ConfigLoader)
+
+
+# Scalar types a config annotation may name; a key whose annotation names anything else is not checked here.
+_SCALAR_TYPES = {"float", "int", "bool", "str", "None", "NoneType"}
+
+
+def _annotation_names(annotation: Any) -> set[str]:
+    """`"float | None"`, `float | None` or `Optional[float]` -> {"float", "None"}."""
+    if isinstance(annotation, str):
+        return {part.strip() for part in annotation.split("|")}
+    args = getattr(annotation, "__args__", None)
+    if args:
+        return set().union(*(_annotation_names(a) for a in args))
+    return {getattr(annotation, "__name__", str(annotation))}
+
+
+def typed_value(value: Any, annotation: Any, key: str, where: str) -> Any:
+    """`value` as the scalar type the annotation names (an int for a float, `"1e-3"` for a float, an
+    integral float for an int), or ConfigError naming the key, the expected type and what was found."""
+    names = _annotation_names(annotation)
+    if not names <= _SCALAR_TYPES or (value is None and names & {"None", "NoneType"}):
+        return value
+    if "str" in names and isinstance(value, str):
+        return value
+    if "bool" in names and isinstance(value, bool):
+        return value
+    if "int" in names and not isinstance(value, bool):
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer() and "float" not in names:
+            return int(value)
+    if "float" in names and not isinstance(value, bool):
+        number = value
+        if isinstance(value, str):
+            try:
+                number = float(value)
+            except ValueError:
+                number = None
+        if isinstance(number, (int, float)) and math.isfinite(number):
+            return float(number)
+    expected = " or ".join(sorted(n.replace("NoneType", "None").replace("None", "null") for n in names))
+    raise ConfigError(f"{where}: {key} must be {expected}, found {value!r} ({type(value).__name__})")
+
+
+def _typed_section(section: str, values: dict, annotations: dict[str, Any], where: str) -> dict:
+    return {
+        key: typed_value(value, annotations[key], f"{section}.{key}", where) if key in annotations else value
+        for key, value in values.items()
+    }
+
+
+def _class_annotations(cls: type) -> dict[str, Any]:
+    annotations: dict[str, Any] = {}
+    for base in reversed(cls.__mro__):
+        annotations.update(getattr(base, "__annotations__", {}))
+    return {k: v for k, v in annotations.items() if not str(v).startswith("ClassVar")}
+
+
+TRAINING_TYPES = {f.name: f.type for f in dataclasses.fields(TrainingArguments)} | TRAINER_KEY_TYPES
+DATA_TYPES = {
+    "source": "str",
+    "min_word_count": "int",
+    "captions_per_image": "int | None",
+    "max_words": "int | None",
+    "vocab": "str | None",
+}
+
+
+def _typed_model_section(model: dict[str, Any], where: str) -> dict[str, Any]:
+    """A model section with its scalar options checked against its backbone config's annotations."""
+    config_class = BACKBONES.get(model.get("backbone"), (None,))[0]
+    if config_class is None or model.get("backbone") == "ensemble":
+        members = model.get("members")
+        if isinstance(members, list):
+            model = {
+                **model,
+                "members": [_typed_model_section(m, where) if isinstance(m, dict) else m for m in members],
+            }
+        return model
+    return _typed_section("model", model, _class_annotations(config_class), where)
 
 
 @dataclasses.dataclass
@@ -148,8 +268,16 @@ def parse_experiment_config(raw: dict[str, Any], where: str = "<dict>") -> Exper
     if "output_dir" in training:
         raise ConfigError(f"{where}: set output_dir at the top level, not in 'training'")
     if data["source"] == SYNTHETIC_SOURCE:
-        corpus_fields = {f.name for f in dataclasses.fields(SyntheticCorpusConfig)}
+        corpus_fields = {f.name: f.type for f in dataclasses.fields(SyntheticCorpusConfig)}
         _check_keys("data.synthetic", data["synthetic"], corpus_fields, where)
+        data["synthetic"] = _typed_section("data.synthetic", data["synthetic"], corpus_fields, where)
+    data = _typed_section("data", data, DATA_TYPES, where)
+    training = _typed_section("training", training, TRAINING_TYPES, where)
+    model = _typed_model_section(model, where)
+    if training.get("collapse_guard", "warn") not in ("warn", "stop", "off"):
+        raise ConfigError(
+            f"{where}: training.collapse_guard must be warn, stop or off, found {training['collapse_guard']!r}"
+        )
     return ExperimentConfig(
         seed=raw.get("seed", 0),
         output_dir=raw["output_dir"],
@@ -167,7 +295,7 @@ def load_experiment_config(path: str | Path, overrides: dict[str, Any] | None = 
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = load_yaml(path.read_text())
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
     for dotted, value in (overrides or {}).items():
@@ -304,8 +432,17 @@ def assemble_ensemble(model_dirs: Sequence[str | Path], output_dir: str | Path) 
     Returns output_dir.
     """
     members, provenance, vocabulary, run_configs = [], [], None, []
+    seen: dict[str, Path] = {}
     for model_dir in map(Path, model_dirs):
         model, tokenizer = load_matcher(model_dir)
+        # The same folder twice, or a copy of it, would weigh one model double and report a fake ensemble.
+        sha = sha256_file(model_dir / "model.safetensors")
+        if sha in seen:
+            raise ConfigError(
+                f"{model_dir} and {seen[sha]} hold the same weights (sha256 {sha[:12]}): an ensemble needs "
+                "different models"
+            )
+        seen[sha] = model_dir
         members.extend(model.members if isinstance(model, EnsembleModel) else [model])
         if vocabulary is not None and tokenizer.get_vocab() != vocabulary:
             raise ConfigError(
@@ -341,12 +478,20 @@ def assemble_ensemble(model_dirs: Sequence[str | Path], output_dir: str | Path) 
     return output_dir
 
 
-def run_experiment(config: ExperimentConfig, resume_from_checkpoint: str | bool | None = None) -> Path:
+def run_experiment(
+    config: ExperimentConfig, resume_from_checkpoint: str | bool | None = None, overwrite: bool = False
+) -> Path:
     """Train, keep the best checkpoint by validation rSum, evaluate it on test; returns the model folder.
 
     The model folder holds the weights (safetensors), config with `auto_map` and modeling code, the
-    tokenizer, `training_config.yaml`, `run_info.json` (seed, versions, history) and `eval_results_test.json`.
+    tokenizer, `training_config.yaml`, `run_info.json` (seed, versions, weights sha256, sessions, history)
+    and `eval_results_test.json`. It is written as `model.partial/` and renamed to `model/` when whole.
+    resume_from_checkpoint: True resumes from the newest complete checkpoint, a path from that one;
+    overwrite: delete the output folder's checkpoints and model first. A folder that already holds a run
+    is refused without one of the two (see `resume_checkpoint`).
     """
+    output_dir = Path(config.output_dir)
+    checkpoint = resume_checkpoint(output_dir, resume_from_checkpoint, overwrite)
     set_seed(config.seed)
     corpus, dataset_name = load_corpus(config.data, config.seed)
     captions_per_image = config.data["captions_per_image"]
@@ -379,13 +524,14 @@ def run_experiment(config: ExperimentConfig, resume_from_checkpoint: str | bool 
         **trainer_options,
         optimizers=(text_encoder_optimizer(model, args), None),
     )
-    started = time.time()
-    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
-    train_seconds = time.time() - started
-    model_dir = Path(config.output_dir) / "model"
-    trainer.save_model(str(model_dir))
+    trainer.train(resume_from_checkpoint=checkpoint)
+    model_dir, staging = output_dir / "model", output_dir / "model.partial"
+    if trainer.is_world_process_zero() and staging.exists():
+        shutil.rmtree(staging)  # left by a run killed while saving its model
+    trainer.save_model(str(staging))
     if not trainer.is_world_process_zero():
         return model_dir
+    weights = weights_record(staging)
     test_metrics = evaluate_matchers(
         [trainer.model], [tokenizer], corpus["test"], config.evaluation["protocol"], captions_per_image
     )
@@ -396,32 +542,90 @@ def run_experiment(config: ExperimentConfig, resume_from_checkpoint: str | bool 
             grounding_through_entities_files(corpus["test"], Path(config.output_dir)),
         )
     write_json(
-        model_dir / "eval_results_test.json", results_record(test_metrics, dataset_name, "test", [model_dir])
+        staging / "eval_results_test.json",
+        results_record(test_metrics, dataset_name, "test", [model_dir], {str(model_dir): weights}),
     )
-    (model_dir / "training_config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    (staging / "training_config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     write_json(
-        model_dir / "run_info.json",
+        staging / "run_info.json",
         {
             "seed": config.seed,
             "config_file": config.source_file,
             "dataset": dataset_name,
             "versions": library_versions(),
             "world_size": args.world_size,
-            "train_seconds": round(train_seconds, 1),
+            # Accumulated over every session of the run (a resumed run counts its earlier sessions too).
+            "train_seconds": round(sum(s["seconds"] for s in trainer.sessions), 1),
+            "sessions": trainer.sessions,
+            "weights": weights,
             "best_checkpoint": trainer.state.best_model_checkpoint,
             "best_validation_rsum": trainer.state.best_metric,
+            "collapse_warnings": trainer.collapse_warnings,
             "log_history": trainer.state.log_history,
         },
     )
+    if model_dir.exists():
+        shutil.rmtree(model_dir)  # the model of an earlier, finished session of this run (--resume)
+    staging.rename(model_dir)
     return model_dir
 
 
+def resume_checkpoint(output_dir: Path, resume: str | bool | None, overwrite: bool) -> str | None:
+    """The checkpoint a run starts from (None: step 0), after checking what the output folder holds.
+
+    - a folder with checkpoints or a model, and neither resume nor overwrite: RunFolderError;
+    - overwrite: its checkpoints and model folders are deleted (nothing else in it);
+    - resume=True: the newest complete checkpoint, said on stdout with the incomplete ones skipped;
+      step 0 (said too) when there is none;
+    - resume=PATH: that checkpoint, which must be complete.
+    """
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite contradict each other: pass one")
+    checkpoints = list_checkpoints(output_dir)
+    finished = [output_dir / name for name in ("model", "model.partial") if (output_dir / name).exists()]
+    if overwrite:
+        for path in [c.path for c in checkpoints] + finished:
+            shutil.rmtree(path)
+        return None
+    if not resume:
+        if checkpoints or finished:
+            held = ", ".join([c.path.name for c in checkpoints] + [p.name for p in finished])
+            raise RunFolderError(
+                f"{output_dir} already holds a run ({held}): pass --resume to continue it from its newest "
+                f"complete checkpoint, or --overwrite to delete them and start again from step 0"
+            )
+        return None
+    if resume is not True:
+        path = Path(resume)
+        if not path.is_dir():
+            raise ConfigError(f"--resume {path}: no such checkpoint folder")
+        problem = checkpoint_problem(path)
+        if problem:
+            raise ConfigError(f"--resume {path}: incomplete checkpoint ({problem}); pass --resume alone")
+        print(f"Resuming from {path}")
+        return str(path)
+    newest, skipped = newest_complete(output_dir)
+    for checkpoint in skipped:
+        print(f"Ignoring incomplete {checkpoint.path} ({checkpoint.problem})")
+    if newest is None:
+        print(f"No complete checkpoint in {output_dir}: starting from step 0")
+        return None
+    print(f"Resuming from {newest.path} (step {newest.step})")
+    return str(newest.path)
+
+
 def results_record(
-    metrics: dict[str, Any], dataset_name: str, split: str, models: list[str | Path]
+    metrics: dict[str, Any],
+    dataset_name: str,
+    split: str,
+    models: list[str | Path],
+    weights: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """What an evaluation JSON holds: the models, the data and split, the protocol (in metrics), the metrics."""
+    """What an evaluation JSON holds: the models, the sha256 of their weights, the data and split, the
+    protocol (in metrics), the metrics."""
     return {
         "models": [str(m) for m in models],
+        "weights": weights or {},
         "dataset": dataset_name,
         "split": split,
         "metrics": metrics,
@@ -457,9 +661,15 @@ def load_evaluation_split(
 def evaluate_and_record(
     metrics: dict[str, Any], dataset_name: str, split: str, models: list[str], output: Path | None
 ) -> Path:
-    """Write the evaluation JSON (default: beside the first model) and return its path."""
+    """Write the evaluation JSON (default: beside the first model) and return its path.
+
+    The record names the sha256 of each model's weights; a file holding results measured with other
+    weights of one of the models is never overwritten (WeightsIntegrityError).
+    """
     if output is None:
         prefix = "ensemble_" if len(models) > 1 else ""
         output = Path(models[0]) / f"{prefix}eval_results_{split}.json"
-    write_json(output, results_record(metrics, dataset_name, split, models))
+    weights = {str(model): weights_record(model) for model in models}
+    check_can_overwrite_results(output, {model: entry["sha256"] for model, entry in weights.items()})
+    write_json(output, results_record(metrics, dataset_name, split, models, weights))
     return output
