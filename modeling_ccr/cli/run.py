@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +19,19 @@ SUMMARY_OPTIONS = ("direction", "aggregation", "focal", "sgr_steps")
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """`["training.max_steps=100", ...]` -> `{"training.max_steps": 100}` (values parsed as YAML)."""
+    """`["training.max_steps=100", ...]` -> `{"training.max_steps": 100}` (values parsed as YAML, `1e-3`
+    as a float)."""
+    from ..experiment import load_yaml
+
     overrides = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise InvalidValueError(f"--set expects KEY=VALUE (e.g. training.max_steps=100), got {pair!r}")
-        overrides[key] = yaml.safe_load(value)
+        try:
+            overrides[key] = load_yaml(value)
+        except yaml.YAMLError as err:
+            raise InvalidValueError(f"--set {key}: the value {value!r} is not valid YAML") from err
     return overrides
 
 
@@ -49,7 +56,7 @@ def command_train(args: argparse.Namespace) -> Path:
     from ..experiment import load_experiment_config, run_experiment
 
     config = load_experiment_config(resolve_config(args.config), parse_overrides(args.set))
-    model_dir = run_experiment(config, resume_from_checkpoint=args.resume or None)
+    model_dir = run_experiment(config, resume_from_checkpoint=args.resume or None, overwrite=args.overwrite)
     print(f"\nSaved the best checkpoint to {model_dir}")
     return model_dir
 
@@ -78,7 +85,17 @@ def command_evaluate(args: argparse.Namespace) -> None:
         from ..hub import check_model_repo
 
         check_model_repo(args.push, args.push_revision)  # fail before a long evaluation, not after it
+    if len({Path(path).resolve() for path in args.models}) < len(args.models):
+        raise InvalidValueError(
+            f"the same model is listed twice in {args.models}: an ensemble needs different models"
+        )
     models, tokenizers = zip(*(load_matcher(path) for path in args.models), strict=True)
+    from ..integrity import weights_changed
+
+    for path in args.models:
+        changed = weights_changed(path)
+        if changed:
+            print(f"warning: {changed}; these results record the current weights", file=sys.stderr)
     dataset, dataset_name = load_evaluation_split(args.models[0], args.dataset, args.split)
     if args.entities is not None:
         dataset = attach_entities(dataset, args.entities)
@@ -152,6 +169,14 @@ def command_visualize(args: argparse.Namespace) -> None:
     print(f"Wrote {out}")
 
 
+def add_overwrite_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete the checkpoints and model already in output_dir and start from step 0",
+    )
+
+
 def add_commands(commands) -> None:
 
     demo = commands.add_parser(
@@ -163,6 +188,7 @@ def add_commands(commands) -> None:
         help="run configuration: a YAML path or a published name (default: %(default)s)",
     )
     demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    add_overwrite_flag(demo)
     demo.set_defaults(handler=command_demo)
 
     train = commands.add_parser("train", help="train from a YAML run configuration")
@@ -173,8 +199,13 @@ def add_commands(commands) -> None:
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key"
     )
     train.add_argument(
-        "--resume", nargs="?", const=True, default=None, help="resume from the last (or a given) checkpoint"
+        "--resume",
+        nargs="?",
+        const=True,
+        default=None,
+        help="resume from the newest complete checkpoint of output_dir (or from a given one)",
     )
+    add_overwrite_flag(train)
     train.set_defaults(handler=command_train)
 
     configs = commands.add_parser("configs", help="list the published run configurations, one line each")
