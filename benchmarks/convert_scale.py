@@ -1,0 +1,243 @@
+"""Converter scale benchmark: throughput, peak memory, disk size, and loader vs training-step speed.
+
+Generates, in the real formats, a SCAN precomp folder of `--precomp-images` images (default 20,000 x 36 x
+2048 float32, 5.9 GB) and a bottom-up-attention TSV of `--tsv-images` images (default 5,000), with a
+Karpathy split file for the TSV; converts them with `ccr convert` code in child processes (float32 and
+float16 for the precomp folder), and prints from this one run:
+
+- images/s and the peak resident memory of each conversion (each child's own `ru_maxrss`);
+- the corpus's disk size, float32 vs float16;
+- the training data loader's throughput (ImageCaptionPairs + RegionCaptionCollator through a DataLoader,
+  shuffled, batch 128) against one training step of the published SCAN t2i model (feature_dim 2048,
+  embed 1024) at batch 128 on the same machine's device (forward + backward + Adam step), as a ratio.
+  Target: loader >= 5x the step, so loading never bottlenecks training.
+
+The data is random (generated here), not Flickr30K or COCO; the loader is measured with the corpus in the
+page cache (it was just written), as it is after the first epoch of a run.
+
+    python benchmarks/convert_scale.py                      # the issue's sizes (needs ~20 GB of disk)
+    python benchmarks/convert_scale.py --precomp-images 2000 --tsv-images 500   # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the writers of the real formats live with the tests
+
+from convert_files import karpathy_entry, tsv_line, write_karpathy  # noqa: E402
+
+REGIONS, DIM, CAPTIONS = 36, 2048, 5
+WORDS = [
+    "a",
+    "the",
+    "man",
+    "woman",
+    "dog",
+    "cat",
+    "red",
+    "blue",
+    "green",
+    "runs",
+    "sits",
+    "on",
+    "in",
+    "with",
+    "near",
+    "street",
+    "park",
+    "ball",
+    "car",
+    "tree",
+]
+
+
+def captions_for(rng: np.random.Generator, n_images: int) -> list[str]:
+    lengths = rng.integers(8, 14, size=n_images * CAPTIONS)
+    return [" ".join(rng.choice(WORDS, size=n)) for n in lengths]
+
+
+def write_precomp(directory: Path, n_images: int, rng: np.random.Generator) -> None:
+    """`train_ims.npy` written chunk by chunk through np.lib.format (never the whole array in memory)."""
+    directory.mkdir(parents=True)
+    images = np.lib.format.open_memmap(
+        directory / "train_ims.npy", mode="w+", dtype=np.float32, shape=(n_images, REGIONS, DIM)
+    )
+    for start in range(0, n_images, 500):
+        stop = min(start + 500, n_images)
+        images[start:stop] = np.abs(rng.standard_normal((stop - start, REGIONS, DIM), dtype=np.float32))
+    images.flush()
+    del images
+    (directory / "train_caps.txt").write_text("".join(f"{c}\n" for c in captions_for(rng, n_images)))
+    (directory / "train_ids.txt").write_text("".join(f"{100000 + i}\n" for i in range(n_images)))
+
+
+def write_tsv_sources(directory: Path, n_images: int, rng: np.random.Generator) -> tuple[Path, Path]:
+    directory.mkdir(parents=True)
+    captions = captions_for(rng, n_images)
+    entries = []
+    tsv = directory / "features.tsv"
+    with tsv.open("w", newline="") as handle:
+        for i in range(n_images):
+            x1y1 = rng.uniform(0, 300, size=(REGIONS, 2))
+            boxes = np.concatenate([x1y1, x1y1 + rng.uniform(10, 300, size=(REGIONS, 2))], axis=1)
+            features = np.abs(rng.standard_normal((REGIONS, DIM), dtype=np.float32))
+            handle.write(tsv_line(str(i), 640, 640, boxes, features))
+            split = "train" if i < n_images * 0.8 else ("val" if i < n_images * 0.9 else "test")
+            image_captions = captions[i * CAPTIONS : (i + 1) * CAPTIONS]
+            entries.append(karpathy_entry(str(i), split, i, image_captions, i * CAPTIONS))
+    return tsv, write_karpathy(directory / "dataset.json", entries)
+
+
+def run_child(call: str) -> tuple[float, float]:
+    """Run the conversion `call` in a fresh Python; returns (seconds of the conversion itself, without the
+    interpreter's start-up and imports, and the peak RSS in GiB of that child alone)."""
+    code = (
+        "import time\nfrom modeling_ccr.data.convert import convert_precomp, convert_butd_tsv\n"
+        f"started = time.perf_counter()\n{call}\nprint('SECONDS', time.perf_counter() - started)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    output = child.stdout.read()
+    _, status, usage = os.wait4(child.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"conversion failed: {call}")
+    seconds = float(output.split("SECONDS")[-1])
+    return seconds, usage.ru_maxrss / 2**20  # ru_maxrss is in KiB on Linux
+
+
+def folder_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def loader_batches_per_second(corpus: Path, batches: int, num_workers: int) -> tuple[float, object]:
+    import datasets
+    import torch
+
+    from modeling_ccr.data.collator import RegionCaptionCollator
+    from modeling_ccr.data.pairs import ImageCaptionPairs, caption_table
+    from modeling_ccr.tokenization import build_word_tokenizer
+
+    train = datasets.load_from_disk(str(corpus))["train"]
+    tokenizer = build_word_tokenizer(caption_table(train)[0], 1)
+    loader = torch.utils.data.DataLoader(
+        ImageCaptionPairs(train),
+        batch_size=128,
+        shuffle=True,
+        collate_fn=RegionCaptionCollator(tokenizer),
+        num_workers=num_workers,
+        drop_last=True,
+    )
+    iterator = iter(loader)
+    batch = next(iterator)  # worker start-up is not throughput
+    started = time.perf_counter()
+    for _ in range(batches):
+        next(iterator)
+    return batches / (time.perf_counter() - started), (batch, tokenizer)
+
+
+def training_steps_per_second(batch, tokenizer, steps: int) -> tuple[float, str]:
+    import torch
+    import yaml
+
+    from modeling_ccr.experiment import build_model
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    section = yaml.safe_load((ROOT / "configs" / "scan_t2i_avg_f30k.yaml").read_text())["model"]
+    model = build_model(section, tokenizer, DIM, "configs/scan_t2i_avg_f30k.yaml").to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-4)
+    inputs = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+
+    def step() -> None:
+        optimizer.zero_grad()
+        model(**inputs, return_loss=True).loss.backward()
+        optimizer.step()
+
+    step()  # warm-up
+    if device == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return steps / (time.perf_counter() - started), device
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--precomp-images", type=int, default=20_000)
+    parser.add_argument("--tsv-images", type=int, default=5_000)
+    parser.add_argument("--loader-batches", type=int, default=20)
+    parser.add_argument("--train-steps", type=int, default=2)
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="default: a temporary folder, removed after"
+    )
+    args = parser.parse_args()
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="convert_scale_"))
+    rng = np.random.default_rng(0)
+    results: dict[str, object] = {
+        "data": f"random features in the real formats ({args.precomp_images} precomp images, "
+        f"{args.tsv_images} TSV images, {REGIONS} x {DIM}); not Flickr30K or COCO",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+    }
+    try:
+        started = time.perf_counter()
+        write_precomp(workdir / "precomp", args.precomp_images, rng)
+        tsv, karpathy = write_tsv_sources(workdir / "tsv", args.tsv_images, rng)
+        print(f"generated the sources in {time.perf_counter() - started:.0f} s under {workdir}", flush=True)
+        results["precomp_ims_npy_gib"] = round(
+            (workdir / "precomp" / "train_ims.npy").stat().st_size / 2**30, 2
+        )
+        results["tsv_gib"] = round(tsv.stat().st_size / 2**30, 2)
+        for name, float16 in (("precomp_float32", False), ("precomp_float16", True)):
+            code = (
+                f"convert_precomp({str(workdir / 'precomp')!r}, {str(workdir / name)!r}, float16={float16}, "
+                "progress=False)"
+            )
+            seconds, rss = run_child(code)
+            results[name] = {
+                "images_per_s": round(args.precomp_images / seconds, 1),
+                "peak_rss_gib": round(rss, 2),
+                "disk_gib": round(folder_bytes(workdir / name) / 2**30, 2),
+            }
+            print(name, results[name], flush=True)
+        code = f"convert_butd_tsv([{str(tsv)!r}], {str(karpathy)!r}, {str(workdir / 'tsv_corpus')!r}, progress=False)"
+        seconds, rss = run_child(code)
+        results["butd_tsv_float32"] = {
+            "images_per_s": round(args.tsv_images / seconds, 1),
+            "peak_rss_gib": round(rss, 2),
+            "disk_gib": round(folder_bytes(workdir / "tsv_corpus") / 2**30, 2),
+        }
+        print("butd_tsv_float32", results["butd_tsv_float32"], flush=True)
+        for name in ("precomp_float32", "precomp_float16"):
+            for workers in (0, 2):
+                rate, (batch, tokenizer) = loader_batches_per_second(
+                    workdir / name, args.loader_batches, workers
+                )
+                results[f"loader_{name}_workers{workers}_batches_per_s"] = round(rate, 2)
+        step_rate, device = training_steps_per_second(batch, tokenizer, args.train_steps)
+        results["train_steps_per_s"] = {"device": device, "value": round(step_rate, 3)}
+        slowest_loader = min(v for k, v in results.items() if k.startswith("loader_") and "workers0" in k)
+        results["loader_over_step_ratio_workers0"] = round(slowest_loader / step_rate, 1)
+        print(json.dumps(results, indent=2))
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
