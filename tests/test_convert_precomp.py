@@ -12,7 +12,7 @@ from convert_files import export_corpus, karpathy_entry, write_karpathy, write_p
 from modeling_ccr.cli import main
 from modeling_ccr.data.convert import REPORT_FILE, ConversionError, convert_precomp, normalise_caption
 from modeling_ccr.data.scan_precomp import PrecompFormatError
-from modeling_ccr.data.schema import validate_corpus
+from modeling_ccr.data.schema import corpus_features, validate_corpus
 from modeling_ccr.data.synthetic import SyntheticCorpusConfig, build_synthetic_corpus
 
 DIM = 8
@@ -294,3 +294,16 @@ def test_the_cli_prints_one_line_errors_and_a_summary(sources, tmp_path, capsys)
     )
     assert code == 0
     assert "test 4 images" in capsys.readouterr().out
+
+
+def test_the_schema_validator_requires_one_caption_id_per_caption():
+    features = corpus_features(DIM, with_boxes=False, with_phrases=False, with_caption_ids=True)
+    del features["image_size"]
+    row = {"image_id": "1", "features": np.zeros((2, DIM), np.float32), "captions": ["a", "b"]}
+    good = datasets.Dataset.from_list([{**row, "caption_ids": ["7", "8"]}], features=features)
+    validate_corpus(good, "test")
+    bad = datasets.Dataset.from_list([{**row, "caption_ids": ["7"]}], features=features)
+    with pytest.raises(
+        ValueError, match=r"column 'caption_ids', row 0 \(image_id '1'\): 1 caption ids but 2"
+    ):
+        validate_corpus(bad, "test")
