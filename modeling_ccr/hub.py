@@ -19,7 +19,6 @@ Library-side module: the checkpoint code (configuration_*, modeling_*, encoders,
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import re
@@ -34,6 +33,7 @@ from huggingface_hub.utils import RepositoryNotFoundError, RevisionNotFoundError
 from . import __version__
 from .cards import RESULT_FILE, CardError, CardSources, render_dataset_card, render_model_card
 from .errors import UserError
+from .integrity import results_weights, safetensors_problem, sha256_file, weights_changed
 
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 COMMIT_ID = re.compile(r"^[0-9a-f]{40}$")
@@ -125,9 +125,44 @@ def select_model_files(model_dir: str | Path) -> ModelFiles:
         raise PushError(
             f"{folder} has no evaluation results (eval_results_*.json): run `ccr evaluate {folder}` first"
         )
+    _check_weights_integrity(folder, names)
     upload = {n: folder / n for n in names if (folder / n).is_file() and is_managed(n)}
     skipped = [n for n in names if n not in upload]
     return ModelFiles(folder, upload, skipped)
+
+
+def _check_weights_integrity(folder: Path, names: list[str]) -> None:
+    """Refuse truncated weights, weights changed since training, and results measured with other weights."""
+    for name in names:
+        if WEIGHT_FILES.match(name) and name.endswith(".safetensors"):
+            problem = safetensors_problem(folder / name)
+            if problem:
+                raise PushError(f"refusing to push {folder / name}: {problem}")
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        return  # sharded weights: their layout was checked above; results name model.safetensors only
+    changed = weights_changed(folder)
+    if changed:
+        raise PushError(f"refusing to push: {changed}; its results describe the trained weights")
+    current = sha256_file(weights)
+    for name in names:
+        if not RESULT_FILE.match(name):
+            continue
+        try:
+            record = json.loads((folder / name).read_text())
+        except ValueError as err:
+            raise PushError(f"{folder / name} is not valid JSON: {err}") from err
+        if not isinstance(record, dict):
+            raise PushError(
+                f"{folder / name}: expected a JSON object of results, found {type(record).__name__}"
+            )
+        models = record.get("models") or [None]
+        measured = results_weights(record).get(str(models[0]))
+        if measured is not None and measured != current:
+            raise PushError(
+                f"refusing to push {folder}: {name} was measured with other weights (sha256 {measured[:12]}, "
+                f"model.safetensors is now {current[:12]}); re-run ccr evaluate {folder}"
+            )
 
 
 def _check_auto_map(config_path: Path, names: set[str]) -> None:
@@ -309,14 +344,6 @@ def push_model(
     commit_id, url = _commit(api, repo_id, "model", operations, message, description, branch, parent)
     uploaded = [*sorted(files.upload), CARD_FILE]
     return PushResult(repo_id, branch, commit_id, url, uploaded, stale, files.skipped, commit_id != parent)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _check_same_weights(api: HfApi, repo_id: str, commit: str, model_dir: Path) -> None:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from .errors import ModelLoadError
+from .integrity import safetensors_problem
 from .models.modeling_matcher import GalleryScoring
 
 # Files `ccr train` writes into every model folder; their absence means "not a model folder".
 MODEL_FILES = ("config.json", "model.safetensors")
+# The tokenizer files `save_pretrained` writes; tokenizer.json holds the whole fast tokenizer.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
 def _first_line(err: BaseException) -> str:
@@ -31,16 +35,59 @@ def check_model_folder(path: str | Path) -> Path:
     return folder
 
 
+def _json_problem(path: Path) -> str | None:
+    """Why a JSON file cannot be read as a JSON object, or None."""
+    try:
+        value = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        return f"not UTF-8 text (byte {err.start}); the file is corrupt"
+    except json.JSONDecodeError as err:
+        return f"not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}); truncated or corrupt?"
+    if not isinstance(value, dict):
+        return f"expected a JSON object, found a JSON {type(value).__name__}"
+    return None
+
+
+def diagnose_model_files(folder: Path) -> None:
+    """One ModelLoadError naming the file and what is wrong with it, before transformers reads any of them.
+
+    Checks config.json (a JSON object with a model_type), model.safetensors (its header and length: a
+    truncated copy is caught here) and the tokenizer files (present, JSON objects).
+    """
+    config = folder / "config.json"
+    problem = _json_problem(config)
+    if problem is None and not isinstance(json.loads(config.read_text()).get("model_type"), str):
+        problem = "it has no model_type (not the config of a model folder)"
+    if problem:
+        raise ModelLoadError(f"{config} cannot be loaded: {problem}")
+    weights = folder / "model.safetensors"
+    problem = safetensors_problem(weights)
+    if problem:
+        raise ModelLoadError(f"{weights} cannot be loaded: {problem}")
+    for name in TOKENIZER_FILES:
+        path = folder / name
+        if not path.is_file():
+            raise ModelLoadError(
+                f"{path} is missing: the model folder has no complete tokenizer (copy the training run's "
+                f"model folder again)"
+            )
+        problem = _json_problem(path)
+        if problem:
+            raise ModelLoadError(f"{path} cannot be loaded: {problem}")
+
+
 def load_matcher(path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The model and tokenizer of a model folder, in eval mode.
 
-    Raises ModelLoadError (one line: the folder and what is wrong) for a missing folder, missing files,
-    files transformers cannot read, or a model that is not one of this package's matchers.
+    Raises ModelLoadError (one line: the folder or file and what is wrong) for a missing folder, missing,
+    truncated or corrupt files (`diagnose_model_files`), files transformers cannot read, or a model that
+    is not one of this package's matchers.
     """
     folder = check_model_folder(path)
+    diagnose_model_files(folder)
     try:
         model = AutoModel.from_pretrained(str(folder))
-    except (OSError, ValueError, KeyError, RuntimeError) as err:
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as err:
         raise ModelLoadError(f"{folder}: the model cannot be loaded: {_first_line(err)}") from err
     if not isinstance(model, GalleryScoring):
         raise ModelLoadError(
@@ -48,6 +95,6 @@ def load_matcher(path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizer
         )
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    except (OSError, ValueError, KeyError, RuntimeError) as err:
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError, AttributeError) as err:
         raise ModelLoadError(f"{folder}: the tokenizer cannot be loaded: {_first_line(err)}") from err
     return model.eval(), tokenizer

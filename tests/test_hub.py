@@ -36,6 +36,7 @@ from modeling_ccr.hub import (
     select_model_files,
     validate_repo_id,
 )
+from modeling_ccr.integrity import weights_record
 
 TESTS = Path(__file__).parent
 TINY_CORPUS = {"train_images": 64, "validation_images": 12, "test_images": 12, "feature_dim": 16}
@@ -157,6 +158,12 @@ def perturbed_copy(model_dir: Path, target: Path, shift: float) -> Path:
     shutil.copytree(model_dir, target)
     weights = load_file(str(target / "model.safetensors"))
     save_file({k: v + shift for k, v in weights.items()}, str(target / "model.safetensors"))
+    # Another trained model: its run info and results record its own weights, as `ccr train` does.
+    record = weights_record(target)
+    for path in [target / "run_info.json", *target.glob("eval_results_*.json")]:
+        info = json.loads(path.read_text())
+        info["weights"] = record if path.name == "run_info.json" else {m: record for m in info["models"]}
+        path.write_text(json.dumps(info))
     return target
 
 
