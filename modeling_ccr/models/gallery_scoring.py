@@ -73,19 +73,25 @@ def generic_pair_bytes(n_regions: int, n_words: int, embed_dim: int) -> int:
     return 4 * LIVE_TILE_TENSORS * n_words * (embed_dim + n_regions)
 
 
-def caption_length_groups(word_mask: torch.Tensor) -> list[tuple[torch.Tensor, int]]:
-    """Captions grouped by length: (caption indices, length) per distinct length, shortest first.
+def caption_length_groups(word_mask: torch.Tensor, min_group: int = 1) -> list[tuple[torch.Tensor, int]]:
+    """Captions grouped by length: (caption indices, length) per group, shortest first.
 
-    word_mask `(n_captions, n_words)` bool; a caption's length is one past its last valid token, so a
-    group's captions cut to that length lose only padding. Scoring a group at its own length makes padding
-    cost nothing, whatever the spread of caption lengths.
+    word_mask `(n_captions, n_words)` bool; a caption's length is one past its last valid token, and a
+    group is cut to its longest caption, so scoring a group at its own length makes padding cost almost
+    nothing whatever the spread of caption lengths. Groups of one length are merged with the next longer
+    ones until they hold at least `min_group` captions (so that no group is too small for a full tile).
     """
     positions = torch.arange(1, word_mask.shape[1] + 1, device=word_mask.device)
     lengths = (word_mask * positions).amax(dim=1)
     order = torch.argsort(lengths, stable=True)
     values, counts = torch.unique_consecutive(lengths[order], return_counts=True)
-    groups = order.split(counts.tolist())
-    return [(group, int(length)) for group, length in zip(groups, values.tolist(), strict=True)]
+    groups, start, size = [], 0, 0
+    for length, count in zip(values.tolist(), counts.tolist(), strict=True):
+        size += count
+        if size >= min_group or start + size == len(order):
+            groups.append((order[start : start + size], int(length)))
+            start, size = start + size, 0
+    return groups
 
 
 def block_sizes(n_images: int, n_captions: int, pair_bytes: int, device: torch.device) -> tuple[int, int]:

@@ -16,7 +16,7 @@ from .configuration_matcher import MatcherConfig
 from .constraints import MatchedAttention, constraint_terms
 from .distributed import gather_padded, gather_without_grad, world_size_and_rank
 from .encoders import GRUTextEncoder, PretrainedTextEncoder, RegionEncoder, build_text_encoder
-from .gallery_scoring import block_sizes, caption_length_groups, generic_pair_bytes
+from .gallery_scoring import block_sizes, caption_length_groups, generic_pair_bytes, tile_budget, tile_shape
 from .losses import matching_loss
 
 
@@ -79,16 +79,20 @@ class GalleryScoring:
         """Scores of a whole gallery `(n_images, n_captions)` float32, computed in bounded-memory blocks.
 
         image_embeds `(n_images, n_regions, D)`, region_mask `(n_images, n_regions)`, text_embeds
-        `(n_captions, n_words, D)`, word_mask `(n_captions, n_words)`. Captions are scored in groups of one
-        length, each cut to that length, so padding costs nothing; blocks are sized from free memory and
+        `(n_captions, n_words, D)`, word_mask `(n_captions, n_words)`. Captions are scored in groups of
+        about one length, each cut to its longest caption, so padding costs almost nothing; blocks are sized from free memory and
         `pair_scoring_bytes` unless image_block / caption_block are given. dtype (e.g. torch.bfloat16)
         runs the products under autocast in that precision (tolerances in docs/scoring.md).
         """
         device = image_embeds.device
         n_images, n_regions, embed_dim = image_embeds.shape
         scores = torch.empty(n_images, text_embeds.shape[0], device=device)
+        # Groups of at least one tile's worth of captions (at the median length), so tiles stay full.
+        median_length = int(word_mask.sum(dim=1).median()) if word_mask.numel() else 1
+        budget = tile_budget(device)
+        min_group = tile_shape(n_images, n_regions, text_embeds.shape[0], median_length, budget)[1]
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            for captions, length in caption_length_groups(word_mask):
+            for captions, length in caption_length_groups(word_mask, min_group):
                 auto = block_sizes(
                     n_images, len(captions), self.pair_scoring_bytes(n_regions, length, embed_dim), device
                 )
