@@ -37,6 +37,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..errors import UserError
 from ..tokenization import split_words
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("image_id", "features", "captions")
@@ -45,6 +46,15 @@ FEATURE_DTYPES: tuple[str, ...] = ("float32", "float16")
 # Rows per chunk when scanning features: large enough to vectorise, small enough to stay in cache-ish memory
 # (1024 rows x 36 regions x 2048 dims x 4 bytes = 300 MB at bottom-up-attention scale).
 _FEATURE_CHUNK_ROWS = 1024
+# Region features of real extractors (bottom-up-attention, CNN grids, CLIP) stay within a few hundred;
+# beyond this a value is a unit or storage error (and overflows the models' float32 sums).
+MAX_FEATURE_MAGNITUDE = 1e4
+# A box may overhang its image slightly (detectors pad); by more than this share of the image it is wrong.
+BOX_OVERHANG = 0.25
+
+
+class CorpusValidationError(UserError, ValueError):
+    """A corpus row that cannot be trained or evaluated on; the message names split, row, image id and field."""
 
 
 def phrase_feature() -> dict[str, Any]:
@@ -132,14 +142,18 @@ def _feature_chunks(dataset: datasets.Dataset) -> Iterator[tuple[int, list[np.nd
 
 
 def _check_features(
-    dataset: datasets.Dataset, split_name: str, expected_feature_dim: int | None, image_ids: list[str]
+    dataset: datasets.Dataset,
+    split_name: str,
+    expected_feature_dim: int | None,
+    image_ids: list[str],
+    max_feature_magnitude: float = MAX_FEATURE_MAGNITUDE,
 ) -> np.ndarray:
     """Check feature shape, dim and finiteness; return `(n_rows,)` int64 n_regions per row."""
     declared = dataset.features["features"]
     if isinstance(declared, datasets.Array2D) and expected_feature_dim is not None:
         declared_dim = declared.shape[1]
         if declared_dim is not None and declared_dim != expected_feature_dim:
-            raise ValueError(
+            raise CorpusValidationError(
                 f"split {split_name!r}, column 'features': feature_dim {declared_dim} in the schema, "
                 f"expected {expected_feature_dim}"
             )
@@ -148,16 +162,21 @@ def _check_features(
         for offset, features in enumerate(rows):
             row = start + offset
             if features.ndim != 2:
-                raise ValueError(
+                raise CorpusValidationError(
                     f"{_where(split_name, 'features', row, image_ids)}: expected (n_regions, feature_dim), "
                     f"found shape {features.shape}"
                 )
             if expected_feature_dim is not None and features.shape[1] != expected_feature_dim:
-                raise ValueError(
+                raise CorpusValidationError(
                     f"{_where(split_name, 'features', row, image_ids)}: feature_dim {features.shape[1]}, "
                     f"expected {expected_feature_dim}"
                 )
             n_regions[row] = features.shape[0]
+            if features.shape[0] == 0:
+                raise CorpusValidationError(
+                    f"{_where(split_name, 'features', row, image_ids)}: 0 regions; every image needs at "
+                    "least one region feature"
+                )
         # One vectorised finiteness test per chunk; only a failing chunk is searched row by row.
         flat = np.concatenate([r.reshape(-1) for r in rows]) if rows else np.zeros(0)
         if not np.isfinite(flat).all():
@@ -165,9 +184,19 @@ def _check_features(
                 bad = ~np.isfinite(features)
                 if bad.any():
                     region, dim = (int(i) for i in np.argwhere(bad)[0])
-                    raise ValueError(
+                    raise CorpusValidationError(
                         f"{_where(split_name, 'features', start + offset, image_ids)}: non-finite value "
                         f"{features[region, dim]} at region {region}, dim {dim}"
+                    )
+        if len(flat) and np.abs(flat).max() > max_feature_magnitude:
+            for offset, features in enumerate(rows):
+                magnitude = np.abs(features).astype(np.float64)
+                if len(magnitude.reshape(-1)) and magnitude.max() > max_feature_magnitude:
+                    region, dim = (int(i) for i in np.unravel_index(magnitude.argmax(), magnitude.shape))
+                    raise CorpusValidationError(
+                        f"{_where(split_name, 'features', start + offset, image_ids)}: value "
+                        f"{float(features[region, dim]):.3g} at region {region}, dim {dim}; real region "
+                        f"features stay within +-{max_feature_magnitude:g} (wrong units or storage?)"
                     )
     return n_regions
 
@@ -181,7 +210,7 @@ def _check_captions(
     if captions_per_image is not None:
         row, n_wrong = _first_mismatch(counts, captions_per_image)
         if row is not None:
-            raise ValueError(
+            raise CorpusValidationError(
                 f"{_where(split_name, 'captions', row, image_ids)}: {counts[row]} captions, "
                 f"expected {captions_per_image} (and {n_wrong - 1} more rows differ)"
             )
@@ -189,11 +218,53 @@ def _check_captions(
     for index, caption in enumerate(captions):
         if caption is None or not caption.strip():
             row = int(np.searchsorted(np.cumsum(counts), index, side="right"))
-            raise ValueError(
+            raise CorpusValidationError(
                 f"{_where(split_name, 'captions', row, image_ids)}: caption "
                 f"{index - int(counts[:row].sum())} is empty: {caption!r}"
             )
     return counts, captions
+
+
+def _image_sizes(dataset: datasets.Dataset) -> np.ndarray | None:
+    """`(n_rows, 2)` float64 (width, height) per row, or None without a usable `image_size` column."""
+    if "image_size" not in dataset.column_names:
+        return None
+    column = _arrow_column(dataset, "image_size")
+    if (_list_lengths(column) != 2).any() or column.null_count:
+        return None  # a row without a size: boxes cannot be placed, only their own shape is checked
+    sizes = pc.list_flatten(column).to_numpy(zero_copy_only=False).astype(np.float64).reshape(-1, 2)
+    return sizes
+
+
+def first_bad_box(boxes: np.ndarray, sizes: np.ndarray | None) -> tuple[int, str] | None:
+    """The first `(x1, y1, x2, y2)` box that is NaN, inverted, or far outside its image, and why.
+
+    boxes: `(n_boxes, 4)`; sizes: `(n_boxes, 2)` (width, height) of each box's image, or None.
+    A box may overhang its image by `BOX_OVERHANG` of the image's side (detectors pad their boxes).
+    """
+    if len(boxes) == 0:
+        return None
+    reasons = [
+        (~np.isfinite(boxes).all(axis=1), "has a non-finite coordinate"),
+        ((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1]), "is inverted (x2 < x1 or y2 < y1)"),
+    ]
+    if sizes is not None:
+        width, height = sizes[:, 0], sizes[:, 1]
+        with np.errstate(invalid="ignore"):
+            outside = (
+                (boxes[:, 0] < -BOX_OVERHANG * width)
+                | (boxes[:, 1] < -BOX_OVERHANG * height)
+                | (boxes[:, 2] > (1 + BOX_OVERHANG) * width)
+                | (boxes[:, 3] > (1 + BOX_OVERHANG) * height)
+            )
+        reasons.append((outside, "lies far outside its image"))
+    firsts = [(int(np.flatnonzero(bad)[0]), reason) for bad, reason in reasons if bad.any()]
+    return min(firsts) if firsts else None
+
+
+def _describe_box(box: np.ndarray, size: np.ndarray | None) -> str:
+    image = f" in a {int(size[0])}x{int(size[1])} image" if size is not None else ""
+    return f"({', '.join(f'{v:g}' for v in box)}){image}"
 
 
 def _check_boxes(
@@ -203,15 +274,30 @@ def _check_boxes(
     n_boxes = _list_lengths(box_column)
     row, _ = _first_mismatch(n_boxes, n_regions)
     if row is not None:
-        raise ValueError(
+        raise CorpusValidationError(
             f"{_where(split_name, 'boxes', row, image_ids)}: {n_boxes[row]} boxes but {n_regions[row]} "
             "feature regions; boxes must be the boxes of the exact regions behind the features"
         )
     coordinates = _list_lengths(pc.list_flatten(box_column))
     if len(coordinates) and (coordinates != 4).any():
-        raise ValueError(
+        raise CorpusValidationError(
             f"split {split_name!r}, column 'boxes': every box must have 4 coordinates (x1, y1, x2, y2), "
             f"found {int(coordinates[coordinates != 4][0])}"
+        )
+    values = pc.list_flatten(pc.list_flatten(box_column)).to_numpy(zero_copy_only=False)
+    boxes = values.astype(np.float64).reshape(-1, 4)
+    box_rows = np.repeat(np.arange(len(n_boxes)), n_boxes)
+    sizes = _image_sizes(dataset)
+    box_sizes = sizes[box_rows] if sizes is not None else None
+    bad = first_bad_box(boxes, box_sizes)
+    if bad is not None:
+        index, reason = bad
+        row = int(box_rows[index])
+        region = index - int(n_boxes[:row].sum())
+        raise CorpusValidationError(
+            f"{_where(split_name, 'boxes', row, image_ids)}: region {region}'s box "
+            f"{_describe_box(boxes[index], None if box_sizes is None else box_sizes[index])} {reason}; "
+            "expected pixel (x1, y1, x2, y2) with x1 <= x2, y1 <= y2"
         )
 
 
@@ -226,7 +312,7 @@ def _check_phrases(
     phrase_list_counts = _list_lengths(column)
     row, _ = _first_mismatch(phrase_list_counts, caption_counts)
     if row is not None:
-        raise ValueError(
+        raise CorpusValidationError(
             f"{_where(split_name, 'phrases', row, image_ids)}: {phrase_list_counts[row]} phrase lists but "
             f"{caption_counts[row]} captions; expected one phrase list per caption"
         )
@@ -245,21 +331,75 @@ def _check_phrases(
     if len(bad):
         i = int(bad[0])
         row = int(caption_rows[phrase_caption[i]])
-        raise ValueError(
+        raise CorpusValidationError(
             f"{_where(split_name, 'phrases', row, image_ids)}: phrase {texts[i]!r} has word span "
             f"first_word={first[i]}, num_words={count[i]}, out of range of its caption "
             f"{captions[phrase_caption[i]]!r} ({n_words[i]} words)"
         )
+    _check_phrase_boxes(dataset, split_name, phrases, texts, caption_rows[phrase_caption], image_ids)
     # A span inside the caption can still point at the wrong words (an off-by-one from <start>, say).
     for i, text in enumerate(texts):
         words = caption_words[phrase_caption[i]][first[i] : first[i] + count[i]]
         if text is not None and words != split_words(text):
             row = int(caption_rows[phrase_caption[i]])
-            raise ValueError(
+            raise CorpusValidationError(
                 f"{_where(split_name, 'phrases', row, image_ids)}: phrase {text!r} has word span "
                 f"first_word={first[i]}, num_words={count[i]}, which covers {' '.join(words)!r} in caption "
                 f"{captions[phrase_caption[i]]!r}"
             )
+
+
+def _check_phrase_boxes(
+    dataset: datasets.Dataset,
+    split_name: str,
+    phrases: pa.Array,
+    texts: list[str | None],
+    phrase_rows: np.ndarray,
+    image_ids: list[str],
+) -> None:
+    """Gold boxes that cannot be scored (NaN, inverted, far outside the image) would silently drop their
+    phrase's words from the attention metrics: refuse them here, naming the phrase."""
+    box_lists = phrases.field("boxes")
+    per_phrase = _list_lengths(box_lists)
+    coordinates = pc.list_flatten(box_lists)
+    if len(coordinates) == 0:
+        return
+    box_phrase = np.repeat(np.arange(len(per_phrase)), per_phrase)
+    if (_list_lengths(coordinates) != 4).any():
+        index = int(box_phrase[_list_lengths(coordinates) != 4][0])
+        row = int(phrase_rows[index])
+        raise CorpusValidationError(
+            f"{_where(split_name, 'phrases', row, image_ids)}: phrase {texts[index]!r} has a gold box "
+            "without 4 coordinates (x1, y1, x2, y2)"
+        )
+    boxes = pc.list_flatten(coordinates).to_numpy(zero_copy_only=False).astype(np.float64).reshape(-1, 4)
+    sizes = _image_sizes(dataset)
+    box_sizes = sizes[phrase_rows[box_phrase]] if sizes is not None else None
+    bad = first_bad_box(boxes, box_sizes)
+    if bad is not None:
+        index, reason = bad
+        phrase = int(box_phrase[index])
+        row = int(phrase_rows[phrase])
+        raise CorpusValidationError(
+            f"{_where(split_name, 'phrases', row, image_ids)}: phrase {texts[phrase]!r} has a gold box "
+            f"{_describe_box(boxes[index], None if box_sizes is None else box_sizes[index])} that {reason}; "
+            "its words could not be scored by the attention metrics"
+        )
+
+
+def _check_unique_ids(split_name: str, image_ids: list[str]) -> None:
+    first_row: dict[str, int] = {}
+    for row, image_id in enumerate(image_ids):
+        if image_id is None or not str(image_id).strip():
+            raise CorpusValidationError(
+                f"split {split_name!r}, column 'image_id', row {row}: empty image id {image_id!r}"
+            )
+        if image_id in first_row:
+            raise CorpusValidationError(
+                f"{_where(split_name, 'image_id', row, image_ids)}: duplicate image id, also at row "
+                f"{first_row[image_id]}; image ids must be unique within a split"
+            )
+        first_row[image_id] = row
 
 
 def validate_corpus(
@@ -267,24 +407,29 @@ def validate_corpus(
     split_name: str,
     expected_feature_dim: int | None = None,
     captions_per_image: int | None = None,
+    max_feature_magnitude: float = MAX_FEATURE_MAGNITUDE,
 ) -> None:
-    """Raise `ValueError` naming split, column, row and image_id at the first problem found.
+    """Raise `CorpusValidationError` (a UserError and ValueError) naming split, column, row and image_id at
+    the first problem found.
 
     Checks: required columns (`image_id`, `features`, `captions`); features are `(n_regions,
-    feature_dim)` with `feature_dim == expected_feature_dim` when given, and finite; no empty caption;
-    `captions_per_image` captions per row when given; optional `boxes` have one box per feature region;
+    feature_dim)` with `feature_dim == expected_feature_dim` when given, at least one region, finite and
+    within +-max_feature_magnitude; image ids unique and non-empty; no empty caption; `captions_per_image`
+    captions per row when given; optional `boxes` have one finite, non-inverted box per feature region, not
+    far outside `image_size`; optional phrase gold boxes likewise;
     optional `caption_ids` have one id per caption;
     optional `phrases` have one list per caption and word spans that lie inside the caption and cover the
     phrase's words. Reads columns through Arrow/numpy, not Python rows: ~3000 rows take well under 2 s.
     """
     missing = [c for c in REQUIRED_COLUMNS if c not in dataset.column_names]
     if missing:
-        raise ValueError(
+        raise CorpusValidationError(
             f"split {split_name!r} is missing required column(s) {missing}; "
             f"expected {list(REQUIRED_COLUMNS)}, found {dataset.column_names}"
         )
     image_ids = _image_ids(dataset)
-    n_regions = _check_features(dataset, split_name, expected_feature_dim, image_ids)
+    _check_unique_ids(split_name, image_ids)
+    n_regions = _check_features(dataset, split_name, expected_feature_dim, image_ids, max_feature_magnitude)
     caption_counts, captions = _check_captions(dataset, split_name, captions_per_image, image_ids)
     if "boxes" in dataset.column_names:
         _check_boxes(dataset, split_name, n_regions, image_ids)
@@ -292,7 +437,7 @@ def validate_corpus(
         id_counts = _list_lengths(_arrow_column(dataset, "caption_ids"))
         row, _ = _first_mismatch(id_counts, caption_counts)
         if row is not None:
-            raise ValueError(
+            raise CorpusValidationError(
                 f"{_where(split_name, 'caption_ids', row, image_ids)}: {id_counts[row]} caption ids but "
                 f"{caption_counts[row]} captions; expected one id per caption"
             )
