@@ -24,6 +24,7 @@ from .metrics.attention import (
 )
 from .metrics.retrieval import evaluate_retrieval
 from .models.modeling_matcher import MatcherPreTrainedModel
+from .retrieval_index import two_stage_similarity
 from .word_alignment import DEFAULT_WORD_COMBINE, combine_word_rows, word_token_positions
 
 
@@ -77,16 +78,47 @@ def corpus_similarity(
     tokenizer: PreTrainedTokenizerBase,
     dataset: datasets.Dataset,
     progress: bool = False,
+    rerank_k: int | None = None,
 ) -> tuple[torch.Tensor, np.ndarray]:
-    """Score every image of `dataset` against every caption: `(n_images, n_captions)` and caption_to_image."""
+    """Score every image of `dataset` against every caption: `(n_images, n_captions)` and caption_to_image.
+
+    rerank_k: two-stage retrieval (`retrieval_index.two_stage_similarity`): the model re-ranks each image's
+    and each caption's k best first-stage candidates. Under torch.distributed the images are sharded
+    across processes and the score rows gathered, so every process returns the full matrix.
+    """
     was_training = model.training
     model.eval()
     captions, caption_to_image = caption_table(dataset)
     image_embeds, region_mask = encode_images(model, dataset, progress=progress)
     text_embeds, word_mask = encode_captions(model, tokenizer, captions, progress=progress)
-    similarity = model.similarity(image_embeds, region_mask, text_embeds, word_mask)
+    if rerank_k is not None:
+        similarity = two_stage_similarity(model, image_embeds, region_mask, text_embeds, word_mask, rerank_k)
+    else:
+        similarity = sharded_similarity(model, image_embeds, region_mask, text_embeds, word_mask)
     model.train(was_training)
     return similarity.cpu(), caption_to_image
+
+
+def sharded_similarity(
+    model: MatcherPreTrainedModel,
+    image_embeds: torch.Tensor,
+    region_mask: torch.Tensor,
+    text_embeds: torch.Tensor,
+    word_mask: torch.Tensor,
+) -> torch.Tensor:
+    """`model.similarity` of the whole gallery; under torch.distributed each process scores a contiguous
+    shard of the images against every caption and the shards are all-gathered into the full matrix."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return model.similarity(image_embeds, region_mask, text_embeds, word_mask)
+    world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
+    shard = -(-image_embeds.shape[0] // world)  # ceil: the last shard may be shorter or empty
+    rows = slice(rank * shard, (rank + 1) * shard)
+    local = model.similarity(image_embeds[rows], region_mask[rows], text_embeds, word_mask)
+    padded = torch.zeros(shard, text_embeds.shape[0], device=local.device, dtype=local.dtype)
+    padded[: local.shape[0]] = local
+    gathered = [torch.empty_like(padded) for _ in range(world)]
+    torch.distributed.all_gather(gathered, padded)
+    return torch.cat(gathered)[: image_embeds.shape[0]]
 
 
 def evaluate_matchers(
@@ -96,21 +128,28 @@ def evaluate_matchers(
     protocol: str = "full",
     captions_per_image: int | None = 5,
     progress: bool = False,
+    rerank_k: int | None = None,
 ) -> dict:
-    """Retrieval metrics of one model, or of an ensemble (the mean of the members' similarity matrices)."""
+    """Retrieval metrics of one model, or of an ensemble (the mean of the members' similarity matrices).
+
+    rerank_k: score by two-stage retrieval (see `corpus_similarity`), recorded in the metrics."""
     if len(models) != len(tokenizers) or not models:
         raise ValueError(
             f"need one tokenizer per model, got {len(models)} models and {len(tokenizers)} tokenizers"
         )
     similarities = []
     for model, tokenizer in zip(models, tokenizers, strict=True):
-        similarity, caption_to_image = corpus_similarity(model, tokenizer, dataset, progress=progress)
+        similarity, caption_to_image = corpus_similarity(
+            model, tokenizer, dataset, progress=progress, rerank_k=rerank_k
+        )
         similarities.append(similarity)
     similarity = torch.stack(similarities).mean(dim=0)
     metrics = evaluate_retrieval(
         similarity, caption_to_image, protocol=protocol, check_captions_per_image=captions_per_image
     )
     metrics["ensemble_size"] = len(models)
+    if rerank_k is not None:
+        metrics["rerank_k"] = rerank_k
     return metrics
 
 

@@ -100,7 +100,13 @@ def command_evaluate(args: argparse.Namespace) -> None:
     if args.entities is not None:
         dataset = attach_entities(dataset, args.entities)
     metrics = evaluate_matchers(
-        models, tokenizers, dataset, args.protocol, args.captions_per_image, progress=True
+        models,
+        tokenizers,
+        dataset,
+        args.protocol,
+        args.captions_per_image,
+        progress=True,
+        rerank_k=args.rerank_k,
     )
     if args.attention:
         rule = AttendedSetRule(args.attended_rule, args.attended_value, args.iou_threshold)
@@ -223,6 +229,13 @@ def add_commands(commands) -> None:
     evaluate.add_argument("--split", default="test")
     evaluate.add_argument("--protocol", default="full", choices=["full", "coco_5fold_1k"])
     evaluate.add_argument("--captions-per-image", type=int, default=5)
+    evaluate.add_argument(
+        "--rerank-k",
+        type=int,
+        default=None,
+        metavar="K",
+        help="two-stage retrieval: pooled embeddings shortlist K candidates per query, the model re-ranks them",
+    )
     evaluate.add_argument(
         "--attention", action="store_true", help="also report attention P/R/F1 (needs boxes, phrases)"
     )
