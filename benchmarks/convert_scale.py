@@ -103,18 +103,22 @@ def write_tsv_sources(directory: Path, n_images: int, rng: np.random.Generator) 
 
 def run_child(call: str) -> tuple[float, float]:
     """Run the conversion `call` in a fresh Python; returns (seconds of the conversion itself, without the
-    interpreter's start-up and imports, and the peak RSS in GiB of that child alone)."""
+    interpreter's start-up and imports, and the child's own peak RSS in GiB).
+
+    The peak is the child's `VmHWM`, read by the child: `ru_maxrss` from wait4 would not do, because Linux
+    carries the parent's high-water mark into a forked child (this parent has just written GBs of data).
+    """
     code = (
         "import time\nfrom modeling_ccr.data.convert import convert_precomp, convert_butd_tsv\n"
         f"started = time.perf_counter()\n{call}\nprint('SECONDS', time.perf_counter() - started)\n"
+        "status = open('/proc/self/status').read().split('VmHWM:')[1].split()[0]\nprint('VMHWM_KIB', status)\n"
     )
-    child = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    output = child.stdout.read()
-    _, status, usage = os.wait4(child.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
+    child = subprocess.run([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    if child.returncode != 0:
         raise SystemExit(f"conversion failed: {call}")
-    seconds = float(output.split("SECONDS")[-1])
-    return seconds, usage.ru_maxrss / 2**20  # ru_maxrss is in KiB on Linux
+    seconds = float(child.stdout.split("SECONDS")[-1].split()[0])
+    peak_kib = float(child.stdout.split("VMHWM_KIB")[-1].split()[0])
+    return seconds, peak_kib / 2**20
 
 
 def folder_bytes(path: Path) -> int:
@@ -196,9 +200,15 @@ def main() -> None:
     }
     try:
         started = time.perf_counter()
-        write_precomp(workdir / "precomp", args.precomp_images, rng)
-        tsv, karpathy = write_tsv_sources(workdir / "tsv", args.tsv_images, rng)
-        print(f"generated the sources in {time.perf_counter() - started:.0f} s under {workdir}", flush=True)
+        tsv, karpathy = workdir / "tsv" / "features.tsv", workdir / "tsv" / "dataset.json"
+        if not (karpathy.is_file() and (workdir / "precomp" / "train_ids.txt").is_file()):
+            write_precomp(workdir / "precomp", args.precomp_images, rng)
+            tsv, karpathy = write_tsv_sources(workdir / "tsv", args.tsv_images, rng)
+            print(
+                f"generated the sources in {time.perf_counter() - started:.0f} s under {workdir}", flush=True
+            )
+        for name in ("precomp_float32", "precomp_float16", "tsv_corpus"):
+            shutil.rmtree(workdir / name, ignore_errors=True)
         results["precomp_ims_npy_gib"] = round(
             (workdir / "precomp" / "train_ims.npy").stat().st_size / 2**30, 2
         )
