@@ -84,14 +84,15 @@ def text_encoder_optimizer(model: PreTrainedModel, args: TrainingArguments) -> t
     """AdamW with the text encoder in its own param group at `config.text_encoder_learning_rate`; None when
     the model has no such rate (the Trainer then builds its usual optimiser).
 
-    Only `optim: adamw_torch` is supported with an own rate, so a run never silently changes optimiser.
+    Only the torch AdamW optimisers (`adamw_torch`, `adamw_torch_fused`, the same update) are supported
+    with an own rate, so a run never silently changes optimiser.
     """
     rate = getattr(model.config, "text_encoder_learning_rate", None)
     if rate is None:
         return None
-    if args.optim != "adamw_torch":
+    if args.optim not in ("adamw_torch", "adamw_torch_fused"):
         raise TextEncoderError(
-            f"text_encoder_learning_rate needs training.optim adamw_torch, found {args.optim!r}"
+            f"text_encoder_learning_rate needs training.optim adamw_torch(_fused), found {str(args.optim)!r}"
         )
     encoder = [p for p in model.text_encoder.parameters() if p.requires_grad]
     encoder_ids = {id(p) for p in encoder}
