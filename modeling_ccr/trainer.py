@@ -19,7 +19,8 @@ from typing import Any
 
 import datasets
 import torch
-from transformers import Trainer
+from transformers import Trainer, TrainerState
+from transformers.trainer_utils import TrainOutput
 
 from .checkpoints import mark_complete, newest_complete, read_marker, rotate_checkpoints
 from .errors import UserError
@@ -101,9 +102,25 @@ class MatchingTrainer(Trainer):
         }
         self._session_started = time.time()
         try:
+            if isinstance(resume_from_checkpoint, str) and self._finished_at(resume_from_checkpoint):
+                return self._restore_finished(resume_from_checkpoint)
             return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
         finally:
             self.sessions = self.sessions_so_far()
+
+    def _finished_at(self, checkpoint: str) -> bool:
+        """Whether a checkpoint was saved at the run's last step (a run killed while saving its model)."""
+        state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+        return 0 < state.max_steps <= state.global_step
+
+    def _restore_finished(self, checkpoint: str) -> TrainOutput:
+        """The end of a run from its last checkpoint, without training: the Trainer, resumed at max_steps,
+        would run one step more before it stops (changing the weights unless the best model is reloaded)."""
+        self.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+        self._load_from_checkpoint(checkpoint)
+        if self.args.load_best_model_at_end and self.state.best_model_checkpoint is not None:
+            self._load_best_model()
+        return TrainOutput(self.state.global_step, float("nan"), {})
 
     def sessions_so_far(self) -> list[dict[str, Any]]:
         """Every training session of this run up to now: where it resumed from, its steps and seconds."""
