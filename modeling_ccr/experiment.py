@@ -50,6 +50,7 @@ from .text_encoders import (
     text_encoder_options,
 )
 from .tokenization import FUNCTION_WORDS, build_word_tokenizer, scan_word_tokenizer
+from .tracking import attach_tracking
 from .trainer import MatchingTrainer
 
 SYNTHETIC_SOURCE = "synthetic"
@@ -524,6 +525,7 @@ def run_experiment(
         **trainer_options,
         optimizers=(text_encoder_optimizer(model, args), None),
     )
+    attach_tracking(trainer, corpus["validation"])
     trainer.train(resume_from_checkpoint=checkpoint)
     model_dir, staging = output_dir / "model", output_dir / "model.partial"
     if trainer.is_world_process_zero() and staging.exists():
