@@ -56,6 +56,19 @@ ATTENTION_METRICS = (
     ("attention_recall", "attention_recall", "attention recall"),
     ("attention_f1", "attention_f1", "attention F1"),
 )
+# ECCV Caption / CxC scores under `metrics["eccv"]` (`ccr evaluate --protocol eccv`, `metrics/eccv.py`).
+ECCV_METRICS = tuple(
+    (f"{prefix}_{direction}_{name}", f"{prefix}_{name}_{direction}", f"{label} ({direction})")
+    for prefix, name, label in (
+        ("eccv", "map_at_r", "ECCV Caption mAP@R"),
+        ("eccv", "rprecision", "ECCV Caption R-Precision"),
+        ("eccv", "r1", "ECCV Caption R@1"),
+        ("cxc", "r1", "CxC R@1"),
+        ("cxc", "r5", "CxC R@5"),
+        ("cxc", "r10", "CxC R@10"),
+    )
+    for direction in ("i2t", "t2i")
+)
 # config.json keys that describe the file, not the model.
 CONFIG_BOOKKEEPING = {"architectures", "auto_map", "model_type", "transformers_version", "dtype", "use_cache"}
 CONSTRAINT_FIELDS = {
@@ -232,6 +245,7 @@ def eval_results(results: list[ResultFile]) -> list[EvalResult]:
                     **common,
                 )
             )
+        entries.extend(eccv_eval_results(result, common))
         for attention in result.attention[:1]:
             rule = attention.get("attended_set_rule", {})
             attention_args = {
@@ -254,6 +268,28 @@ def eval_results(results: list[ResultFile]) -> list[EvalResult]:
                     )
                 )
     return entries
+
+
+def eccv_eval_results(result: ResultFile, common: dict[str, Any]) -> list[EvalResult]:
+    """The ECCV Caption / CxC numbers of a result file; a subset of the COCO 5K test is labelled as one."""
+    eccv = result.metrics.get("eccv")
+    if not eccv:
+        return []
+    config = "eccv_caption_subset" if eccv.get("subset") else "eccv_caption"
+    args = {"package": eccv.get("package"), "subset": eccv.get("subset"), "results_file": result.filename}
+    return [
+        EvalResult(
+            task_type=RETRIEVAL_TASK[0],
+            task_name=RETRIEVAL_TASK[1],
+            metric_type=metric_type,
+            metric_name=name,
+            metric_value=eccv[key],
+            metric_config=config,
+            metric_args=args,
+            **common,
+        )
+        for key, metric_type, name in ECCV_METRICS
+    ]
 
 
 def rule_label(rule: dict[str, Any]) -> str:

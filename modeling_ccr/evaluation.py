@@ -22,6 +22,8 @@ from .metrics.attention import (
     summarize_precision_recall,
     word_precision_recall,
 )
+from .metrics.eccv import PROTOCOL as ECCV_PROTOCOL
+from .metrics.eccv import check_eccv_split, corpus_eccv_metrics
 from .metrics.retrieval import evaluate_retrieval
 from .models.modeling_matcher import MatcherPreTrainedModel
 from .retrieval_index import two_stage_similarity
@@ -129,14 +131,19 @@ def evaluate_matchers(
     captions_per_image: int | None = 5,
     progress: bool = False,
     rerank_k: int | None = None,
+    eccv_subset: bool = False,
 ) -> dict:
     """Retrieval metrics of one model, or of an ensemble (the mean of the members' similarity matrices).
 
-    rerank_k: score by two-stage retrieval (see `corpus_similarity`), recorded in the metrics."""
+    rerank_k: score by two-stage retrieval (see `corpus_similarity`), recorded in the metrics.
+    protocol "eccv": R@K of the whole split, and ECCV Caption / CxC metrics of the same similarity matrix
+    under `metrics["eccv"]` (`metrics.eccv`; eccv_subset: score a split that is part of the COCO 5K test)."""
     if len(models) != len(tokenizers) or not models:
         raise ValueError(
             f"need one tokenizer per model, got {len(models)} models and {len(tokenizers)} tokenizers"
         )
+    if protocol == ECCV_PROTOCOL:
+        check_eccv_split(dataset, eccv_subset)  # before the scoring, which takes long on the 5K test
     similarities = []
     for model, tokenizer in zip(models, tokenizers, strict=True):
         similarity, caption_to_image = corpus_similarity(
@@ -145,8 +152,13 @@ def evaluate_matchers(
         similarities.append(similarity)
     similarity = torch.stack(similarities).mean(dim=0)
     metrics = evaluate_retrieval(
-        similarity, caption_to_image, protocol=protocol, check_captions_per_image=captions_per_image
+        similarity,
+        caption_to_image,
+        protocol="full" if protocol == ECCV_PROTOCOL else protocol,
+        check_captions_per_image=captions_per_image,
     )
+    if protocol == ECCV_PROTOCOL:
+        metrics["eccv"] = corpus_eccv_metrics(similarity, dataset, caption_to_image, eccv_subset)
     metrics["ensemble_size"] = len(models)
     if rerank_k is not None:
         metrics["rerank_k"] = rerank_k

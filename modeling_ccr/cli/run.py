@@ -107,6 +107,7 @@ def command_evaluate(args: argparse.Namespace) -> None:
         args.captions_per_image,
         progress=True,
         rerank_k=args.rerank_k,
+        eccv_subset=args.eccv_subset,
     )
     if args.attention:
         rule = AttendedSetRule(args.attended_rule, args.attended_value, args.iou_threshold)
@@ -116,6 +117,10 @@ def command_evaluate(args: argparse.Namespace) -> None:
         ]
     output = evaluate_and_record(metrics, dataset_name, args.split, args.models, args.output)
     print_results(metrics, f"{' + '.join(args.models)} on {dataset_name}, split {args.split}")
+    if "eccv" in metrics:
+        from ..metrics.eccv import format_eccv_table
+
+        print(format_eccv_table(metrics["eccv"]))
     for model_dir, attention in zip(args.models, metrics.get("attention", []), strict=False):
         print(format_attention(attention, model_dir))
     print(f"\nWrote {output}")
@@ -227,7 +232,17 @@ def add_commands(commands) -> None:
         help="a DatasetDict folder saved with save_to_disk; default: the corpus recorded in the model's training_config.yaml",
     )
     evaluate.add_argument("--split", default="test")
-    evaluate.add_argument("--protocol", default="full", choices=["full", "coco_5fold_1k"])
+    evaluate.add_argument(
+        "--protocol",
+        default="full",
+        choices=["full", "coco_5fold_1k", "eccv"],
+        help="eccv: R@K plus ECCV Caption mAP@R, R-Precision, R@1 and CxC R@K (COCO 5K test, COCO ids)",
+    )
+    evaluate.add_argument(
+        "--eccv-subset",
+        action="store_true",
+        help="with --protocol eccv: score a split holding only part of the COCO 5K test (recorded as a subset)",
+    )
     evaluate.add_argument("--captions-per-image", type=int, default=5)
     evaluate.add_argument(
         "--rerank-k",
