@@ -125,18 +125,24 @@ def results_weights(record: dict[str, Any]) -> dict[str, str]:
     }
 
 
-def check_can_overwrite_results(path: str | Path, weights: dict[str, str]) -> None:
-    """Refuse to replace a results file measured with other weights than `weights` ({folder: sha256})."""
+def check_can_overwrite_results(path: str | Path, shas: list[str]) -> None:
+    """Refuse to replace a results file measured with other weights than `shas` (the sha256 of each
+    model's weights, in the order of its models; compared by position, so a moved folder still matches)."""
     path = Path(path)
     if not path.is_file():
         return
     try:
-        existing = results_weights(json.loads(path.read_text()))
-    except ValueError:
+        record = json.loads(path.read_text())
+    except (UnicodeDecodeError, ValueError):
         return  # an unreadable results file holds no result worth keeping
-    for model, sha in existing.items():
-        if model in weights and weights[model] != sha:
+    measured = results_weights(record)
+    models = record.get("models") if isinstance(record, dict) else None
+    if not isinstance(models, list) or len(models) != len(shas):
+        return
+    for model, sha in zip(models, shas, strict=True):
+        old = measured.get(str(model))
+        if old is not None and old != sha:
             raise WeightsIntegrityError(
-                f"{path} holds results measured with other weights of {model} (sha256 {sha[:12]}, now "
-                f"{weights[model][:12]}); not overwriting them: pass --output to write these results elsewhere"
+                f"{path} holds results measured with other weights of {model} (sha256 {old[:12]}, now "
+                f"{sha[:12]}); not overwriting them: pass --output to write these results elsewhere"
             )
