@@ -159,7 +159,7 @@ def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
         mapped = np.load(path, mmap_mode="r", allow_pickle=False)
     except FileNotFoundError:
         raise PrecompFormatError(f"{path}: file not found") from None
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, EOFError) as error:  # EOFError: an empty or header-truncated file
         raise PrecompFormatError(f"{path}: not a readable .npy file ({error})") from None
     shape, dtype, offset = mapped.shape, mapped.dtype, mapped.offset
     fortran_order = mapped.flags.f_contiguous and not mapped.flags.c_contiguous
