@@ -135,6 +135,13 @@ ConfigLoader.add_implicit_resolver(
 )
 
 
+def yaml_error_line(err: yaml.YAMLError) -> str:
+    """A YAML parser error on one line: what is wrong and where (PyYAML's own text spans several lines)."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
+
+
 def load_yaml(text: str) -> Any:
     """Parse run-configuration YAML (a file or a `--set` value), reading `1e-3` as a float."""
     return yaml.load(text, Loader=ConfigLoader)
@@ -296,14 +303,20 @@ def load_experiment_config(path: str | Path, overrides: dict[str, Any] | None = 
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        raw = load_yaml(path.read_text())
+        raw = load_yaml(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start})") from err
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+        raise ConfigError(f"{path}: not valid YAML: {yaml_error_line(err)}") from err
     for dotted, value in (overrides or {}).items():
         *parents, leaf = dotted.split(".")
         node = raw
         for parent in parents:
+            if not isinstance(node, dict):
+                break
             node = node.setdefault(parent, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{path}: cannot set {dotted}: the file has no mapping to set it in")
         node[leaf] = value
     return parse_experiment_config(raw, str(path))
 
@@ -672,6 +685,6 @@ def evaluate_and_record(
         prefix = "ensemble_" if len(models) > 1 else ""
         output = Path(models[0]) / f"{prefix}eval_results_{split}.json"
     weights = {str(model): weights_record(model) for model in models}
-    check_can_overwrite_results(output, {model: entry["sha256"] for model, entry in weights.items()})
+    check_can_overwrite_results(output, [weights[str(model)]["sha256"] for model in models])
     write_json(output, results_record(metrics, dataset_name, split, models, weights))
     return output
