@@ -15,6 +15,7 @@ ATTENDED_SET_RULES = ("inverse_n", "top_k")
 _TRANSFORMERS_KWARGS = frozenset(
     {
         "auto_map",
+        "custom_pipelines",
         "model_type",
         "name_or_path",
         "torch_dtype",
