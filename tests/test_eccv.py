@@ -177,3 +177,86 @@ def test_results_are_json_serialisable_percentages(package):
     assert json.loads(json.dumps(scores)) == scores
     assert all(0 <= v <= 100 for k, v in scores.items() if k.startswith(("eccv_", "cxc_")))
     assert scores["package"].startswith("eccv-caption ")
+
+
+# -- ccr evaluate --protocol eccv, the results JSON and the card -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def coco_subset(package, tmp_path_factory):
+    """A corpus of 40 ECCV query images of the COCO 5K test (real COCO image and caption ids; made-up
+    features and captions) saved with save_to_disk, and an untrained tiny SCAN model for it."""
+    import datasets
+
+    from modeling_ccr.data.schema import corpus_features
+    from modeling_ccr.experiment import build_model
+    from modeling_ccr.tokenization import build_word_tokenizer
+
+    folder = tmp_path_factory.mktemp("coco_subset")
+    image_ids = sorted(package.eccv_gts["i2t"])[:40]
+    rng = np.random.default_rng(0)
+    words = ["a", "man", "dog", "on", "red", "bus", "grass", "with", "the", "street"]
+    rows = {
+        "image_id": [str(i) for i in image_ids],
+        "features": [rng.standard_normal((4, 8)).astype(np.float32) for _ in image_ids],
+        "image_size": [[640, 480]] * len(image_ids),
+        "captions": [[" ".join(rng.choice(words, 5)) for _ in range(5)] for _ in image_ids],
+        "caption_ids": [[str(c) for c in package.coco_gts["i2t"][i]] for i in image_ids],
+    }
+    split = datasets.Dataset.from_dict(
+        rows, features=corpus_features(8, with_boxes=False, with_phrases=False, with_caption_ids=True)
+    )
+    datasets.DatasetDict({"test": split}).save_to_disk(str(folder / "corpus"))
+    tokenizer = build_word_tokenizer(words, 1)
+    model = build_model({"backbone": "scan", "embed_dim": 8, "word_dim": 8}, tokenizer, 8, "test")
+    model.save_pretrained(folder / "model")
+    tokenizer.save_pretrained(folder / "model")
+    return folder
+
+
+def test_ccr_evaluate_protocol_eccv_writes_eccv_and_cxc_beside_r_at_k(coco_subset, capsys):
+    from modeling_ccr.cli import main
+
+    output = coco_subset / "eval_results_test.json"
+    argv = ["evaluate", str(coco_subset / "model"), "--dataset", str(coco_subset / "corpus")]
+    assert main([*argv, "--protocol", "eccv", "--eccv-subset", "--output", str(output)]) == 0
+    printed = capsys.readouterr().out
+    assert (
+        "ECCV Caption and CxC (eccv-caption 0.1.0; a SUBSET of the COCO 5K test, not the published" in printed
+    )
+    metrics = json.loads(output.read_text())["metrics"]
+    assert metrics["protocol"] == "full" and metrics["n_images"] == 40 and "rsum" in metrics
+    assert metrics["eccv"]["subset"] is True and metrics["eccv"]["n_eccv_i2t_queries"] == 40
+    assert 0 <= metrics["eccv"]["eccv_t2i_map_at_r"] <= 100
+
+
+def test_without_subset_ccr_evaluate_refuses_a_partial_5k_test_in_one_line(coco_subset, capsys):
+    from modeling_ccr.cli import main
+
+    argv = ["evaluate", str(coco_subset / "model"), "--dataset", str(coco_subset / "corpus")]
+    assert main([*argv, "--protocol", "eccv", "--output", str(coco_subset / "x.json")]) == 2
+    error = capsys.readouterr().err
+    assert "encode images" not in error, "the split is checked before anything is scored"
+    assert error.strip().splitlines()[-1].startswith("ccr evaluate: error:")
+    assert "has 40 of its 5000 images" in error.strip().splitlines()[-1]
+    assert not (coco_subset / "x.json").exists()
+
+
+def test_the_card_shows_the_eccv_table_and_its_model_index_carries_each_number(coco_subset):
+    from huggingface_hub import ModelCard
+
+    from modeling_ccr.cards import CardSources, render_model_card
+    from modeling_ccr.cli import main
+
+    output = coco_subset / "model" / "eval_results_test.json"
+    argv = ["evaluate", str(coco_subset / "model"), "--dataset", str(coco_subset / "corpus")]
+    assert main([*argv, "--protocol", "eccv", "--eccv-subset", "--output", str(output)]) == 0
+    eccv = json.loads(output.read_text())["metrics"]["eccv"]
+    texts = {name: (coco_subset / "model" / name).read_text() for name in ("config.json", output.name)}
+    card = ModelCard(render_model_card(CardSources.from_texts(texts, list(texts)), "org/x").content)
+    assert "**scored on a subset of the COCO 5K test, not the published benchmark**" in card.text
+    assert f"| t2i | {eccv['eccv_t2i_map_at_r']:.2f} |" in card.text
+    parsed = {r.metric_type: r for r in card.data.eval_results if r.metric_config == "eccv_caption_subset"}
+    assert len(parsed) == 12
+    assert parsed["eccv_map_at_r_i2t"].metric_value == eccv["eccv_i2t_map_at_r"]
+    assert parsed["cxc_r10_t2i"].metric_value == eccv["cxc_t2i_r10"]

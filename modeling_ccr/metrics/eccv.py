@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import datasets
 import numpy as np
+import pyarrow.compute as pc
 import torch
 
 from ..errors import UserError
@@ -249,9 +250,37 @@ def _scores(metrics, benchmark: str, items: dict[str, dict[int, list[int]]]) -> 
     }
 
 
+def check_eccv_split(dataset: datasets.Dataset, subset: bool = False) -> None:
+    """Raise `EccvError` before any scoring if the split's ids cannot give the metrics (see `eccv_metrics`)."""
+    image_ids, caption_ids = coco_ids(dataset)
+    metrics = _package_metrics()
+    counts = dataset.with_format("arrow", columns=["caption_ids"])[:].column("caption_ids")
+    caption_to_image = np.repeat(np.arange(len(image_ids)), pc.list_value_length(counts).to_numpy())
+    check_coco_captions(metrics, image_ids, caption_ids, caption_to_image)
+    if not subset:
+        check_whole_test(metrics, image_ids, caption_ids)
+
+
 def corpus_eccv_metrics(
     similarity: torch.Tensor, dataset: datasets.Dataset, caption_to_image: np.ndarray, subset: bool = False
 ) -> dict:
     """`eccv_metrics` of a split's similarity matrix, with the split's COCO image and caption ids."""
     image_ids, caption_ids = coco_ids(dataset)
     return eccv_metrics(similarity, image_ids, caption_ids, caption_to_image, subset)
+
+
+def format_eccv_table(results: dict) -> str:
+    """The ECCV Caption / CxC scores of `eccv_metrics` as a small text table (percent)."""
+    scope = (
+        "a SUBSET of the COCO 5K test, not the published benchmark" if results["subset"] else "COCO 5K test"
+    )
+    lines = [
+        f"\nECCV Caption and CxC ({results['package']}; {scope})",
+        f"{'':<5}{'mAP@R':>8}{'R-P':>8}{'ECCV R@1':>10}{'CxC R@1':>9}{'CxC R@5':>9}{'CxC R@10':>10}",
+    ]
+    for d in DIRECTIONS:
+        values = [results[f"eccv_{d}_{name}"] for name in ("map_at_r", "rprecision", "r1")]
+        values += [results[f"cxc_{d}_r{k}"] for k in RECALL_KS]
+        widths = (8, 8, 10, 9, 9, 10)
+        lines.append(f"{d:<5}" + "".join(f"{v:>{w}.2f}" for v, w in zip(values, widths, strict=True)))
+    return "\n".join(lines)
