@@ -1,0 +1,300 @@
+"""Property-based fuzzing of every reader of user files: generated and mutated inputs (truncations, byte
+flips, inserted bytes, wrong types, huge numbers) raise nothing but the project's own `UserError`s, each
+naming the file.
+
+CI runs a bounded number of examples per reader (profile "ci"); a long run is one command:
+    HYPOTHESIS_PROFILE=long pytest tests/test_fuzz_readers.py
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from convert_files import karpathy_entry, tsv_line, write_karpathy, write_precomp
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from modeling_ccr.data.butd_tsv import read_tsv_rows
+from modeling_ccr.data.flickr30k_entities import (
+    format_annotation,
+    format_sentence_line,
+    parse_annotation,
+    parse_sentences,
+)
+from modeling_ccr.data.karpathy import read_karpathy
+from modeling_ccr.data.scan_precomp import open_precomp_split
+from modeling_ccr.errors import UserError
+from modeling_ccr.experiment import load_experiment_config
+from modeling_ccr.loading import load_matcher
+from modeling_ccr.models.configuration_scan import ScanConfig
+from modeling_ccr.models.modeling_scan import ScanModel
+from modeling_ccr.tokenization import build_word_tokenizer, read_scan_vocabulary
+
+_COMMON = {
+    "deadline": None,
+    "suppress_health_check": [HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+}
+settings.register_profile("ci", max_examples=40, derandomize=True, **_COMMON)
+settings.register_profile("long", max_examples=2000, **_COMMON)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+HUGE = [b"1e309", b"-1", b"99999999999999999999", b"nan", b"0", b"", b"\xff", b'"x"', b"[]", b"{}", b"null"]
+
+
+@st.composite
+def mutated(draw, valid: bytes) -> bytes:
+    """`valid` after one to three edits: truncation, byte flip, inserted bytes, a deleted or repeated line,
+    or a number replaced by a huge, negative, non-numeric or ill-typed value."""
+    data = valid
+    for _ in range(draw(st.integers(1, 3))):
+        kind = draw(st.sampled_from(["truncate", "flip", "insert", "drop_line", "repeat_line", "number"]))
+        at = draw(st.integers(0, max(0, len(data) - 1)))
+        if kind == "truncate":
+            data = data[:at]
+        elif kind == "flip" and data:
+            data = data[:at] + bytes([data[at] ^ draw(st.integers(1, 255))]) + data[at + 1 :]
+        elif kind == "insert":
+            data = data[:at] + draw(st.binary(min_size=1, max_size=8)) + data[at:]
+        elif kind in ("drop_line", "repeat_line"):
+            lines = data.split(b"\n")
+            i = draw(st.integers(0, len(lines) - 1))
+            lines[i : i + 1] = [] if kind == "drop_line" else [lines[i], lines[i]]
+            data = b"\n".join(lines)
+        elif kind == "number":
+            digits = [i for i, byte in enumerate(data) if chr(byte).isdigit()]
+            if digits:
+                i = draw(st.sampled_from(digits))
+                data = data[:i] + draw(st.sampled_from(HUGE)) + data[i + 1 :]
+    return data
+
+
+def only_user_errors(read, path: Path) -> None:
+    """Run a reader; any exception must be a UserError whose one-line message names the file."""
+    try:
+        read()
+    except UserError as err:
+        message = str(err)
+        assert path.name in message, f"{type(err).__name__} does not name {path.name}: {message}"
+        assert "\n" not in message.strip(), message
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("fuzz")
+
+
+# ------------------------------------------------------------------------------ Flickr30k Entities
+PHRASES = [
+    {
+        "entity_id": "7",
+        "phrase": "a red dog",
+        "phrase_type": "animals",
+        "first_word": 0,
+        "num_words": 3,
+        "boxes": [[1.0, 2.0, 30.0, 40.0]],
+    },
+    {
+        "entity_id": "8",
+        "phrase": "the grass",
+        "phrase_type": "scene",
+        "first_word": 5,
+        "num_words": 2,
+        "boxes": [],
+    },
+]
+CAPTION = "a red dog runs on the grass ."
+SENTENCES = (format_sentence_line(CAPTION, PHRASES) + "\n").encode() * 2
+ANNOTATION = format_annotation("123", [500, 375], [PHRASES]).encode()
+
+
+@given(data=mutated(SENTENCES) | st.binary(max_size=200))
+def test_the_entities_sentences_reader_raises_only_named_user_errors(workdir, data):
+    path = workdir / "Sentences_123.txt"
+    path.write_bytes(data)
+    only_user_errors(lambda: parse_sentences(path), path)
+
+
+@given(data=mutated(ANNOTATION) | st.binary(max_size=200))
+def test_the_entities_annotation_reader_raises_only_named_user_errors(workdir, data):
+    path = workdir / "Annotations_123.xml"
+    path.write_bytes(data)
+    only_user_errors(lambda: parse_annotation(path), path)
+
+
+# ------------------------------------------------------------------------------ converters' readers
+def _precomp_folder(root: Path) -> Path:
+    features = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)
+    write_precomp(root, "train", features, [f"a dog number {i}" for i in range(10)], ids=["11", "12"])
+    return root
+
+
+@given(
+    target=st.sampled_from(["train_ims.npy", "train_caps.txt", "train_ids.txt"]),
+    edit=st.data(),
+)
+def test_the_precomp_reader_raises_only_named_user_errors(workdir, target, edit):
+    folder = workdir / "precomp"
+    shutil.rmtree(folder, ignore_errors=True)
+    _precomp_folder(folder)
+    path = folder / target
+    path.write_bytes(edit.draw(mutated(path.read_bytes())))
+
+    def read():
+        split = open_precomp_split(folder, "train", captions_per_image=5)
+        for _ in split.images():
+            pass
+
+    try:
+        read()
+    except UserError as err:
+        assert "train_" in str(err) or str(folder) in str(err), str(err)
+
+
+VALID_TSV = (
+    tsv_line(
+        "11", 640, 480, np.array([[0, 0, 10, 10], [5, 5, 50, 60]], np.float32), np.ones((2, 4), np.float32)
+    )
+    + tsv_line("12", 320, 240, np.array([[1, 1, 9, 9]], np.float32), np.ones((1, 4), np.float32))
+).encode()
+
+
+@given(data=mutated(VALID_TSV))
+def test_the_butd_tsv_reader_raises_only_named_user_errors_and_names_bad_rows(workdir, data):
+    path = workdir / "features.tsv"
+    path.write_bytes(data)
+    problems = []
+
+    def read():
+        problems.extend(row.problem for row in read_tsv_rows([path]) if row.problem)
+
+    only_user_errors(read, path)
+    assert all(isinstance(p, str) and p for p in problems)
+
+
+VALID_KARPATHY = json.dumps(
+    {
+        "images": [
+            karpathy_entry("11", "train", 0, ["a dog", "a cat"], 0),
+            karpathy_entry("12", "val", 1, ["x", "y"], 2),
+        ]
+    }
+).encode()
+
+
+@given(data=mutated(VALID_KARPATHY) | st.binary(max_size=100))
+def test_the_karpathy_reader_raises_only_named_user_errors(workdir, data):
+    path = workdir / "dataset_flickr30k.json"
+    path.write_bytes(data)
+    only_user_errors(lambda: read_karpathy(path), path)
+
+
+@given(
+    value=st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+        max_leaves=10,
+    )
+)
+def test_the_karpathy_reader_survives_any_json_value_in_any_field(workdir, value):
+    entry = karpathy_entry("11", "train", 0, ["a dog"], 0)
+    for key in ("filename", "imgid", "split", "sentids", "sentences"):
+        path = write_karpathy(workdir / "dataset_typed.json", [{**entry, key: value}])
+        only_user_errors(lambda p=path: read_karpathy(p), path)
+
+
+# ------------------------------------------------------------------------------ SCAN vocabulary import
+WORDS = ["<pad>", "<start>", "<end>", "<unk>", "dog", "cat"]
+VALID_VOCAB = json.dumps(
+    {
+        "word2idx": {w: i for i, w in enumerate(WORDS)},
+        "idx2word": {str(i): w for i, w in enumerate(WORDS)},
+        "idx": 6,
+    }
+).encode()
+
+
+@given(data=mutated(VALID_VOCAB) | st.binary(max_size=100))
+def test_the_scan_vocabulary_reader_raises_only_named_user_errors(workdir, data):
+    path = workdir / "f30k_precomp_vocab.json"
+    path.write_bytes(data)
+    only_user_errors(lambda: read_scan_vocabulary(path), path)
+
+
+# ------------------------------------------------------------------------------ run configuration YAML
+VALID_YAML = b"""seed: 0
+output_dir: runs/x
+data:
+  source: synthetic
+  synthetic: {train_images: 10}
+  min_word_count: 4
+model:
+  backbone: scan
+  ccr_weight: 0.1
+training:
+  learning_rate: 2e-4
+  max_steps: 100
+  lr_decay_epochs: 15
+"""
+
+
+@given(data=mutated(VALID_YAML) | st.binary(max_size=120))
+def test_the_run_configuration_reader_raises_only_named_user_errors(workdir, data):
+    path = workdir / "run_config.yaml"
+    path.write_bytes(data)
+    only_user_errors(lambda: load_experiment_config(path), path)
+
+
+# ------------------------------------------------------------------------------ model folder files
+@pytest.fixture(scope="module")
+def model_folder(workdir) -> Path:
+    tokenizer = build_word_tokenizer(["a dog", "a cat"], min_count=1)
+    config = ScanConfig(feature_dim=4, embed_dim=4, word_dim=4, vocab_size=len(tokenizer))
+    folder = workdir / "model"
+    ScanModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def pristine(model_folder) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in model_folder.iterdir() if p.is_file()}
+
+
+@settings(max_examples=int(os.environ.get("FUZZ_MODEL_EXAMPLES", 15)))
+@given(
+    target=st.sampled_from(["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]),
+    edit=st.data(),
+)
+def test_model_folder_loading_raises_only_named_user_errors(model_folder, pristine, target, edit):
+    for name, data in pristine.items():
+        (model_folder / name).write_bytes(data)
+    path = model_folder / target
+    path.write_bytes(edit.draw(mutated(pristine[target])))
+    try:
+        load_matcher(model_folder)
+    except UserError as err:
+        assert str(model_folder) in str(err), str(err)
+
+
+# ------------------------------------------------------------------------------ images for ccr extract
+def _png() -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.arange(8 * 8 * 3, dtype=np.uint8).reshape(8, 8, 3)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@given(data=st.one_of(st.binary(max_size=64), st.just(_png()).flatmap(mutated)))
+def test_the_image_reader_of_ccr_extract_raises_only_named_user_errors(workdir, data):
+    read_image = pytest.importorskip("modeling_ccr.vision.processor").read_image  # the vision extra
+
+    path = workdir / "photo.png"
+    path.write_bytes(data)
+    only_user_errors(lambda: read_image(path), path)
