@@ -1,0 +1,345 @@
+"""A constraint ablation from one YAML: corpus x backbones x variants x seeds, resumable, with its tables.
+
+An ablation file (`configs/ablation_*.yaml`) names:
+
+- `base`: a run configuration (a published name such as `demo`, or a path) that gives every run its data,
+  training and evaluation sections; the model section comes from `models` below.
+- `output_dir`: every run is an ordinary model folder `<output_dir>/<model>/<variant>/seed<k>/model`;
+  the tables go to `<output_dir>/ablation.md` and `ablation.json`.
+- `set` (optional): dotted overrides of the base config for every run (`training.num_train_epochs: 3`).
+- `corpus` (optional): `{digit_scenes: {knobs}, path: FOLDER}` generates the digit-scenes corpus at
+  FOLDER once (modeling_ccr.data.digit_scenes) and trains every run on it.
+- `model_defaults` (optional): model options shared by every model (sizes, margins).
+- `models`: name -> `{model: {backbone, options...}, variants: [names], set: {per-model overrides},
+  base: a run config for this model only}`; without `model`, the model section of the model's base
+  config is used (the published settings of `configs/<backbone>_f30k.yaml`, say).
+- `variants`: name -> model options (`{ccr_weight: 0.1, ccs_weight: 0.1}`, or any constraint option).
+- `seeds`: the training seeds.
+
+A run whose `model/eval_results_test.json` exists is finished and skipped; an unfinished one is trained
+again from the start. The tables report mean and sample standard deviation over the finished seeds.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import multiprocessing
+import os
+import re
+import statistics
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import UserError
+from .resources import resolve_config
+
+ABLATION_KEYS = {"base", "output_dir", "set", "corpus", "model_defaults", "models", "variants", "seeds"}
+MODEL_KEYS = {"base", "model", "variants", "set"}
+RESULT_FILE = "eval_results_test.json"
+# Table columns: (label, key in the metrics; attention keys live under metrics["attention"]).
+RETRIEVAL_COLUMNS = (
+    ("i2t R@1", "i2t_r1"),
+    ("i2t R@5", "i2t_r5"),
+    ("i2t R@10", "i2t_r10"),
+    ("t2i R@1", "t2i_r1"),
+    ("t2i R@5", "t2i_r5"),
+    ("t2i R@10", "t2i_r10"),
+    ("rSum", "rsum"),
+)
+ATTENTION_COLUMNS = (
+    ("attention P", "attention_precision"),
+    ("attention R", "attention_recall"),
+    ("attention F1", "attention_f1"),
+)
+
+
+class AblationError(UserError, ValueError):
+    """An ablation file that cannot be run; the message names the file and the key."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AblationRun:
+    """One cell of the grid: a model, a variant, a seed, and the run config that trains it."""
+
+    model: str
+    variant: str
+    seed: int
+    run_dir: Path
+    overrides: dict[str, Any]  # dotted overrides of the base config
+    base: Path  # the run config it starts from
+
+    @property
+    def model_dir(self) -> Path:
+        return self.run_dir / "model"
+
+    @property
+    def finished(self) -> bool:
+        return (self.model_dir / RESULT_FILE).is_file()
+
+
+@dataclasses.dataclass
+class Ablation:
+    source: str
+    output_dir: Path
+    runs: list[AblationRun]
+    corpus: dict[str, Any] | None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reading the ablation file
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _mapping(value: Any, where: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise AblationError(f"{where}: expected a mapping, found {value!r}")
+    return value
+
+
+def _unknown(values: dict, allowed: set[str], where: str) -> None:
+    unknown = sorted(set(values) - allowed)
+    if unknown:
+        raise AblationError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+
+
+def load_ablation(path: str | Path, overrides: dict[str, Any] | None = None) -> Ablation:
+    """Read and check an ablation file; `overrides` are dotted keys added to its `set` (e.g. a budget)."""
+    path = Path(path)
+    if not path.is_file():
+        raise AblationError(f"ablation file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise AblationError(f"{path}: not valid YAML: {err}") from err
+    raw = _mapping(raw, str(path))
+    _unknown(raw, ABLATION_KEYS, str(path))
+    for key in ("base", "output_dir", "models", "variants", "seeds"):
+        if key not in raw:
+            raise AblationError(f"{path}: missing required key {key!r}")
+    seeds = raw["seeds"]
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+        raise AblationError(f"{path}: seeds must be a non-empty list of integers, found {seeds!r}")
+    variants = _mapping(raw["variants"], f"{path}: variants")
+    shared = {**_mapping(raw.get("set"), f"{path}: set"), **(overrides or {})}
+    defaults = _mapping(raw.get("model_defaults"), f"{path}: model_defaults")
+    output_dir = Path(raw["output_dir"])
+    runs = []
+    for name, entry in _mapping(raw["models"], f"{path}: models").items():
+        where = f"{path}: models.{name}"
+        entry = _mapping(entry, where)
+        _unknown(entry, MODEL_KEYS, where)
+        base = resolve_config(str(entry.get("base", raw["base"])))
+        model = _mapping(entry.get("model") or base_model_section(base), f"{where}.model")
+        if "backbone" not in model:
+            raise AblationError(f"{where}.model: needs a 'backbone'")
+        names = entry.get("variants", list(variants))
+        for variant in names:
+            if variant not in variants:
+                raise AblationError(f"{where}.variants: {variant!r} is not one of {sorted(variants)}")
+            section = {**defaults, **model, **_mapping(variants[variant], f"{path}: variants.{variant}")}
+            for seed in seeds:
+                run_dir = output_dir / slug(name) / slug(variant) / f"seed{seed}"
+                run_overrides = {
+                    **shared,
+                    **_mapping(entry.get("set"), f"{where}.set"),
+                    "model": copy.deepcopy(section),
+                    "seed": seed,
+                    "output_dir": str(run_dir),
+                }
+                runs.append(AblationRun(name, variant, seed, run_dir, run_overrides, base))
+    corpus = raw.get("corpus")
+    if corpus is not None:
+        corpus = _mapping(corpus, f"{path}: corpus")
+        _unknown(corpus, {"digit_scenes", "path"}, f"{path}: corpus")
+        if "path" not in corpus:
+            raise AblationError(f"{path}: corpus needs a 'path' (the folder the corpus is generated in)")
+    return Ablation(str(path), output_dir, runs, corpus)
+
+
+def base_model_section(base: Path) -> dict[str, Any]:
+    """The model section of a run config file (empty when it has none)."""
+    raw = yaml.safe_load(base.read_text()) or {}
+    return dict(raw.get("model") or {})
+
+
+def slug(name: str) -> str:
+    """A folder and repo-name piece: `+both` -> `both`, `SCAN t2i` -> `scan-t2i`."""
+    cleaned = re.sub(r"[^a-z0-9]+", "-", name.lower().replace("+", "")).strip("-")
+    return cleaned or "run"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Running
+# ---------------------------------------------------------------------------------------------------------
+
+
+def prepare_corpus(ablation: Ablation) -> dict[str, Any]:
+    """Generate the ablation's corpus if it names one; returns the overrides that point runs at it."""
+    if ablation.corpus is None:
+        return {}
+    from .data.digit_scenes import DigitScenesConfig, ensure_digit_scenes
+
+    folder = Path(ablation.corpus["path"])
+    knobs = _mapping(ablation.corpus.get("digit_scenes"), f"{ablation.source}: corpus.digit_scenes")
+    try:
+        config = DigitScenesConfig(**knobs)
+    except TypeError as err:
+        raise AblationError(f"{ablation.source}: corpus.digit_scenes: {err}") from err
+    ensure_digit_scenes(folder, config)
+    return {"data.source": str(folder)}
+
+
+def run_config(ablation: Ablation, run: AblationRun, corpus_overrides: dict[str, Any]):
+    """The validated `ExperimentConfig` of one run: the base config with the ablation's overrides."""
+    from .experiment import load_experiment_config
+
+    return load_experiment_config(run.base, {**run.overrides, **corpus_overrides})
+
+
+def _train_one(base: Path, overrides: dict[str, Any], threads: int) -> str:
+    """Worker: train and evaluate one run (in its own process when `--jobs` > 1)."""
+    import torch
+
+    from .experiment import load_experiment_config, run_experiment
+
+    torch.set_num_threads(threads)
+    config = load_experiment_config(base, overrides)
+    started_before = Path(config.output_dir).exists()
+    model_dir = run_experiment(config, overwrite=True) if started_before else run_experiment(config)
+    return str(model_dir)
+
+
+def run_ablation(ablation: Ablation, jobs: int = 1, progress=print) -> list[AblationRun]:
+    """Train every unfinished run (`jobs` side by side), then write the tables; returns the runs trained."""
+    if jobs < 1:
+        raise AblationError(f"--jobs must be >= 1, got {jobs}")
+    corpus_overrides = prepare_corpus(ablation)
+    for run in ablation.runs:  # every run's config is validated before the first one trains
+        run_config(ablation, run, corpus_overrides)
+    todo = [run for run in ablation.runs if not run.finished]
+    progress(
+        f"{len(ablation.runs) - len(todo)} of {len(ablation.runs)} runs already finished; {len(todo)} to train"
+    )
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    arguments = [(run.base, {**run.overrides, **corpus_overrides}, threads) for run in todo]
+    if jobs == 1:
+        for run, args in zip(todo, arguments, strict=True):
+            progress(f"training {run.model} {run.variant} seed {run.seed} -> {_train_one(*args)}")
+    else:
+        context = multiprocessing.get_context("spawn")  # no forked torch thread pools
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+            futures = [
+                (run, pool.submit(_train_one, *args)) for run, args in zip(todo, arguments, strict=True)
+            ]
+            for run, future in futures:
+                progress(f"trained {run.model} {run.variant} seed {run.seed} -> {future.result()}")
+    write_tables(ablation)
+    return todo
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Tables
+# ---------------------------------------------------------------------------------------------------------
+
+
+def run_values(record: dict[str, Any]) -> dict[str, float]:
+    """The table's numbers of one result file (`eval_results_test.json`); attention keys only if measured."""
+    metrics = record["metrics"]
+    values = {key: float(metrics[key]) for _, key in RETRIEVAL_COLUMNS}
+    attention = metrics.get("attention")
+    if isinstance(attention, dict):
+        values.update({key: float(attention[key]) for _, key in ATTENTION_COLUMNS})
+    return values
+
+
+def summarise(ablation: Ablation) -> dict[str, Any]:
+    """Per (model, variant): mean and sample sd over the finished seeds; plus every run's own numbers."""
+    runs, rows, datasets_seen = [], [], set()
+    cells: dict[tuple[str, str], list[dict[str, float]]] = {}
+    for run in ablation.runs:
+        if not run.finished:
+            continue
+        record = json.loads((run.model_dir / RESULT_FILE).read_text())
+        datasets_seen.add(record.get("dataset", "?"))
+        values = run_values(record)
+        runs.append(
+            {
+                "model": run.model,
+                "variant": run.variant,
+                "seed": run.seed,
+                "model_dir": str(run.model_dir),
+                "values": values,
+            }
+        )
+        cells.setdefault((run.model, run.variant), []).append(values)
+    for (model, variant), seeds in cells.items():
+        keys = [k for _, k in (*RETRIEVAL_COLUMNS, *ATTENTION_COLUMNS) if all(k in v for v in seeds)]
+        rows.append(
+            {
+                "model": model,
+                "variant": variant,
+                "n_seeds": len(seeds),
+                "mean": {k: statistics.fmean(v[k] for v in seeds) for k in keys},
+                "sd": {k: statistics.stdev(v[k] for v in seeds) if len(seeds) > 1 else None for k in keys},
+            }
+        )
+    return {"ablation": ablation.source, "datasets": sorted(datasets_seen), "rows": rows, "runs": runs}
+
+
+def _cell(row: dict[str, Any], key: str, digits: int) -> str:
+    if key not in row["mean"]:
+        return "n/a"
+    mean, sd = row["mean"][key], row["sd"][key]
+    return f"{mean:.{digits}f}" if sd is None else f"{mean:.{digits}f} ± {sd:.{digits}f}"
+
+
+def format_markdown(summary: dict[str, Any]) -> str:
+    """The markdown table of a summary: one row per (model, variant), mean ± sd over seeds."""
+    columns = [*RETRIEVAL_COLUMNS, *ATTENTION_COLUMNS]
+    lines = [
+        f"Ablation `{summary['ablation']}`; data: {', '.join(summary['datasets']) or 'no finished run'}; test split.",
+        "Values are mean ± sample standard deviation over the seeds (`seeds` column).",
+        "",
+        "| model | variant | seeds | " + " | ".join(label for label, _ in columns) + " |",
+        "|" + "---|" * (3 + len(columns)),
+    ]
+    for row in summary["rows"]:
+        cells = [_cell(row, key, 1) for _, key in RETRIEVAL_COLUMNS] + [
+            _cell(row, key, 3) for _, key in ATTENTION_COLUMNS
+        ]
+        lines.append(f"| {row['model']} | {row['variant']} | {row['n_seeds']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(ablation: Ablation) -> tuple[Path, Path]:
+    """Write `ablation.md` and `ablation.json` into the output folder; returns their paths."""
+    summary = summarise(ablation)
+    ablation.output_dir.mkdir(parents=True, exist_ok=True)
+    markdown, record = ablation.output_dir / "ablation.md", ablation.output_dir / "ablation.json"
+    markdown.write_text(format_markdown(summary))
+    record.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    return markdown, record
+
+
+def push_runs(ablation: Ablation, prefix: str, progress=print) -> list[str]:
+    """Push every finished run with its card to `<org>/<name>-<model>-<variant>-seed<k>`; returns the repo ids."""
+    from .hub import push_model, validate_repo_id
+
+    if prefix.count("/") != 1:
+        raise AblationError(f"--push expects ORG/PREFIX (e.g. me/ccr-ablation), got {prefix!r}")
+    pushed = []
+    for run in ablation.runs:
+        if not run.finished:
+            continue
+        repo_id = validate_repo_id(f"{prefix}-{slug(run.model)}-{slug(run.variant)}-seed{run.seed}")
+        result = push_model(run.model_dir, repo_id)
+        progress(f"pushed {run.model_dir} -> {result.repo_id} ({result.commit_id[:8]})")
+        pushed.append(repo_id)
+    return pushed

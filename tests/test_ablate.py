@@ -1,0 +1,176 @@
+"""`ccr ablate` on a tiny grid: runs are ordinary model folders, resume skips finished runs, the tables
+hold exactly the runs' own numbers."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+import yaml
+
+from modeling_ccr import ablation as ablation_module
+from modeling_ccr.ablation import AblationError, load_ablation, push_runs, run_ablation, slug
+from modeling_ccr.cli import main
+
+TINY_BASE = {
+    "seed": 0,
+    "output_dir": "unused",
+    "data": {
+        "source": "synthetic",
+        "synthetic": {"train_images": 48, "validation_images": 8, "test_images": 12, "feature_dim": 16},
+        "min_word_count": 1,
+    },
+    "model": {"backbone": "scan"},
+    "training": {
+        "max_steps": 2,
+        "per_device_train_batch_size": 16,
+        "eval_strategy": "no",
+        "save_strategy": "no",
+        "load_best_model_at_end": False,
+        "disable_tqdm": True,
+        "report_to": "none",
+    },
+}
+
+
+def write_grid(tmp_path: Path, **extra) -> Path:
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(TINY_BASE))
+    grid = {
+        "base": str(tmp_path / "base.yaml"),
+        "output_dir": str(tmp_path / "grid"),
+        "set": {"data.synthetic.seed": 0},
+        "model_defaults": {"embed_dim": 16, "word_dim": 8},
+        "variants": {"base": {"ccr_weight": 0.0, "ccs_weight": 0.0}, "+both": {"ccr_weight": 0.1, "ccs_weight": 0.1}},
+        "models": {"scan-t2i": {"model": {"backbone": "scan", "direction": "t2i", "lambda_softmax": 9.0}}},
+        "seeds": [0, 1],
+        **extra,
+    }
+    path = tmp_path / "ablation.yaml"
+    path.write_text(yaml.safe_dump(grid, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("ablate")
+    ablation = load_ablation(write_grid(tmp_path))
+    trained = run_ablation(ablation, jobs=1, progress=lambda _: None)
+    return ablation, trained
+
+
+def test_every_run_is_an_ordinary_model_folder_with_its_own_config(finished):
+    ablation, trained = finished
+    assert len(trained) == 4
+    for run in ablation.runs:
+        assert (run.model_dir / "config.json").is_file() and (run.model_dir / "eval_results_test.json").is_file()
+        recorded = yaml.safe_load((run.model_dir / "training_config.yaml").read_text())
+        assert recorded["seed"] == run.seed
+        assert recorded["model"]["ccr_weight"] == (0.1 if run.variant == "+both" else 0.0)
+        assert recorded["model"]["embed_dim"] == 16 and recorded["model"]["direction"] == "t2i"
+    assert {r.run_dir.relative_to(ablation.output_dir).as_posix() for r in ablation.runs} == {
+        "scan-t2i/base/seed0",
+        "scan-t2i/base/seed1",
+        "scan-t2i/both/seed0",
+        "scan-t2i/both/seed1",
+    }
+
+
+def test_the_tables_hold_the_mean_and_sd_of_the_runs_result_files(finished):
+    ablation, _ = finished
+    summary = json.loads((ablation.output_dir / "ablation.json").read_text())
+    markdown = (ablation.output_dir / "ablation.md").read_text()
+    assert len(summary["rows"]) == 2
+    for row in summary["rows"]:
+        records = [
+            json.loads((r.model_dir / "eval_results_test.json").read_text())["metrics"]
+            for r in ablation.runs
+            if r.variant == row["variant"]
+        ]
+        for key in ("i2t_r1", "t2i_r10", "rsum"):
+            assert row["mean"][key] == pytest.approx(statistics.fmean(m[key] for m in records))
+            assert row["sd"][key] == pytest.approx(statistics.stdev(m[key] for m in records))
+        f1 = [m["attention"]["attention_f1"] for m in records]
+        assert row["mean"]["attention_f1"] == pytest.approx(statistics.fmean(f1))
+        rsum = f"{row['mean']['rsum']:.1f} ± {row['sd']['rsum']:.1f}"
+        assert f"| scan-t2i | {row['variant']} | 2 |" in markdown and rsum in markdown
+
+
+def test_a_second_run_trains_only_the_unfinished_runs(finished, monkeypatch):
+    ablation, _ = finished
+    calls = []
+    monkeypatch.setattr(ablation_module, "_train_one", lambda base, overrides, threads: calls.append(overrides))
+    assert run_ablation(ablation, progress=lambda _: None) == []
+    assert calls == []
+    missing = ablation.runs[3]
+    result = missing.model_dir / "eval_results_test.json"
+    saved = result.read_text()
+    result.unlink()
+    try:
+        assert run_ablation(ablation, progress=lambda _: None) == [missing]
+        assert [c["output_dir"] for c in calls] == [str(missing.run_dir)]
+    finally:
+        result.write_text(saved)
+
+
+def test_push_sends_every_finished_run_to_its_own_repo(finished, monkeypatch):
+    import modeling_ccr.hub as hub
+
+    ablation, _ = finished
+    pushed = []
+
+    class Result:
+        def __init__(self, repo_id):
+            self.repo_id, self.commit_id = repo_id, "0" * 40
+
+    monkeypatch.setattr(hub, "push_model", lambda folder, repo_id: pushed.append((folder, repo_id)) or Result(repo_id))
+    repos = push_runs(ablation, "me/ccr-abl", progress=lambda _: None)
+    assert repos == [
+        "me/ccr-abl-scan-t2i-base-seed0",
+        "me/ccr-abl-scan-t2i-base-seed1",
+        "me/ccr-abl-scan-t2i-both-seed0",
+        "me/ccr-abl-scan-t2i-both-seed1",
+    ]
+    assert [folder for folder, _ in pushed] == [r.model_dir for r in ablation.runs]
+
+
+def test_cli_rewrites_the_tables_and_prints_them(finished, capsys):
+    ablation, _ = finished
+    assert main(["ablate", ablation.source, "--tables-only"]) == 0
+    assert "| scan-t2i | +both | 2 |" in capsys.readouterr().out
+
+
+def test_a_variant_not_defined_is_a_one_line_error_naming_the_model(tmp_path, capsys):
+    path = write_grid(tmp_path, models={"scan-t2i": {"model": {"backbone": "scan"}, "variants": ["+CCR"]}})
+    assert main(["ablate", str(path)]) == 2
+    assert "models.scan-t2i.variants: '+CCR' is not one of" in capsys.readouterr().err
+
+
+def test_an_invalid_run_setting_fails_before_any_run_trains(tmp_path):
+    path = write_grid(tmp_path, set={"training.no_such_key": 1})
+    with pytest.raises(Exception, match="no_such_key"):
+        run_ablation(load_ablation(path), progress=lambda _: None)
+    assert not (tmp_path / "grid").exists()
+
+
+def test_shipped_ablation_files_parse_and_name_published_backbones():
+    from modeling_ccr.resources import published_ablations
+
+    shipped = published_ablations()
+    assert {"ablation_f30k", "ablation_coco", "ablation_digit_scenes", "ablation_hard"} <= set(shipped)
+    for path in shipped.values():
+        assert path.read_text().startswith("# ")
+        ablation = load_ablation(path)
+        assert {run.variant for run in ablation.runs} >= {"base", "+both"}
+
+
+def test_slugs_are_folder_and_repo_safe():
+    assert slug("+both") == "both" and slug("SCAN t2i") == "scan-t2i" and slug("+CCR") == "ccr"
+
+
+def test_missing_required_key_is_named(tmp_path):
+    path = tmp_path / "a.yaml"
+    path.write_text("base: demo\noutput_dir: x\nvariants: {}\nmodels: {}\n")
+    with pytest.raises(AblationError, match="missing required key 'seeds'"):
+        load_ablation(path)
