@@ -28,7 +28,15 @@ class TextEncoderError(UserError, ValueError):
 
 
 def pretrained_text_encoder(model_section: dict[str, Any]) -> str | None:
-    """The transformers encoder a model section names, or None for the word GRU."""
+    """The transformers encoder a model section names, or None for the word GRU. An ensemble's members
+    share one tokenizer, so they must name the same text encoder."""
+    if model_section.get("backbone") == "ensemble":
+        names = {pretrained_text_encoder(member) for member in model_section.get("members") or []}
+        if len(names) > 1:
+            raise TextEncoderError(
+                f"ensemble members share one tokenizer, so one text_encoder; found {sorted(map(str, names))}"
+            )
+        return names.pop() if names else None
     name = model_section.get("text_encoder", GRU)
     return None if name == GRU else str(name)
 
@@ -73,7 +81,12 @@ def text_encoder_options(options: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def load_text_encoder_weights(model: PreTrainedModel, model_section: dict[str, Any]) -> PreTrainedModel:
-    """Give a newly made matcher its text encoder's pretrained weights (no-op for the word GRU)."""
+    """Give a newly made matcher (or each member of an ensemble) its text encoder's pretrained weights;
+    a no-op for the word GRU."""
+    if model_section.get("backbone") == "ensemble":
+        for member, section in zip(model.members, model_section["members"], strict=True):
+            load_text_encoder_weights(member, section)
+        return model
     name = pretrained_text_encoder(model_section)
     if name is not None:
         model.text_encoder.load_pretrained_weights(name)

