@@ -139,7 +139,9 @@ def build_demo(app: MatchingApp) -> gr.Blocks:
                         elem_id="photo",
                         interactive=app.photos is not None,
                     )
-                    picked = gr.Dropdown(image_ids, label="...or pick an image of the corpus", elem_id="pick")
+                    picked = gr.Dropdown(
+                        image_ids, value=None, label="...or pick an image of the corpus", elem_id="pick"
+                    )
                     captions = gr.Textbox(lines=5, label="Captions, one per line", elem_id="captions")
                     word = gr.Textbox(label="Word to show (default: the longest word)", elem_id="word")
                     rank_button = gr.Button("Rank captions", variant="primary", elem_id="rank")
