@@ -449,6 +449,12 @@ def assemble_ensemble(model_dirs: Sequence[str | Path], output_dir: str | Path) 
     seen: dict[str, Path] = {}
     for model_dir in map(Path, model_dirs):
         model, tokenizer = load_matcher(model_dir)
+        members.extend(model.members if isinstance(model, EnsembleModel) else [model])
+        if vocabulary is not None and tokenizer.get_vocab() != vocabulary:
+            raise ConfigError(
+                f"{model_dir}: its tokenizer differs from {model_dirs[0]}'s; members must share one vocabulary"
+            )
+        vocabulary = tokenizer.get_vocab()
         # The same folder twice, or a copy of it, would weigh one model double and report a fake ensemble.
         sha = sha256_file(model_dir / "model.safetensors")
         if sha in seen:
@@ -457,12 +463,6 @@ def assemble_ensemble(model_dirs: Sequence[str | Path], output_dir: str | Path) 
                 "different models"
             )
         seen[sha] = model_dir
-        members.extend(model.members if isinstance(model, EnsembleModel) else [model])
-        if vocabulary is not None and tokenizer.get_vocab() != vocabulary:
-            raise ConfigError(
-                f"{model_dir}: its tokenizer differs from {model_dirs[0]}'s; members must share one vocabulary"
-            )
-        vocabulary = tokenizer.get_vocab()
         run_info, run_config = model_dir / "run_info.json", model_dir / "training_config.yaml"
         if run_config.is_file():
             run_configs.append(yaml.safe_load(run_config.read_text()))

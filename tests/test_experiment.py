@@ -5,6 +5,7 @@ import shutil
 
 import pytest
 import yaml
+from safetensors.torch import load_file, save_file
 from transformers import AutoModel
 
 from modeling_ccr import EnsembleModel
@@ -91,10 +92,22 @@ def test_ccr_evaluate_writes_the_same_metrics_beside_the_model(trained, tmp_path
     assert record["metrics"]["attention"][0]["attended_set_rule"]["rule"] == "inverse_n"
 
 
-def test_an_ensemble_of_a_model_with_itself_scores_like_the_model(trained, tmp_path):
+def rescaled_copy(model_dir, target):
+    """The model with its region projection doubled: other weights (ensembles refuse the same weights
+    twice), the same scores (region embeddings are l2-normalised; doubling is exact in floating point)."""
+    shutil.copytree(model_dir, target)
+    weights = load_file(str(target / "model.safetensors"))
+    for name in ("region_encoder.projection.weight", "region_encoder.projection.bias"):
+        weights[name] = weights[name] * 2
+    save_file(weights, str(target / "model.safetensors"))
+    return target
+
+
+def test_an_ensemble_of_a_model_with_its_equivalent_scores_like_the_model(trained, tmp_path):
     _, model_dir = trained
+    twin = rescaled_copy(model_dir, tmp_path / "twin")
     output = tmp_path / "ensemble.json"
-    assert main(["evaluate", str(model_dir), str(model_dir), "--output", str(output)]) == 0
+    assert main(["evaluate", str(model_dir), str(twin), "--output", str(output)]) == 0
     record = json.loads(output.read_text())
     saved = json.loads((model_dir / "eval_results_test.json").read_text())
     assert record["metrics"]["ensemble_size"] == 2
@@ -204,11 +217,12 @@ def test_a_run_with_both_constraints_logs_each_term_and_its_activation_rate(tmp_
 def test_separately_trained_models_assemble_into_one_ensemble_checkpoint(trained, tmp_path):
     _, model_dir = trained
     ensemble_dir = tmp_path / "ensemble"
-    assert main(["ensemble", str(model_dir), str(model_dir), "--output", str(ensemble_dir)]) == 0
+    twin = rescaled_copy(model_dir, tmp_path / "twin")
+    assert main(["ensemble", str(model_dir), str(twin), "--output", str(ensemble_dir)]) == 0
     model = AutoModel.from_pretrained(ensemble_dir)
     assert type(model) is EnsembleModel and len(model.members) == 2
     provenance = json.loads((ensemble_dir / "ensemble_members.json").read_text())
-    assert [m["model_dir"] for m in provenance["members"]] == [str(model_dir)] * 2
+    assert [m["model_dir"] for m in provenance["members"]] == [str(model_dir), str(twin)]
     output = tmp_path / "ensemble.json"
     assert main(["evaluate", str(ensemble_dir), "--split", "test", "--output", str(output)]) == 0
     saved = json.loads((model_dir / "eval_results_test.json").read_text())
