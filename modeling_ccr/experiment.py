@@ -83,11 +83,13 @@ TRAINER_KEYS = {
     "lr_decay_epochs": 15.0,
     "lr_decay_factor": 0.1,
     "collapse_guard": "warn",
+    "hinge_warmup_steps": 0,
 }
 TRAINER_KEY_TYPES = {
     "lr_decay_epochs": "float | None",
     "lr_decay_factor": "float",
     "collapse_guard": "str",
+    "hinge_warmup_steps": "int",
 }
 
 SECTIONS = {

@@ -34,9 +34,19 @@ def resource_dir(name: str) -> Path:
     )
 
 
+ABLATION_PREFIX = "ablation_"  # configs/ablation_*.yaml are `ccr ablate` grids, not run configs
+
+
 def published_configs() -> dict[str, Path]:
     """Run-config name (file stem, e.g. "scan_t2i_avg_f30k") -> its YAML file."""
-    return {path.stem: path for path in sorted(resource_dir("configs").glob("*.yaml"))}
+    paths = sorted(resource_dir("configs").glob("*.yaml"))
+    return {path.stem: path for path in paths if not path.stem.startswith(ABLATION_PREFIX)}
+
+
+def published_ablations() -> dict[str, Path]:
+    """Ablation name (file stem, e.g. "ablation_f30k") -> its YAML file (`ccr ablate`)."""
+    paths = sorted(resource_dir("configs").glob(f"{ABLATION_PREFIX}*.yaml"))
+    return {path.stem: path for path in paths}
 
 
 def resolve_config(name_or_path: str | Path) -> Path:

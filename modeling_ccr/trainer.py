@@ -10,6 +10,7 @@ or below chance after the first epoch is reported.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -54,6 +55,8 @@ class MatchingTrainer(Trainer):
     lr_decay_epochs: multiply the learning rate by `lr_decay_factor` every this many epochs (SCAN: 15 on
         Flickr30K, 10 on COCO); None keeps the TrainingArguments scheduler.
     eval_protocol / captions_per_image: retrieval protocol of `evaluate()` (SPEC section 5).
+    hinge_warmup_steps: train this many steps with the hinge summed over negatives before the model's
+        hardest-negative hinge (`max_violation`) takes over; 0 = no warm-up.
     """
 
     # The base loss is a per-batch contrastive sum: the Trainer must divide it by the accumulation steps.
@@ -67,6 +70,7 @@ class MatchingTrainer(Trainer):
         eval_protocol: str = "full",
         captions_per_image: int | None = 5,
         collapse_guard: str = "warn",
+        hinge_warmup_steps: int = 0,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
@@ -78,6 +82,7 @@ class MatchingTrainer(Trainer):
         self.captions_per_image = captions_per_image
         self.collapse_guard = collapse_guard
         self.collapse_warnings: list[str] = []
+        self.hinge_warmup_steps = hinge_warmup_steps
         self._term_sums: dict[str, float] = {}
         self._term_counts: dict[str, int] = {}
         self._step_inputs: list[dict[str, Any]] = []  # the micro-batches of the optimizer step in progress
@@ -135,13 +140,30 @@ class MatchingTrainer(Trainer):
     # Loss, and stopping at the first non-finite loss or gradient
     # -------------------------------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _hinge_warmup(self, model):
+        """For the first `hinge_warmup_steps` training steps, the hinge sums over all negatives instead of
+        taking the hardest: from scratch, the hardest-negative hinge can sit on the plateau where every
+        pair scores the same (benchmarks/hinge_plateau.py: SGR never leaves it)."""
+        config = self.accelerator.unwrap_model(model).config
+        hardest = getattr(config, "max_violation", False)  # an ensemble has no hinge of its own
+        warm = model.training and self.state.global_step < self.hinge_warmup_steps and hardest
+        if warm:
+            config.max_violation = False
+        try:
+            yield
+        finally:
+            if warm:
+                config.max_violation = True
+
     def training_step(self, model, inputs, num_items_in_batch=None):
         self._step_inputs.append(inputs)
         return super().training_step(model, inputs, num_items_in_batch)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         world_size = self.accelerator.num_processes
-        outputs = model(**inputs, return_loss=True, gather_negatives=world_size > 1)
+        with self._hinge_warmup(model):
+            outputs = model(**inputs, return_loss=True, gather_negatives=world_size > 1)
         if model.training:
             if not torch.isfinite(outputs.loss):
                 self._stop_diverged("loss", _nonfinite_terms(outputs), model)

@@ -42,7 +42,10 @@ def write_grid(tmp_path: Path, **extra) -> Path:
         "output_dir": str(tmp_path / "grid"),
         "set": {"data.synthetic.seed": 0},
         "model_defaults": {"embed_dim": 16, "word_dim": 8},
-        "variants": {"base": {"ccr_weight": 0.0, "ccs_weight": 0.0}, "+both": {"ccr_weight": 0.1, "ccs_weight": 0.1}},
+        "variants": {
+            "base": {"ccr_weight": 0.0, "ccs_weight": 0.0},
+            "+both": {"ccr_weight": 0.1, "ccs_weight": 0.1},
+        },
         "models": {"scan-t2i": {"model": {"backbone": "scan", "direction": "t2i", "lambda_softmax": 9.0}}},
         "seeds": [0, 1],
         **extra,
@@ -64,7 +67,9 @@ def test_every_run_is_an_ordinary_model_folder_with_its_own_config(finished):
     ablation, trained = finished
     assert len(trained) == 4
     for run in ablation.runs:
-        assert (run.model_dir / "config.json").is_file() and (run.model_dir / "eval_results_test.json").is_file()
+        assert (run.model_dir / "config.json").is_file() and (
+            run.model_dir / "eval_results_test.json"
+        ).is_file()
         recorded = yaml.safe_load((run.model_dir / "training_config.yaml").read_text())
         assert recorded["seed"] == run.seed
         assert recorded["model"]["ccr_weight"] == (0.1 if run.variant == "+both" else 0.0)
@@ -100,7 +105,9 @@ def test_the_tables_hold_the_mean_and_sd_of_the_runs_result_files(finished):
 def test_a_second_run_trains_only_the_unfinished_runs(finished, monkeypatch):
     ablation, _ = finished
     calls = []
-    monkeypatch.setattr(ablation_module, "_train_one", lambda base, overrides, threads: calls.append(overrides))
+    monkeypatch.setattr(
+        ablation_module, "_train_one", lambda base, overrides, threads: calls.append(overrides)
+    )
     assert run_ablation(ablation, progress=lambda _: None) == []
     assert calls == []
     missing = ablation.runs[3]
@@ -124,7 +131,9 @@ def test_push_sends_every_finished_run_to_its_own_repo(finished, monkeypatch):
         def __init__(self, repo_id):
             self.repo_id, self.commit_id = repo_id, "0" * 40
 
-    monkeypatch.setattr(hub, "push_model", lambda folder, repo_id: pushed.append((folder, repo_id)) or Result(repo_id))
+    monkeypatch.setattr(
+        hub, "push_model", lambda folder, repo_id: pushed.append((folder, repo_id)) or Result(repo_id)
+    )
     repos = push_runs(ablation, "me/ccr-abl", progress=lambda _: None)
     assert repos == [
         "me/ccr-abl-scan-t2i-base-seed0",
@@ -174,3 +183,34 @@ def test_missing_required_key_is_named(tmp_path):
     path.write_text("base: demo\noutput_dir: x\nvariants: {}\nmodels: {}\n")
     with pytest.raises(AblationError, match="missing required key 'seeds'"):
         load_ablation(path)
+
+
+def test_hinge_warmup_sums_over_negatives_for_the_first_steps_then_takes_the_hardest(tmp_path):
+    import torch
+    from transformers import TrainingArguments
+
+    from modeling_ccr import ScanModel
+    from modeling_ccr.models.configuration_scan import ScanConfig
+    from modeling_ccr.trainer import MatchingTrainer
+
+    torch.manual_seed(0)
+    model = ScanModel(ScanConfig(feature_dim=8, embed_dim=8, vocab_size=20, word_dim=6))
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    trainer = MatchingTrainer(model=model, args=args, hinge_warmup_steps=3)
+    inputs = {
+        "region_features": torch.randn(6, 5, 8),
+        "region_mask": torch.ones(6, 5, dtype=torch.bool),
+        "input_ids": torch.randint(4, 20, (6, 7)),
+        "attention_mask": torch.ones(6, 7, dtype=torch.long),
+    }
+    model.train()
+    hardest = model(**inputs, return_loss=True).loss
+    model.config.max_violation = False
+    summed = model(**inputs, return_loss=True).loss
+    model.config.max_violation = True
+    assert summed > hardest * 1.5  # the two losses differ, so the checks below tell them apart
+    trainer.state.global_step = 2
+    assert trainer.compute_loss(model, inputs).item() == pytest.approx(summed.item())
+    assert model.config.max_violation is True  # the model's own setting is restored after the step
+    trainer.state.global_step = 3
+    assert trainer.compute_loss(model, inputs).item() == pytest.approx(hardest.item())

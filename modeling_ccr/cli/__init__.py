@@ -4,6 +4,7 @@
 - `hub`: push, push-dataset, card
 - `convert`: scan-precomp, butd-tsv (real corpora from SCAN precomp folders and bottom-up-attention TSVs)
 - `checkpoint`: convert-checkpoint (models trained with the original SCAN, BFAN and SGRAF code)
+- `ablate`: ablate (a grid of backbones x constraint variants x seeds from one YAML, with its tables)
 
 A user error (`modeling_ccr.errors.UserError`: a missing path, a malformed file, a bad value) is printed
 as one line and exits with code 2; `--debug` shows its traceback instead.
@@ -15,9 +16,9 @@ import argparse
 import sys
 
 from ..errors import UserError
-from . import checkpoint, convert, extract, hub, run
+from . import ablate, checkpoint, convert, extract, hub, run
 
-COMMAND_GROUPS = (run, hub, extract, convert, checkpoint)
+COMMAND_GROUPS = (run, hub, extract, convert, checkpoint, ablate)
 USER_ERROR_EXIT_CODE = 2
 
 

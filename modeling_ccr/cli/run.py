@@ -65,6 +65,11 @@ def command_demo(args: argparse.Namespace) -> None:
     import json
 
     args.resume = None
+    if args.corpus == "digit-scenes":  # generated once into --corpus-dir, then read from there
+        from ..data.digit_scenes import DigitScenesConfig, ensure_digit_scenes
+
+        ensure_digit_scenes(args.corpus_dir, DigitScenesConfig())
+        args.set = [f"data.source={args.corpus_dir}", "output_dir=runs/demo_digit_scenes", *args.set]
     model_dir = command_train(args)
     record = json.loads((model_dir / "eval_results_test.json").read_text())
     print_results(
@@ -199,6 +204,17 @@ def add_commands(commands) -> None:
         help="run configuration: a YAML path or a published name (default: %(default)s)",
     )
     demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    demo.add_argument(
+        "--corpus",
+        default="synthetic",
+        choices=["synthetic", "digit-scenes"],
+        help="the built-in synthetic corpus, or digit scenes: real handwritten-digit pixels (docs/digit_scenes.md)",
+    )
+    demo.add_argument(
+        "--corpus-dir",
+        default="runs/digit_scenes",
+        help="where digit scenes are generated once (%(default)s)",
+    )
     add_overwrite_flag(demo)
     demo.set_defaults(handler=command_demo)
 

@@ -21,7 +21,7 @@ See docs/corpus.md for the process in prose and measured difficulty. Everything 
 from __future__ import annotations
 
 import itertools
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import datasets
 import numpy as np
@@ -105,6 +105,20 @@ ROLE_CLUTTER = "clutter"  # a random distractor
 ROLE_CONFUSABLE = "confusable"  # a distractor partly similar to some category's prototype
 
 
+# Named corpus variants. "hard": noisier regions, weaker colours, more confusable clutter, so that plain
+# SCAN at the demo's budget stays far from saturation (docs/corpus.md has the measured rSum).
+SYNTHETIC_PRESETS: dict[str, dict] = {
+    "hard": {
+        "region_noise": 1.0,
+        "partial_view_noise": 1.0,
+        "clutter_noise": 1.0,
+        "attribute_strength": 0.4,
+        "confusable_clutter_fraction": 0.5,
+        "confusable_strength": 0.8,
+    },
+}
+
+
 @dataclass
 class SyntheticCorpusConfig:
     """Every knob of the built-in corpus, with its default. The single source of truth for defaults.
@@ -162,7 +176,27 @@ class SyntheticCorpusConfig:
     attribute_mention_prob: float = 0.9  # P(an object's phrase includes its attribute word)
     final_period_prob: float = 0.3  # P(a caption ends with " .")
 
+    # --- named presets ---
+    # A name from SYNTHETIC_PRESETS: its knobs replace those left at their defaults (explicit values win).
+    preset: str | None = None
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> SyntheticCorpusConfig:
+        """The config of a named preset (`SYNTHETIC_PRESETS`), with `overrides` on top."""
+        return cls(preset=name, **overrides)
+
+    def _apply_preset(self) -> None:
+        if self.preset is None:
+            return
+        if self.preset not in SYNTHETIC_PRESETS:
+            raise ValueError(f"preset must be one of {sorted(SYNTHETIC_PRESETS)}, got {self.preset!r}")
+        defaults = {f.name: f.default for f in fields(self)}
+        for name, value in SYNTHETIC_PRESETS[self.preset].items():
+            if getattr(self, name) == defaults[name]:
+                setattr(self, name, value)
+
     def __post_init__(self) -> None:
+        self._apply_preset()
         self.image_width_range = tuple(self.image_width_range)
         self.image_height_range = tuple(self.image_height_range)
         for name in (
