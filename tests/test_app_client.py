@@ -66,3 +66,27 @@ def test_a_request_without_an_image_is_a_one_line_error_in_the_page(served):
     _, client = served
     with pytest.raises(Exception, match="upload a photo or pick an image of the corpus"):
         client.predict(None, None, "a caption", "", api_name="/rank_captions")
+
+
+def test_a_model_of_the_built_in_corpus_searches_its_test_split_drawn_as_region_boxes(tmp_path):
+    from modeling_ccr.app import build_app, parse_args
+    from modeling_ccr.experiment import parse_experiment_config, run_experiment
+
+    corpus = {"train_images": 32, "validation_images": 8, "test_images": 8, "feature_dim": 16}
+    run = {
+        "seed": 0,
+        "output_dir": str(tmp_path / "run"),
+        "data": {"source": "synthetic", "synthetic": corpus, "min_word_count": 1},
+        "model": {"backbone": "scan", "embed_dim": 8, "word_dim": 8},
+        "training": {"max_steps": 1, "per_device_train_batch_size": 16, "eval_strategy": "no",
+                     "save_strategy": "no", "load_best_model_at_end": False, "disable_tqdm": True},
+    }  # fmt: skip
+    model_dir = run_experiment(parse_experiment_config(run))
+    app = build_app(parse_args(["--model", str(model_dir)]))
+    assert app.photos is None and len(app.gallery.image_ids) == 8
+    image_id = app.gallery.image_ids[3]
+    rows, picture, _ = app.rank(None, image_id, "", "")
+    assert picture.shape[-1] == 3
+    assert sorted(row[1] for row in rows) == sorted(app.gallery.captions(image_id))
+    pictures, found = app.search(app.gallery.captions(image_id)[0], 3)
+    assert len(pictures) == 3 and pictures[0][0].ndim == 3 and [row[1] for row in found] == [1, 2, 3]

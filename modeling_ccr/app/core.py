@@ -111,18 +111,6 @@ class Gallery:
         return self._embeddings[key]
 
 
-def load_gallery(corpus: str | Path, split: str = "test", images_dir: str | Path | None = None) -> Gallery:
-    """A split of a saved DatasetDict (`save_to_disk`) as the app's gallery."""
-    corpus = Path(corpus)
-    try:
-        splits = datasets.load_from_disk(str(corpus))
-    except (FileNotFoundError, ValueError) as err:
-        raise AppError(f"--corpus {corpus}: not a dataset saved with save_to_disk ({err})") from err
-    if split not in splits:
-        raise AppError(f"--corpus {corpus} has no split {split!r}; it has {sorted(splits)}")
-    return Gallery(splits[split], f"{corpus.name} ({split})", Path(images_dir) if images_dir else None)
-
-
 def corpus_of(matcher: Matcher) -> Path | None:
     """The corpus folder the model was trained on (its `training_config.yaml`), when it is on this disk."""
     recorded = matcher.folder / "training_config.yaml"

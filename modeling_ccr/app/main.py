@@ -44,12 +44,17 @@ def build_app(args: argparse.Namespace):
     """The `MatchingApp` (models, gallery, photo reader) described by the parsed arguments."""
     from pathlib import Path
 
-    from .core import AppError, PhotoReader, corpus_of, load_app_matcher, load_gallery
+    from ..experiment import load_evaluation_split
+    from .core import AppError, Gallery, PhotoReader, corpus_of, load_app_matcher
     from .ui import MatchingApp
 
     matchers = [load_app_matcher(m) for m in (args.model, args.model2) if m]
+    gallery = None
+    if args.corpus or (matchers[0].folder / "training_config.yaml").is_file():
+        # --corpus, else the model's training corpus (the built-in one is rebuilt from its recorded seed).
+        split, name = load_evaluation_split(matchers[0].folder, args.corpus, args.split)
+        gallery = Gallery(split, f"{name} ({args.split})", Path(args.images) if args.images else None)
     corpus = Path(args.corpus) if args.corpus else corpus_of(matchers[0])
-    gallery = load_gallery(corpus, args.split, args.images) if corpus is not None else None
     photos = None
     overrides = {"backbone": args.backbone, "weights": args.weights, "grid": args.grid}
     if corpus is not None and (corpus / "extraction.json").is_file():
