@@ -97,8 +97,7 @@ def free_port() -> int:
 
 def serve(paths: dict[str, Path], two_models: bool = True):
     """Launch the app in this process on a free port; returns (demo, url). Close with demo.close()."""
-    from modeling_ccr.app import build_app, parse_args
-    from modeling_ccr.app.ui import build_demo
+    from modeling_ccr.app import build_app, build_demo, parse_args
 
     port = free_port()
     argv = [

@@ -12,7 +12,7 @@ gradio_client = pytest.importorskip("gradio_client")
 
 import app_support  # noqa: E402
 
-from modeling_ccr.app.core import PhotoReader, load_app_matcher, rank_captions  # noqa: E402
+from modeling_ccr.app import PhotoReader, load_app_matcher, rank_captions  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

@@ -1,0 +1,483 @@
+"""The web app (Gradio, optional): rank captions for a photo or a corpus image with each word's attention
+drawn over the region boxes, and search a corpus with a caption; one or two models side by side.
+
+`python app.py --model runs/demo/model [--model2 DIR] [--corpus DIR] [--images DIR]` (or
+`python -m modeling_ccr.app ...`); on a Hugging Face Space the same settings come from the environment
+(CCR_MODEL, CCR_MODEL2, CCR_CORPUS, CCR_SPLIT, CCR_IMAGES). docs/app.md.
+
+- What the app computes, without any UI: `Matcher` (a loaded model, from a folder or a Hub id),
+  `Gallery` (a corpus split whose region embeddings are encoded once per model, with its photo folder),
+  `PhotoReader` (region features of an uploaded photo through the timm extractor, `vision` extra, set up
+  from the corpus's `extraction.json`), and `rank_captions`, `search_images`, `attention_figure`.
+- `MatchingApp` holds the app's state and answers the page's three events; `build_demo` draws the page
+  (gradio is imported there only). Every event has an `api_name` (`/rank_captions`, `/search_images`,
+  `/pick_image`), so `gradio_client` runs the same flows as the page.
+- `parse_args`, `build_app`, `main`: the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+import yaml
+from transformers import PreTrainedTokenizerBase
+
+from .errors import UserError
+from .evaluation import encode_captions, encode_images
+from .loading import load_matcher
+from .models.modeling_matcher import MatcherPreTrainedModel
+from .tokenization import split_words
+from .visualization import check_boxes, draw_attention, find_word, word_attention_over_regions
+
+
+class AppError(UserError, ValueError):
+    """Something the app's user asked for that cannot be done; shown in the page as one line."""
+
+
+@dataclass
+class Matcher:
+    """A loaded matcher: `name` as shown in the app, the model (eval mode) and its tokenizer."""
+
+    name: str
+    model: MatcherPreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    folder: Path
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.model.config.feature_dim)
+
+
+def load_app_matcher(model: str) -> Matcher:
+    """A model folder, or a Hub id (`org/name`, downloaded once into the Hub cache)."""
+    folder = Path(model)
+    if not folder.exists() and model.count("/") == 1:
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(model))
+    loaded, tokenizer = load_matcher(folder)
+    resolved = folder.resolve()
+    name = resolved.parent.name if resolved.name == "model" else resolved.name
+    return Matcher(name, loaded, tokenizer, folder)
+
+
+@dataclass
+class Gallery:
+    """A corpus split the app ranks and draws: `split` (one row per image), `images_dir` with its photos.
+
+    Region embeddings are encoded once per model (`embeddings`) and reused by every search.
+    """
+
+    split: datasets.Dataset
+    name: str
+    images_dir: Path | None = None
+    _embeddings: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
+
+    @property
+    def image_ids(self) -> list[str]:
+        return list(self.split.with_format(None)["image_id"])
+
+    def row(self, image_id: str) -> int:
+        ids = self.image_ids
+        if image_id not in ids:
+            raise AppError(f"image {image_id!r} is not in {self.name}; some of its images: {ids[:5]}")
+        return ids.index(image_id)
+
+    def regions(self, image_id: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`(n_regions, feature_dim)` features and `(n_regions, 4)` boxes (None without a boxes column)."""
+        columns = ["features", "boxes"] if "boxes" in self.split.column_names else ["features"]
+        row = self.split.with_format("torch", columns=columns)[self.row(image_id)]
+        return row["features"].float(), (row["boxes"].float() if "boxes" in row else None)
+
+    def captions(self, image_id: str) -> list[str]:
+        return list(self.split.select_columns(["captions"]).with_format(None)[self.row(image_id)]["captions"])
+
+    def image_size(self, image_id: str) -> tuple[int, int] | None:
+        if "image_size" not in self.split.column_names:
+            return None
+        size = self.split.select_columns(["image_size"]).with_format(None)[self.row(image_id)]["image_size"]
+        return tuple(size) if size else None
+
+    def photo(self, image_id: str) -> Path | None:
+        """The photo file of a row, when the gallery has an images folder holding it."""
+        if self.images_dir is None:
+            return None
+        path = self.images_dir / image_id
+        return path if path.is_file() else None
+
+    def embeddings(self, matcher: Matcher) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(n_images, max_regions, D)` region embeddings and mask of every row, for this matcher."""
+        key = id(matcher.model)
+        if key not in self._embeddings:
+            self._embeddings[key] = encode_images(matcher.model, self.split)
+        return self._embeddings[key]
+
+
+def corpus_of(matcher: Matcher) -> Path | None:
+    """The corpus folder the model was trained on (its `training_config.yaml`), when it is on this disk."""
+    recorded = matcher.folder / "training_config.yaml"
+    if not recorded.is_file():
+        return None
+    source = (yaml.safe_load(recorded.read_text()) or {}).get("data", {}).get("source")
+    return Path(source) if source and source != "synthetic" and Path(source).is_dir() else None
+
+
+class PhotoReader:
+    """Region features and boxes of a photo file, with the extraction settings of a corpus
+    (`extraction.json` beside it: backbone, weights, grid, image size), overridable."""
+
+    def __init__(self, extraction: dict):
+        from .vision import RegionFeatureExtractor
+
+        weights = extraction.get("weights")
+        self.extraction = extraction
+        self.extractor = RegionFeatureExtractor(
+            extraction.get("backbone", "efficientnet_lite0"),
+            None if weights in (None, "timm pretrained") else weights,
+            grid=int(extraction.get("grid", 6)),
+            image_size=extraction.get("image_size"),
+            batch_size=1,
+        )
+
+    @classmethod
+    def for_corpus(cls, corpus: Path, **overrides) -> PhotoReader:
+        path = corpus / "extraction.json"
+        if not path.is_file():
+            raise AppError(f"{corpus} has no extraction.json: give --backbone/--weights/--grid for photos")
+        recorded = json.loads(path.read_text())
+        grid = recorded.get("regions", "").split("x")[0]
+        extraction = {
+            "backbone": recorded.get("backbone"),
+            "weights": recorded.get("weights"),
+            "grid": int(grid) if grid.isdigit() else 6,
+            "image_size": tuple(recorded["image_size"]) if recorded.get("image_size") else None,
+        }
+        return cls({**extraction, **{k: v for k, v in overrides.items() if v is not None}})
+
+    @property
+    def feature_dim(self) -> int:
+        return self.extractor.feature_dim
+
+    def read(self, path: str | Path) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+        """`(n_regions, feature_dim)` features, `(n_regions, 4)` pixel boxes and `(width, height)`."""
+        from .vision import read_image
+
+        regions = self.extractor.extract_images([read_image(path)])[0]
+        return torch.from_numpy(regions.features), torch.from_numpy(regions.boxes), regions.image_size
+
+
+@torch.no_grad()
+def rank_captions(matcher: Matcher, features: torch.Tensor, captions: list[str]) -> list[tuple[str, float]]:
+    """The captions with their scores against one image `(n_regions, feature_dim)`, best first."""
+    captions = [c.strip() for c in captions if c.strip()]
+    if not captions:
+        raise AppError("type at least one caption (one per line)")
+    if features.shape[-1] != matcher.feature_dim:
+        raise AppError(
+            f"{matcher.name} takes {matcher.feature_dim}-d region features; this image has {features.shape[-1]}-d"
+        )
+    model = matcher.model
+    region_mask = torch.ones(1, features.shape[0], dtype=torch.bool, device=model.device)
+    image_embeds = model.get_image_features(features[None].to(model.device), region_mask)
+    text_embeds, word_mask = encode_captions(model, matcher.tokenizer, captions)
+    scores = model.similarity(image_embeds, region_mask, text_embeds, word_mask)[0].float().cpu()
+    order = torch.argsort(scores, descending=True, stable=True).tolist()
+    return [(captions[i], float(scores[i])) for i in order]
+
+
+@torch.no_grad()
+def search_images(matcher: Matcher, gallery: Gallery, caption: str, k: int) -> list[tuple[str, float]]:
+    """The `k` images of the gallery that score highest with `caption`: (image_id, score), best first."""
+    if not split_words(caption):
+        raise AppError("type a caption to search with")
+    image_embeds, region_mask = gallery.embeddings(matcher)
+    text_embeds, word_mask = encode_captions(matcher.model, matcher.tokenizer, [caption])
+    scores = matcher.model.similarity(image_embeds, region_mask, text_embeds, word_mask)[:, 0].float().cpu()
+    top = torch.topk(scores, min(k, len(scores))).indices.tolist()
+    ids = gallery.image_ids
+    return [(ids[i], float(scores[i])) for i in top]
+
+
+def default_word(caption: str) -> str:
+    """The word whose attention is drawn when none is chosen: the caption's longest word."""
+    words = [w for w in split_words(caption) if w.isalnum()] or split_words(caption)
+    return max(words, key=len)
+
+
+def attention_figure(
+    matchers: list[Matcher],
+    features: torch.Tensor,
+    boxes: torch.Tensor,
+    caption: str,
+    word: str,
+    out_path: Path,
+    image_path: str | Path | None = None,
+    image_size: tuple[int, int] | None = None,
+) -> Path:
+    """A PNG of `word`'s attention over the boxes, one panel per matcher, drawn on the photo when given."""
+    check_boxes(torch.as_tensor(boxes), features.shape[0])
+    word_index = find_word(caption, word or default_word(caption))
+    panels = []
+    for matcher in matchers:
+        if not matcher.model.config.has_cross_attention:
+            continue  # global-embedding models attend nowhere
+        weights, _ = word_attention_over_regions(
+            matcher.model, matcher.tokenizer, features, caption, word_index
+        )
+        panels.append({"name": matcher.name, "boxes": boxes, "weights": weights})
+    if not panels:
+        raise AppError("none of the models has cross-attention: there is no attention to draw")
+    title = f'word {split_words(caption)[word_index]!r} of "{caption}"'
+    return draw_attention(panels, out_path, image_path, image_size, title=title)
+
+
+def layout_picture(
+    boxes: torch.Tensor, image_size: tuple[int, int] | None, out_path: Path, title: str
+) -> Path:
+    """A picture of an image without a photo: its region boxes on a blank canvas."""
+    weights = torch.zeros(len(boxes))
+    return draw_attention([{"name": title, "boxes": boxes, "weights": weights}], out_path, None, image_size)
+
+
+def as_array(path: Path) -> np.ndarray:
+    from matplotlib.image import imread
+
+    return (imread(str(path))[..., :3] * 255).round().astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The page
+# ---------------------------------------------------------------------------------------------------------
+
+
+MAX_RESULTS = 12
+
+
+class MatchingApp:
+    """The app's state: one or two matchers, an optional gallery, an optional photo reader."""
+
+    def __init__(self, matchers: list[Matcher], gallery: Gallery | None, photos: PhotoReader | None):
+        if not 1 <= len(matchers) <= 2:
+            raise AppError(f"the app compares one or two models, got {len(matchers)}")
+        self.matchers = matchers
+        self.gallery = gallery
+        self.photos = photos
+        self.scratch = Path(tempfile.mkdtemp(prefix="ccr-app-"))
+
+    # -- the three answers --------------------------------------------------------------------------
+    def rank(
+        self, photo: str | None, image_id: str | None, captions: str, word: str
+    ) -> tuple[list[list], np.ndarray, str]:
+        """Rows (rank, caption, one score per model) by the first model, the attention picture, a note."""
+        features, boxes, image_path, size = self._image(photo, image_id)
+        lines = [line for line in (captions or "").splitlines() if line.strip()]
+        if not lines and image_id and self.gallery is not None and not photo:
+            lines = self.gallery.captions(image_id)
+        rankings = [dict(rank_captions(m, features, lines)) for m in self.matchers]
+        order = list(rankings[0])
+        rows = [[i + 1, c, *[round(r[c], 4) for r in rankings]] for i, c in enumerate(order)]
+        top = order[0]
+        chosen = word.strip() if word and word.strip() else default_word(top)
+        picture = attention_figure(
+            self.matchers, features, boxes, top, chosen, self.scratch / "attention.png", image_path, size
+        )
+        note = f"Attention of the word **{chosen}** in the best caption of {self.matchers[0].name}."
+        return rows, as_array(picture), note
+
+    def search(self, caption: str, k: float) -> tuple[list[tuple[np.ndarray, str]], list[list]]:
+        """The top-k images of the first model (pictures) and every model's top k (rows)."""
+        if self.gallery is None:
+            raise AppError("start the app with --corpus DIR to search a corpus")
+        k = max(1, min(int(k), MAX_RESULTS))
+        results = [(m, search_images(m, self.gallery, caption, k)) for m in self.matchers]
+        rows = [[m.name, i + 1, image_id, round(score, 4)] for m, found in results for i, (image_id, score) in
+                enumerate(found)]  # fmt: skip
+        pictures = [(self._picture(image_id), f"{i + 1}. {image_id} ({score:.3f})")
+                    for i, (image_id, score) in enumerate(results[0][1])]  # fmt: skip
+        return pictures, rows
+
+    def pick(self, image_id: str | None) -> tuple[str, np.ndarray | None]:
+        """A corpus image's own captions (one per line) and its picture."""
+        if not image_id or self.gallery is None:
+            return "", None
+        return "\n".join(self.gallery.captions(image_id)), self._picture(image_id)
+
+    # -- helpers ------------------------------------------------------------------------------------
+    def _image(self, photo: str | None, image_id: str | None):
+        """Features, boxes, photo path and size of the uploaded photo, else of the picked corpus image."""
+        if photo:
+            if self.photos is None:
+                raise AppError("photos need the region extractor: start the app with the corpus's extraction")
+            features, boxes, size = self.photos.read(photo)
+            return features, boxes, photo, size
+        if image_id and self.gallery is not None:
+            features, boxes = self.gallery.regions(image_id)
+            if boxes is None:
+                raise AppError(f"{self.gallery.name} has no region boxes: attention cannot be drawn")
+            return features, boxes, self.gallery.photo(image_id), self.gallery.image_size(image_id)
+        raise AppError("upload a photo or pick an image of the corpus")
+
+    def _picture(self, image_id: str) -> np.ndarray:
+        photo = self.gallery.photo(image_id)
+        if photo is not None:
+            from .vision import read_image
+
+            return np.asarray(read_image(photo))
+        _, boxes = self.gallery.regions(image_id)
+        if boxes is None:
+            raise AppError(f"{self.gallery.name} has neither photos (--images) nor boxes to draw")
+        out = self.scratch / f"layout_{abs(hash(image_id))}.png"
+        return as_array(layout_picture(boxes, self.gallery.image_size(image_id), out, image_id))
+
+
+def _shown(function):
+    """Run an event handler; a user error becomes a one-line message in the page (gr.Error)."""
+
+    def handler(*args):
+        try:
+            return function(*args)
+        except UserError as err:
+            import gradio as gr
+
+            raise gr.Error(str(err)) from None
+
+    handler.__name__ = function.__name__
+    return handler
+
+
+def build_demo(app: MatchingApp):
+    """The page, a `gradio.Blocks`. Element ids (`elem_id`) name what a browser test looks for."""
+    import gradio as gr
+
+    names = [m.name for m in app.matchers]
+    image_ids = app.gallery.image_ids if app.gallery is not None else []
+    with gr.Blocks(title="modeling-ccr: image-text matching") as demo:
+        gr.Markdown(
+            f"# Image-text matching with {' vs '.join(names)}\n"
+            "Region-word cross-attention matchers (modeling-ccr). Scores rank captions for an image and images "
+            "for a caption; the picture shows one word's attention over the image's region boxes."
+        )
+        with gr.Tab("Rank captions for an image"):
+            with gr.Row():
+                with gr.Column():
+                    photo = gr.Image(
+                        type="filepath",
+                        label="Upload a photo",
+                        elem_id="photo",
+                        interactive=app.photos is not None,
+                    )
+                    picked = gr.Dropdown(
+                        image_ids, value=None, label="...or pick an image of the corpus", elem_id="pick"
+                    )
+                    captions = gr.Textbox(lines=5, label="Captions, one per line", elem_id="captions")
+                    word = gr.Textbox(label="Word to show (default: the longest word)", elem_id="word")
+                    rank_button = gr.Button("Rank captions", variant="primary", elem_id="rank")
+                with gr.Column():
+                    ranked = gr.Dataframe(
+                        headers=["rank", "caption", *[f"score ({n})" for n in names]],
+                        label="Ranked captions",
+                        elem_id="ranked",
+                    )
+                    note = gr.Markdown(elem_id="note")
+                    attention = gr.Image(label="Attention over the regions", elem_id="attention")
+            preview = gr.Image(label="Picked image", elem_id="preview", visible=bool(image_ids))
+        with gr.Tab("Search the corpus with a caption"):
+            query = gr.Textbox(label="Caption", elem_id="query")
+            k = gr.Slider(1, MAX_RESULTS, value=4, step=1, label="Images to show", elem_id="k")
+            search_button = gr.Button("Search", variant="primary", elem_id="search")
+            found = gr.Gallery(label=f"Top images ({names[0]})", columns=4, elem_id="found")
+            found_rows = gr.Dataframe(headers=["model", "rank", "image", "score"], elem_id="found-rows")
+        rank_button.click(
+            _shown(app.rank),
+            [photo, picked, captions, word],
+            [ranked, attention, note],
+            api_name="rank_captions",
+        )
+        search_button.click(_shown(app.search), [query, k], [found, found_rows], api_name="search_images")
+        picked.change(_shown(app.pick), [picked], [captions, preview], api_name="pick_image")
+    return demo
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The command line
+# ---------------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    env = os.environ.get
+    parser = argparse.ArgumentParser(
+        prog="app.py", description="Web app: rank captions for a photo, search a corpus, see the attention."
+    )
+    parser.add_argument("--model", default=env("CCR_MODEL"), help="model folder or Hub id (env CCR_MODEL)")
+    parser.add_argument("--model2", default=env("CCR_MODEL2"), help="a second model shown side by side")
+    parser.add_argument(
+        "--corpus", default=env("CCR_CORPUS"),
+        help="DatasetDict folder to search and pick images from (default: the first model's training corpus)",
+    )  # fmt: skip
+    parser.add_argument("--split", default=env("CCR_SPLIT", "test"))
+    parser.add_argument(
+        "--images", default=env("CCR_IMAGES"), help="folder of the corpus's photos (by image_id)"
+    )
+    parser.add_argument(
+        "--backbone", default=None, help="photo extractor: timm backbone (default: the corpus's)"
+    )
+    parser.add_argument("--weights", default=None, help="photo extractor weights (default: the corpus's)")
+    parser.add_argument(
+        "--grid", type=int, default=None, help="photo regions per side (default: the corpus's)"
+    )
+    parser.add_argument("--host", default=env("GRADIO_SERVER_NAME", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(env("GRADIO_SERVER_PORT", "7860")))
+    args = parser.parse_args(argv)
+    if not args.model:
+        parser.error("give --model (a model folder or a Hub id) or set CCR_MODEL")
+    return args
+
+
+def build_app(args: argparse.Namespace):
+    """The `MatchingApp` (models, gallery, photo reader) described by the parsed arguments."""
+    from .experiment import load_evaluation_split
+
+    matchers = [load_app_matcher(m) for m in (args.model, args.model2) if m]
+    gallery = None
+    if args.corpus or (matchers[0].folder / "training_config.yaml").is_file():
+        # --corpus, else the model's training corpus (the built-in one is rebuilt from its recorded seed).
+        split, name = load_evaluation_split(matchers[0].folder, args.corpus, args.split)
+        gallery = Gallery(split, f"{name} ({args.split})", Path(args.images) if args.images else None)
+    corpus = Path(args.corpus) if args.corpus else corpus_of(matchers[0])
+    photos = None
+    overrides = {"backbone": args.backbone, "weights": args.weights, "grid": args.grid}
+    if corpus is not None and (corpus / "extraction.json").is_file():
+        photos = PhotoReader.for_corpus(corpus, **overrides)
+    elif args.backbone:
+        photos = PhotoReader({k: v for k, v in overrides.items() if v is not None})
+    if photos is not None and photos.feature_dim != matchers[0].feature_dim:
+        raise AppError(
+            f"the photo extractor gives {photos.feature_dim}-d features; {matchers[0].name} takes "
+            f"{matchers[0].feature_dim}-d: photos need the extractor the model was trained with"
+        )
+    return MatchingApp(matchers, gallery, photos)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        app = build_app(args)
+    except UserError as err:
+        print(f"app.py: error: {err}", file=sys.stderr)
+        return 2
+    build_demo(app).launch(server_name=args.host, server_port=args.port)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
