@@ -7,7 +7,10 @@ an original-style per-caption loop on a subset, ours (`model.similarity`), their
 the largest difference from the reference, the peak extra RSS of our scoring, and the times extrapolated
 to Flickr30K test (1000 x 5000) and COCO 5K (5000 x 25000). For SGR and SAF it also prints the FLOP floor
 of the model (work its definition cannot avoid) and our ratio to it. Every time is the minimum of
-`--repeats` runs.
+`--repeats` runs. With `--compile` it also times the per-tile kernel (SCAN, BFAN: `tile_scores`) or the
+per-block pair scorer (SGR, SAF, DVSA: `score_pairs`) under `torch.compile(dynamic=True)` against the eager
+path in the same run: the first call (compilation included), the steady-state time and the largest score
+difference.
 
     python benchmarks/gallery_scoring.py [--images 100 --captions 500 --backbones scan_t2i,bfan ...]
 """
@@ -18,11 +21,13 @@ import argparse
 import platform
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 
+from modeling_ccr.models import cross_attention
 from modeling_ccr.models.configuration_bfan import BfanConfig
 from modeling_ccr.models.configuration_dvsa import DvsaConfig
 from modeling_ccr.models.configuration_scan import ScanConfig
@@ -175,6 +180,43 @@ def sgraf_floor_flops(model, word_mask: torch.Tensor, n_regions: int, dim: int) 
     return float(2 * macs.mean())
 
 
+@contextmanager
+def compiled_kernel(model: torch.nn.Module) -> Iterator[None]:
+    """Within the block, `model.similarity` runs its per-tile kernel (SCAN, BFAN) or its per-block pair
+    scorer (the others) compiled by `torch.compile(dynamic=True)`; the eager code is restored after."""
+    if isinstance(model, (ScanModel, BfanModel)):
+        eager = cross_attention.tile_scores
+        cross_attention.tile_scores = torch.compile(eager, dynamic=True)
+        try:
+            yield
+        finally:
+            cross_attention.tile_scores = eager
+    else:
+        model.score_pairs = torch.compile(model.score_pairs, dynamic=True)
+        try:
+            yield
+        finally:
+            del model.score_pairs
+
+
+def compare_compiled(model, gallery_inputs, eager_scores: torch.Tensor, repeats: int) -> None:
+    """Print torch.compile's first call, steady-state time and score difference against the eager path,
+    timed right before it (the load of a shared machine drifts within a run)."""
+    torch._dynamo.reset()
+    with torch.no_grad():
+        eager_time = min_time(lambda: model.similarity(*gallery_inputs), repeats)
+    with torch.no_grad(), compiled_kernel(model):
+        start = time.perf_counter()
+        scores = model.similarity(*gallery_inputs)
+        first = time.perf_counter() - start
+        compiled = min_time(lambda: model.similarity(*gallery_inputs), repeats)
+    error = (scores - eager_scores).abs().max().item()
+    print(
+        f"eager again {eager_time:.3f} s; torch.compile {compiled:.3f} s = {compiled / eager_time:.2f} x eager "
+        f"(first call {first:.1f} s with compilation)  max |compiled - eager| {error:.2e}"
+    )
+
+
 def run_backbone(name: str, args: argparse.Namespace) -> None:
     slow = name in SLOW
     n_images, n_captions = (args.slow_images, args.slow_captions) if slow else (args.images, args.captions)
@@ -240,6 +282,8 @@ def run_backbone(name: str, args: argparse.Namespace) -> None:
         print(
             f"{label:15s} extrapolated: ours {per_pair * total:9.0f} s, bound {bound / pairs * total:8.0f} s"
         )
+    if args.compile:
+        compare_compiled(model, (images, region_mask, texts, word_mask), scores, args.repeats)
 
 
 def main() -> None:
@@ -256,6 +300,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--compile", action="store_true", help="also time the kernel under torch.compile")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
