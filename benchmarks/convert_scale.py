@@ -8,7 +8,8 @@ float16 for the precomp folder), and prints from this one run:
 - images/s and the peak resident memory of each conversion (each child's own `ru_maxrss`);
 - the corpus's disk size, float32 vs float16;
 - the training data loader's throughput (ImageCaptionPairs + RegionCaptionCollator through a DataLoader,
-  shuffled, batch 128) against one training step of the published SCAN t2i model (feature_dim 2048,
+  shuffled, batch 128; and, as the baseline, the same loader reading rows through the `datasets` numpy
+  formatter, the read path before Arrow views) against one training step of the published SCAN t2i model (feature_dim 2048,
   embed 1024) at batch 128 on the same machine's device (forward + backward + Adam step), as a ratio.
   Target: loader >= 5x the step, so loading never bottlenecks training.
 
@@ -125,7 +126,23 @@ def folder_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def loader_batches_per_second(corpus: Path, batches: int, num_workers: int) -> tuple[float, object]:
+def formatter_pairs(train):
+    """The loader's read path before Arrow views (the baseline): each row through the `datasets` numpy
+    formatter, upcast by numpy."""
+    from modeling_ccr.data.pairs import ImageCaptionPairs
+
+    class FormatterPairs(ImageCaptionPairs):
+        def image_features(self, image_index: int) -> np.ndarray:
+            row = self.dataset.with_format("numpy", columns=["features"])[image_index]["features"]
+            return np.asarray(row, dtype=np.float32)
+
+    return FormatterPairs(train)
+
+
+def loader_batches_per_second(
+    corpus: Path, batches: int, num_workers: int, baseline: bool = False
+) -> tuple[float, object]:
+    """Shuffled batches of 128 per second through a DataLoader; `baseline`: the formatter read path."""
     import datasets
     import torch
 
@@ -136,7 +153,7 @@ def loader_batches_per_second(corpus: Path, batches: int, num_workers: int) -> t
     train = datasets.load_from_disk(str(corpus))["train"]
     tokenizer = build_word_tokenizer(caption_table(train)[0], 1)
     loader = torch.utils.data.DataLoader(
-        ImageCaptionPairs(train),
+        formatter_pairs(train) if baseline else ImageCaptionPairs(train),
         batch_size=128,
         shuffle=True,
         collate_fn=RegionCaptionCollator(tokenizer),
@@ -234,15 +251,20 @@ def main() -> None:
         }
         print("butd_tsv_float32", results["butd_tsv_float32"], flush=True)
         for name in ("precomp_float32", "precomp_float16"):
+            rate, _ = loader_batches_per_second(workdir / name, args.loader_batches, 0, baseline=True)
+            results[f"baseline_formatter_loader_{name}_workers0_batches_per_s"] = round(rate, 2)
             for workers in (0, 2):
                 rate, (batch, tokenizer) = loader_batches_per_second(
                     workdir / name, args.loader_batches, workers
                 )
                 results[f"loader_{name}_workers{workers}_batches_per_s"] = round(rate, 2)
+            print({k: v for k, v in results.items() if "loader" in k and name in k}, flush=True)
         step_rate, device = training_steps_per_second(batch, tokenizer, args.train_steps)
         results["train_steps_per_s"] = {"device": device, "value": round(step_rate, 3)}
         slowest_loader = min(v for k, v in results.items() if k.startswith("loader_") and "workers0" in k)
         results["loader_over_step_ratio_workers0"] = round(slowest_loader / step_rate, 1)
+        slowest_baseline = min(v for k, v in results.items() if k.startswith("baseline_formatter_loader_"))
+        results["baseline_formatter_loader_over_step_ratio_workers0"] = round(slowest_baseline / step_rate, 1)
         print(json.dumps(results, indent=2))
     finally:
         if args.workdir is None:

@@ -53,7 +53,7 @@ def caption_table(dataset: datasets.Dataset) -> tuple[list[str], np.ndarray]:
     return captions, caption_to_image
 
 
-class _FeatureChunk:
+class ArrowFeatureChunk:
     """Numpy views of one Arrow chunk of a `list<list<float>>` (Array2D storage) column, without copying.
 
     Row r's values are `values[inner[outer[r]] : inner[outer[r + 1]]]`: `outer` indexes the region lists,
@@ -109,7 +109,7 @@ class ArrowFeatureRows:
             raise ValueError(f"dataset has no {column!r} column; found {dataset.column_names}")
         self.dataset = dataset
         self.column = column
-        self._chunks: list[_FeatureChunk] | None = None
+        self._chunks: list[ArrowFeatureChunk] | None = None
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -119,7 +119,7 @@ class ArrowFeatureRows:
 
     def _build(self) -> None:
         column = self.dataset.data.column(self.column)  # the physical table, before any indices mapping
-        self._chunks = [_FeatureChunk(chunk) for chunk in column.chunks]
+        self._chunks = [ArrowFeatureChunk(chunk) for chunk in column.chunks]
         self._chunk_starts = np.cumsum([0] + [len(chunk) for chunk in column.chunks])
         # `_indices` maps a select/shuffle-ed dataset's rows to the table's rows (None: the identity).
         indices = self.dataset._indices
@@ -141,7 +141,7 @@ class ArrowFeatureRows:
         return features
 
 
-def _as_float32(features: np.ndarray) -> np.ndarray:
+def as_float32(features: np.ndarray) -> np.ndarray:
     """A writable float32 copy of one image's features view.
 
     Features may be stored as float16 to halve the disk; the models compute in float32. torch converts
@@ -187,7 +187,7 @@ class ImageCaptionPairs(torch.utils.data.Dataset):
 
     def image_features(self, image_index: int) -> np.ndarray:
         """`(n_regions, feature_dim)` float32 features of image row `image_index`."""
-        return _as_float32(self._features[image_index])
+        return as_float32(self._features[image_index])
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         index = range(len(self))[index]  # Normalises negative indices, raises IndexError out of range.
@@ -212,4 +212,4 @@ class ImageFeatures(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         index = range(len(self))[index]  # Normalises negative indices, raises IndexError out of range.
-        return {"features": _as_float32(self._features[index]), "image_index": index}
+        return {"features": as_float32(self._features[index]), "image_index": index}
