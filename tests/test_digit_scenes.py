@@ -144,7 +144,8 @@ def test_captions_name_the_drawn_digits_with_their_colour_size_and_true_relation
                     assert word in (item.colour, item.size)
                 if previous is not None:
                     between = words[previous[1] : phrase["first_word"]]
-                    assert " ".join(between) == relation_of(item.box, previous[0].box)
+                    # "A left of B": the earlier-named digit A lies left of B.
+                    assert " ".join(between) == relation_of(previous[0].box, item.box)
                     checked += 1
                 previous = (item, phrase["first_word"] + phrase["num_words"])
     assert checked > 10  # relations were exercised

@@ -340,8 +340,9 @@ def _phrase(entity_id: str, words: list[str], phrase_type: str, first: int, box:
 def write_caption(
     rng: np.random.Generator, config: DigitScenesConfig, scene: DigitScene
 ) -> tuple[str, list[dict]]:
-    """One caption naming 1-3 of the scene's digits (size and colour words by chance), each digit after
-    the first with its true relation to the one before, and now and then a drawn texture."""
+    """One caption naming 1-3 of the scene's digits (size and colour words by chance), joined by true
+    relations ("a red three left of a blue seven": the three lies left of the seven), and now and then a
+    drawn texture."""
     words: list[str] = CAPTION_PREFIXES[int(rng.integers(len(CAPTION_PREFIXES)))].split()
     phrases: list[dict] = []
     low, high = config.objects_per_caption
@@ -349,8 +350,10 @@ def write_caption(
     previous = None
     for k in rng.choice(len(scene.digits), size=n_named, replace=False):
         item = scene.digits[int(k)]
-        if previous is not None:
-            words.extend(relation(item.box, previous.box).split())
+        if (
+            previous is not None
+        ):  # "<previous> left of <item>": where the previous digit lies relative to this one
+            words.extend(relation(previous.box, item.box).split())
         phrase_words = ["a" if rng.random() < 0.8 else "the"]
         if rng.random() < config.size_mention_prob:
             phrase_words.append(item.size)
