@@ -35,6 +35,7 @@ from .data.collator import RegionCaptionCollator
 from .data.flickr30k_entities import attach_entities, write_entities_annotations
 from .data.pairs import ImageCaptionPairs, caption_table
 from .data.schema import validate_corpus
+from .data.streaming import DEFAULT_SHUFFLE_BUFFER, StreamingImageCaptionPairs, load_streaming_corpus
 from .data.synthetic import SyntheticCorpusConfig, build_synthetic_corpus
 from .errors import DatasetLoadError, UserError
 from .evaluation import attention_metrics, evaluate_matchers, has_grounding
@@ -109,6 +110,10 @@ DATA_KEYS = {
     # A SCAN vocabulary file (vocab/*_vocab.json): its ids and SCAN's word rule instead of a vocabulary
     # built from the training captions (min_word_count is then unused).
     "vocab": None,
+    # Read the train split as a stream (docs/converters.md, "Streaming"): data.source is then a folder of
+    # Parquet/Arrow files by split, or a save_to_disk folder; shuffle_buffer: images per shuffle buffer.
+    "streaming": False,
+    "shuffle_buffer": DEFAULT_SHUFFLE_BUFFER,
 }
 EVALUATION_KEYS = {"protocol": "full"}
 
@@ -212,6 +217,8 @@ DATA_TYPES = {
     "captions_per_image": "int | None",
     "max_words": "int | None",
     "vocab": "str | None",
+    "streaming": "bool",
+    "shuffle_buffer": "int",
 }
 
 
@@ -333,6 +340,8 @@ def load_corpus(data: dict[str, Any], seed: int) -> tuple[datasets.DatasetDict, 
         raise ConfigError(
             f"data.source: no dataset at {path} (expected a DatasetDict saved with save_to_disk)"
         )
+    if data["streaming"]:  # the splits besides train; train is streamed (streaming_train_pairs)
+        return load_streaming_corpus(path)[1], str(path)
     try:
         corpus = datasets.load_from_disk(str(path))
     except (FileNotFoundError, ValueError) as err:
@@ -346,11 +355,23 @@ def load_corpus(data: dict[str, Any], seed: int) -> tuple[datasets.DatasetDict, 
     return corpus, str(path)
 
 
-def run_tokenizer(data: dict[str, Any], train_split: datasets.Dataset) -> PreTrainedTokenizerBase:
+def run_tokenizer(
+    data: dict[str, Any], train_split: datasets.Dataset | StreamingImageCaptionPairs
+) -> PreTrainedTokenizerBase:
     """SCAN's vocabulary file when `data.vocab` names one, else a vocabulary of the training captions."""
     if data["vocab"] is not None:
         return scan_word_tokenizer(data["vocab"])
-    return build_word_tokenizer(caption_table(train_split)[0], data["min_word_count"])
+    streamed = isinstance(train_split, StreamingImageCaptionPairs)
+    captions = train_split.captions if streamed else caption_table(train_split)[0]
+    return build_word_tokenizer(captions, data["min_word_count"])
+
+
+def streaming_train_pairs(data: dict[str, Any], seed: int, where: str) -> StreamingImageCaptionPairs:
+    """The train split of `data.source` as streamed pairs (checked row by row as they stream)."""
+    rows, _ = load_streaming_corpus(data["source"])
+    return StreamingImageCaptionPairs(
+        rows, seed, data["shuffle_buffer"], data["captions_per_image"], f"{where}: {data['source']} train"
+    )
 
 
 def build_model(
@@ -420,7 +441,9 @@ def skip_token_ids(tokenizer: PreTrainedTokenizerBase, words: str | list[str]) -
     return sorted(ids)
 
 
-def feature_dim_of(split: datasets.Dataset) -> int:
+def feature_dim_of(split: datasets.Dataset | StreamingImageCaptionPairs) -> int:
+    if isinstance(split, StreamingImageCaptionPairs):
+        return split.feature_dim
     return int(split.with_format("numpy", columns=["features"])[0]["features"].shape[-1])
 
 
@@ -511,11 +534,15 @@ def run_experiment(
     set_seed(config.seed)
     corpus, dataset_name = load_corpus(config.data, config.seed)
     captions_per_image = config.data["captions_per_image"]
-    for split in ("train", "validation", "test"):
+    streaming = config.data["streaming"]
+    for split in ("validation", "test") if streaming else ("train", "validation", "test"):
         if split not in corpus:
             raise ConfigError(f"{config.source_file}: dataset {dataset_name} has no {split!r} split")
         validate_corpus(corpus[split], split, captions_per_image=captions_per_image)
-    train_split = corpus["train"]
+    if streaming:
+        train_split = streaming_train_pairs(config.data, config.seed, config.source_file)
+    else:
+        train_split = corpus["train"]
     tokenizer = run_tokenizer(config.data, train_split)
     if pretrained_text_encoder(config.model) is not None:
         tokenizer = pretrained_tokenizer(pretrained_text_encoder(config.model), config.source_file)
@@ -531,7 +558,7 @@ def run_experiment(
     trainer = MatchingTrainer(
         model=model,
         args=args,
-        train_dataset=ImageCaptionPairs(train_split),
+        train_dataset=train_split if streaming else ImageCaptionPairs(train_split),
         eval_dataset=corpus["validation"],
         data_collator=RegionCaptionCollator(tokenizer, config.data["max_words"]),
         processing_class=tokenizer,

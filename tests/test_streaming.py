@@ -205,12 +205,9 @@ def test_a_tiny_streaming_run_trains_and_its_loss_falls(tmp_path):
         "model.word_dim=16",
         "model.max_violation=false",
         "data.min_word_count=1",
-        "training.num_train_epochs=12",
+        "training.num_train_epochs=6",
         "training.per_device_train_batch_size=16",
         "training.learning_rate=0.002",
-        "training.eval_strategy=no",
-        "training.save_strategy=no",
-        "training.load_best_model_at_end=false",
         "training.logging_steps=5",
         "training.lr_decay_epochs=null",
         "training.disable_tqdm=true",
@@ -219,5 +216,5 @@ def test_a_tiny_streaming_run_trains_and_its_loss_falls(tmp_path):
     run_info = json.loads((tmp_path / "run" / "model" / "run_info.json").read_text())
     losses = [entry["loss"] for entry in run_info["log_history"] if "loss" in entry]
     steps_per_epoch = 48 * 5 // 16
-    assert run_info["sessions"][-1]["end_step"] == 12 * steps_per_epoch  # epochs from len(): no max_steps
-    assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:3])
+    assert run_info["sessions"][-1]["end_step"] == 6 * steps_per_epoch  # epochs from len(): no max_steps
+    assert np.mean(losses[-3:]) < 0.85 * np.mean(losses[:3]), losses
