@@ -31,7 +31,10 @@ def pretrained_text_encoder(model_section: dict[str, Any]) -> str | None:
     """The transformers encoder a model section names, or None for the word GRU. An ensemble's members
     share one tokenizer, so they must name the same text encoder."""
     if model_section.get("backbone") == "ensemble":
-        names = {pretrained_text_encoder(member) for member in model_section.get("members") or []}
+        members = model_section.get("members")
+        # A malformed members list is reported by the config builder, with the member's position.
+        members = [m for m in members if isinstance(m, dict)] if isinstance(members, list) else []
+        names = {pretrained_text_encoder(member) for member in members}
         if len(names) > 1:
             raise TextEncoderError(
                 f"ensemble members share one tokenizer, so one text_encoder; found {sorted(map(str, names))}"
