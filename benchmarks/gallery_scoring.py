@@ -191,7 +191,7 @@ def kernel_switch(model: torch.nn.Module) -> Callable[[bool], None]:
             cross_attention.tile_scores = compiled if on else eager
 
     else:
-        compiled = torch.compile(model.score_pairs, dynamic=True)
+        compiled = model.compiled_score_pairs()  # what `similarity(..., compile=True)` runs
 
         def switch(on: bool) -> None:
             if on:
