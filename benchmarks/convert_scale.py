@@ -132,9 +132,13 @@ def formatter_pairs(train):
     from modeling_ccr.data.pairs import ImageCaptionPairs
 
     class FormatterPairs(ImageCaptionPairs):
+        def __init__(self, dataset) -> None:
+            super().__init__(dataset)
+            self._numpy_view = dataset.with_format("numpy", columns=["features"])
+
         def image_features(self, image_index: int) -> np.ndarray:
-            row = self.dataset.with_format("numpy", columns=["features"])[image_index]["features"]
-            return np.asarray(row, dtype=np.float32)
+            row = self._numpy_view[image_index]["features"]
+            return np.asarray(row).astype(np.float32, copy=False)
 
     return FormatterPairs(train)
 

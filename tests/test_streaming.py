@@ -131,6 +131,23 @@ def test_dataloader_workers_share_the_shards_and_yield_every_pair_once(split, st
     assert pair_keys(loader) == pair_keys(reference[i] for i in range(len(reference)))
 
 
+def test_the_trainers_loader_has_a_length_and_sets_the_epoch_of_the_pairs(streamed):
+    """The Trainer iterates an accelerate-prepared DataLoader: its length gives the epochs (no max_steps),
+    and its set_epoch, called before each epoch, must reach the pairs to give each epoch its own order."""
+    import accelerate
+
+    pairs = StreamingImageCaptionPairs(streamed, seed=0)
+    rows_only = torch.utils.data.DataLoader(
+        pairs, batch_size=16, collate_fn=lambda items: torch.tensor([item["image_index"] for item in items])
+    )
+    loader = accelerate.Accelerator(cpu=True).prepare(rows_only)
+    assert len(loader) == 300 // 16 + 1
+    first = torch.cat(list(loader)).tolist()
+    loader.set_epoch(1)
+    second = torch.cat(list(loader)).tolist()
+    assert second != first and sorted(second) == sorted(first)
+
+
 def test_the_evaluation_splits_of_a_parquet_source_are_map_style(parquet_source):
     _, others = load_streaming_corpus(parquet_source)
     assert isinstance(others["validation"], datasets.Dataset) and len(others["validation"]) == 8
