@@ -10,6 +10,7 @@ from transformers import AutoModel
 
 from modeling_ccr import EnsembleModel
 from modeling_ccr.cli import main
+from modeling_ccr.errors import ModelLoadError
 from modeling_ccr.experiment import (
     ConfigError,
     assemble_ensemble,
@@ -238,5 +239,5 @@ def test_assembling_members_with_different_vocabularies_is_refused(trained, tmp_
     build_word_tokenizer(["an entirely different vocabulary"], min_count=1).save_pretrained(other)
     with pytest.raises(ConfigError, match="members must share one vocabulary"):
         assemble_ensemble([model_dir, other], tmp_path / "ensemble")
-    with pytest.raises(ConfigError, match="not a model folder"):
+    with pytest.raises(ModelLoadError, match="no model folder at"):
         assemble_ensemble([model_dir, tmp_path / "absent"], tmp_path / "ensemble")
