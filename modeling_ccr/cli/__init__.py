@@ -2,6 +2,7 @@
 
 - `run`: demo, train, configs, evaluate, visualize, ensemble
 - `hub`: push, push-dataset, card
+- `extract`: extract (a corpus of region features from a folder of your own images)
 - `convert`: scan-precomp, butd-tsv (real corpora from SCAN precomp folders and bottom-up-attention TSVs)
 - `checkpoint`: convert-checkpoint (models trained with the original SCAN, BFAN and SGRAF code)
 - `ablate`: ablate (a grid of backbones x constraint variants x seeds from one YAML, with its tables)
