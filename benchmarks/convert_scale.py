@@ -9,7 +9,7 @@ float16 for the precomp folder), and prints from this one run:
 - the corpus's disk size, float32 vs float16;
 - the training data loader's throughput (ImageCaptionPairs + RegionCaptionCollator through a DataLoader,
   shuffled, batch 128; and, as the baseline, the same loader reading rows through the `datasets` numpy
-  formatter, the read path before Arrow views) against one training step of the published SCAN t2i model (feature_dim 2048,
+  formatter, the read path before Arrow views; and the read path alone, pairs per second) against one training step of the published SCAN t2i model (feature_dim 2048,
   embed 1024) at batch 128 on the same machine's device (forward + backward + Adam step), as a ratio.
   Target: loader >= 5x the step, so loading never bottlenecks training.
 
@@ -172,6 +172,22 @@ def loader_batches_per_second(
     return batches / (time.perf_counter() - started), (batch, tokenizer)
 
 
+def rows_per_second(corpus: Path, rows: int, baseline: bool) -> float:
+    """Random (image, caption) pairs read per second, without the collator: the read path alone."""
+    import datasets
+
+    from modeling_ccr.data.pairs import ImageCaptionPairs
+
+    train = datasets.load_from_disk(str(corpus))["train"]
+    pairs = formatter_pairs(train) if baseline else ImageCaptionPairs(train)
+    order = np.random.default_rng(0).permutation(len(pairs))[:rows]
+    pairs[0]
+    started = time.perf_counter()
+    for index in order:
+        pairs[int(index)]
+    return len(order) / (time.perf_counter() - started)
+
+
 def training_steps_per_second(batch, tokenizer, steps: int) -> tuple[float, str]:
     import torch
     import yaml
@@ -207,6 +223,7 @@ def main() -> None:
     parser.add_argument("--precomp-images", type=int, default=20_000)
     parser.add_argument("--tsv-images", type=int, default=5_000)
     parser.add_argument("--loader-batches", type=int, default=20)
+    parser.add_argument("--loader-rounds", type=int, default=3, help="median of this many loader runs")
     parser.add_argument("--train-steps", type=int, default=2)
     parser.add_argument(
         "--workdir", type=Path, default=None, help="default: a temporary folder, removed after"
@@ -255,14 +272,20 @@ def main() -> None:
         }
         print("butd_tsv_float32", results["butd_tsv_float32"], flush=True)
         for name in ("precomp_float32", "precomp_float16"):
-            rate, _ = loader_batches_per_second(workdir / name, args.loader_batches, 0, baseline=True)
-            results[f"baseline_formatter_loader_{name}_workers0_batches_per_s"] = round(rate, 2)
-            for workers in (0, 2):
-                rate, (batch, tokenizer) = loader_batches_per_second(
-                    workdir / name, args.loader_batches, workers
-                )
-                results[f"loader_{name}_workers{workers}_batches_per_s"] = round(rate, 2)
-            print({k: v for k, v in results.items() if "loader" in k and name in k}, flush=True)
+            for baseline in (True, False):
+                key = f"{'baseline_formatter_' if baseline else ''}rows_{name}_per_s"
+                results[key] = round(rows_per_second(workdir / name, 128 * args.loader_batches, baseline))
+            # The median of rounds that alternate the two read paths: a shared machine's load drifts.
+            rates: dict[str, list[float]] = {}
+            for _ in range(args.loader_rounds):
+                for workers, baseline in ((0, True), (0, False), (2, False)):
+                    rate, (batch, tokenizer) = loader_batches_per_second(
+                        workdir / name, args.loader_batches, workers, baseline
+                    )
+                    key = f"{'baseline_formatter_' if baseline else ''}loader_{name}_workers{workers}_batches_per_s"
+                    rates.setdefault(key, []).append(rate)
+            results.update({key: round(float(np.median(values)), 2) for key, values in rates.items()})
+            print({k: v for k, v in results.items() if name in k}, flush=True)
         step_rate, device = training_steps_per_second(batch, tokenizer, args.train_steps)
         results["train_steps_per_s"] = {"device": device, "value": round(step_rate, 3)}
         slowest_loader = min(v for k, v in results.items() if k.startswith("loader_") and "workers0" in k)

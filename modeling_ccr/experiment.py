@@ -368,6 +368,8 @@ def run_tokenizer(
 
 def streaming_train_pairs(data: dict[str, Any], seed: int, where: str) -> StreamingImageCaptionPairs:
     """The train split of `data.source` as streamed pairs (checked row by row as they stream)."""
+    if data["source"] == SYNTHETIC_SOURCE:
+        raise ConfigError(f"{where}: data.streaming needs data.source to be a folder of corpus files")
     rows, _ = load_streaming_corpus(data["source"])
     return StreamingImageCaptionPairs(
         rows, seed, data["shuffle_buffer"], data["captions_per_image"], f"{where}: {data['source']} train"

@@ -235,3 +235,10 @@ def test_a_tiny_streaming_run_trains_and_its_loss_falls(tmp_path):
     steps_per_epoch = 48 * 5 // 16
     assert run_info["sessions"][-1]["end_step"] == 6 * steps_per_epoch  # epochs from len(): no max_steps
     assert np.mean(losses[-3:]) < 0.85 * np.mean(losses[:3]), losses
+
+
+def test_streaming_the_built_in_synthetic_corpus_is_a_config_error():
+    from modeling_ccr.experiment import DATA_KEYS, ConfigError, streaming_train_pairs
+
+    with pytest.raises(ConfigError, match=r"data\.streaming needs data\.source to be a folder"):
+        streaming_train_pairs({**DATA_KEYS, "streaming": True}, seed=0, where="run.yaml")

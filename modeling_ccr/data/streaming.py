@@ -40,7 +40,8 @@ from .schema import MAX_FEATURE_MAGNITUDE
 
 STREAMED_COLUMNS = ("image_id", "features", "captions")
 # Images in the datasets shuffle buffer and in the caption window (each): 1024 x 36 x 2048 float32 is
-# ~300 MB. In a batch of 128 drawn from 1024 images, ~8 pairs share their image with another pair.
+# ~300 MB. In batches of 128 drawn from a 1024-image window, ~10 % of the pairs share their image with
+# another pair of the batch (2 % with a full shuffle; measured on 5,000 generated images x 5 captions).
 DEFAULT_SHUFFLE_BUFFER = 1024
 # Rows per Arrow batch in the index pass.
 _INDEX_BATCH_ROWS = 4096
