@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch._dynamo.utils import counters
 
+from modeling_ccr import ScanConfig, ScanModel
 from modeling_ccr.models.configuration_sgraf import SafConfig, SgrConfig
 from modeling_ccr.models.modeling_sgraf import SafModel, SgrModel
 
@@ -43,3 +44,15 @@ def test_compiled_gallery_scores_equal_the_eager_scores_within_1e_5(name):
     assert compiled.shape == eager.shape
     assert (compiled - eager).abs().max() <= 1e-5
     assert model.compiled_score_pairs() is model.compiled_score_pairs()  # built once per model
+
+
+def test_compile_leaves_the_tiled_scan_kernel_eager_with_identical_scores():
+    # Tracing the tile loop would unroll one graph per tile; SCAN/BFAN tiles stay eager (docs/scoring.md).
+    torch.manual_seed(0)
+    model = ScanModel(ScanConfig(feature_dim=12, embed_dim=16, vocab_size=30, word_dim=6)).eval()
+    inputs = ragged_gallery()
+    eager = model.similarity(*inputs, image_block=3, caption_block=4)
+    counters.clear()
+    compiled = model.similarity(*inputs, image_block=3, caption_block=4, compile=True)
+    assert counters["stats"]["calls_captured"] == 0  # no operation of the tile loop was traced
+    assert torch.equal(compiled, eager)

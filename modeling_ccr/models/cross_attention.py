@@ -191,6 +191,10 @@ class CrossAttentionRule:
     lambda_lse: float = 1.0
 
 
+# Never traced by torch.compile (e.g. `similarity(..., compile=True)`): the tile loop's trip count depends on
+# the gallery, so tracing would unroll one graph per tile; compiling the tile kernel measured no robust
+# gain on a CPU (docs/scoring.md).
+@torch.compiler.disable
 def cross_attention_scores(
     image_embeds: torch.Tensor,
     region_mask: torch.Tensor,
