@@ -9,7 +9,8 @@ float16 for the precomp folder), and prints from this one run:
 - the corpus's disk size, float32 vs float16;
 - the training data loader's throughput (ImageCaptionPairs + RegionCaptionCollator through a DataLoader,
   shuffled, batch 128; and, as the baseline, the same loader reading rows through the `datasets` numpy
-  formatter, the read path before Arrow views; and the read path alone, pairs per second) against one training step of the published SCAN t2i model (feature_dim 2048,
+  formatter, the read path before Arrow views; the read path alone, pairs per second; and the streaming
+  reader, `data.streaming`, over the same corpus; and the collator alone) against one training step of the published SCAN t2i model (feature_dim 2048,
   embed 1024) at batch 128 on the same machine's device (forward + backward + Adam step), as a ratio.
   Target: loader >= 5x the step, so loading never bottlenecks training.
 
@@ -188,6 +189,50 @@ def rows_per_second(corpus: Path, rows: int, baseline: bool) -> float:
     return len(order) / (time.perf_counter() - started)
 
 
+def streaming_pairs_per_second(corpus: Path, rows: int) -> tuple[float, float]:
+    """The streaming reader on the same corpus (`data.streaming`): seconds of its index pass, and pairs per
+    second after the first (which waits for the window to fill), without the collator."""
+    from modeling_ccr.data.streaming import StreamingImageCaptionPairs, load_streaming_corpus
+
+    started = time.perf_counter()
+    pairs = StreamingImageCaptionPairs(load_streaming_corpus(corpus)[0], seed=0)
+    index_seconds = time.perf_counter() - started
+    iterator = iter(pairs)
+    next(iterator)
+    started = time.perf_counter()
+    for _ in range(rows):
+        next(iterator)
+    return index_seconds, rows / (time.perf_counter() - started)
+
+
+def collator_batches_per_second(corpus: Path, batches: int) -> dict[str, float]:
+    """RegionCaptionCollator alone on pre-read pairs, with torch's default thread count and with one
+    thread (as in a DataLoader worker): its many small per-item ops hand off to torch's thread pool."""
+    import datasets
+    import torch
+
+    from modeling_ccr.data.collator import RegionCaptionCollator
+    from modeling_ccr.data.pairs import ImageCaptionPairs, caption_table
+    from modeling_ccr.tokenization import build_word_tokenizer
+
+    train = datasets.load_from_disk(str(corpus))["train"]
+    collate = RegionCaptionCollator(build_word_tokenizer(caption_table(train)[0], 1))
+    pairs = ImageCaptionPairs(train)
+    order = np.random.default_rng(0).permutation(len(pairs))[: 128 * batches]
+    items = [pairs[int(i)] for i in order]
+    default_threads, rates = torch.get_num_threads(), {}
+    for threads in (default_threads, 1):
+        torch.set_num_threads(threads)
+        started = time.perf_counter()
+        for start in range(0, len(items), 128):
+            collate(items[start : start + 128])
+        rates[f"collator_torch_threads{threads}_batches_per_s"] = round(
+            batches / (time.perf_counter() - started), 2
+        )
+    torch.set_num_threads(default_threads)
+    return rates
+
+
 def training_steps_per_second(batch, tokenizer, steps: int) -> tuple[float, str]:
     import torch
     import yaml
@@ -275,6 +320,9 @@ def main() -> None:
             for baseline in (True, False):
                 key = f"{'baseline_formatter_' if baseline else ''}rows_{name}_per_s"
                 results[key] = round(rows_per_second(workdir / name, 128 * args.loader_batches, baseline))
+            index_seconds, rate = streaming_pairs_per_second(workdir / name, 128 * args.loader_batches)
+            results[f"streaming_{name}_index_pass_s"] = round(index_seconds, 2)
+            results[f"streaming_rows_{name}_per_s"] = round(rate)
             # The median of rounds that alternate the two read paths: a shared machine's load drifts.
             rates: dict[str, list[float]] = {}
             for _ in range(args.loader_rounds):
@@ -286,6 +334,7 @@ def main() -> None:
                     rates.setdefault(key, []).append(rate)
             results.update({key: round(float(np.median(values)), 2) for key, values in rates.items()})
             print({k: v for k, v in results.items() if name in k}, flush=True)
+        results.update(collator_batches_per_second(workdir / "precomp_float16", args.loader_batches))
         step_rate, device = training_steps_per_second(batch, tokenizer, args.train_steps)
         results["train_steps_per_s"] = {"device": device, "value": round(step_rate, 3)}
         slowest_loader = min(v for k, v in results.items() if k.startswith("loader_") and "workers0" in k)
