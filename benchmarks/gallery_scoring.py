@@ -18,6 +18,7 @@ difference.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import threading
 import time
@@ -317,7 +318,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     print(
         f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-        f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}"
+        f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+        f"load average {os.getloadavg()[0]:.1f}"
     )
     print(
         "data: random l2-normalised embeddings (not Flickr30K/COCO features); times are minima of "

@@ -15,6 +15,7 @@ the same for every row). Times are the minimum of --repeats runs.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -173,7 +174,8 @@ def main() -> None:
     given = dict(item.split("=", 1) for item in args.model)
     print(
         f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-        f"torch {torch.__version__}; data: built-in synthetic corpus (not Flickr30K/COCO)"
+        f"torch {torch.__version__}, load average {os.getloadavg()[0]:.1f}; "
+        "data: built-in synthetic corpus (not Flickr30K/COCO)"
     )
     ks = [int(k) for k in args.ks.split(",")]
     for backbone in args.backbones.split(","):
