@@ -7,10 +7,9 @@ an original-style per-caption loop on a subset, ours (`model.similarity`), their
 the largest difference from the reference, the peak extra RSS of our scoring, and the times extrapolated
 to Flickr30K test (1000 x 5000) and COCO 5K (5000 x 25000). For SGR and SAF it also prints the FLOP floor
 of the model (work its definition cannot avoid) and our ratio to it. Every time is the minimum of
-`--repeats` runs. With `--compile` it also times the per-tile kernel (SCAN, BFAN: `tile_scores`) or the
-per-block pair scorer (SGR, SAF, DVSA: `score_pairs`) under `torch.compile(dynamic=True)` against the eager
-path in the same run: the first call (compilation included), the steady-state time and the largest score
-difference.
+`--repeats` runs. With `--compile` it also times `model.similarity(..., compile=True)` (the compiled tile
+kernel of SCAN and BFAN, the compiled `score_pairs` of the others) against the eager path in the same run:
+the first call (compilation included), the steady-state time and the largest score difference.
 
     python benchmarks/gallery_scoring.py [--images 100 --captions 500 --backbones scan_t2i,bfan ...]
 """
@@ -23,11 +22,11 @@ import platform
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 
-from modeling_ccr.models import cross_attention
 from modeling_ccr.models.configuration_bfan import BfanConfig
 from modeling_ccr.models.configuration_dvsa import DvsaConfig
 from modeling_ccr.models.configuration_scan import ScanConfig
@@ -180,46 +179,20 @@ def sgraf_floor_flops(model, word_mask: torch.Tensor, n_regions: int, dim: int) 
     return float(2 * macs.mean())
 
 
-def kernel_switch(model: torch.nn.Module) -> Callable[[bool], None]:
-    """A switch that makes `model.similarity` run its per-tile kernel (SCAN, BFAN: `tile_scores`) or its
-    per-block pair scorer (the others: `score_pairs`) compiled by `torch.compile(dynamic=True)` (True)
-    or eager (False)."""
-    if isinstance(model, (ScanModel, BfanModel)):
-        eager = cross_attention.tile_scores
-        compiled = torch.compile(eager, dynamic=True)
-
-        def switch(on: bool) -> None:
-            cross_attention.tile_scores = compiled if on else eager
-
-    else:
-        compiled = model.compiled_score_pairs()  # what `similarity(..., compile=True)` runs
-
-        def switch(on: bool) -> None:
-            if on:
-                model.score_pairs = compiled
-            else:
-                model.__dict__.pop("score_pairs", None)
-
-    return switch
-
-
 def compare_compiled(model, gallery_inputs, eager_scores: torch.Tensor, repeats: int) -> None:
-    """Print torch.compile's first call, its steady-state time against the eager path (runs alternated,
-    since the load of a shared machine drifts) and the largest score difference."""
+    """Print the first call of `similarity(..., compile=True)` (compilation included), its steady-state
+    time against the eager path (runs alternated, since the load of a shared machine drifts) and the
+    largest score difference."""
     torch._dynamo.reset()
-    switch = kernel_switch(model)
     best = {False: float("inf"), True: float("inf")}  # compiled? -> shortest run
     with torch.no_grad():
-        switch(True)
         start = time.perf_counter()
-        scores = model.similarity(*gallery_inputs)
+        scores = model.similarity(*gallery_inputs, compile=True)
         first = time.perf_counter() - start
         for _ in range(repeats):
-            for on in (False, True):
-                switch(on)
-                elapsed = min_time(lambda: model.similarity(*gallery_inputs), 1)
-                best[on] = min(best[on], elapsed)
-        switch(False)
+            for compiled in (False, True):
+                elapsed = min_time(partial(model.similarity, *gallery_inputs, compile=compiled), 1)
+                best[compiled] = min(best[compiled], elapsed)
     eager_time, compiled_time = best[False], best[True]
     error = (scores - eager_scores).abs().max().item()
     print(

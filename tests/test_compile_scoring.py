@@ -1,5 +1,5 @@
-"""`model.similarity(..., compile=True)`: the blocks scored by `torch.compile`d `score_pairs` give the eager
-scores within 1e-5, over ragged masks, several caption lengths and several block shapes."""
+"""`model.similarity(..., compile=True)`: the compiled `score_pairs` (SGR, SAF) and the compiled tile kernel
+(SCAN, BFAN) give the eager scores within 1e-5, over ragged masks, several caption lengths and block shapes."""
 
 import pytest
 import torch
@@ -7,7 +7,10 @@ import torch.nn.functional as F
 from torch._dynamo.utils import counters
 
 from modeling_ccr import ScanConfig, ScanModel
+from modeling_ccr.models.configuration_bfan import BfanConfig
 from modeling_ccr.models.configuration_sgraf import SafConfig, SgrConfig
+from modeling_ccr.models.cross_attention import compiled_tiles
+from modeling_ccr.models.modeling_bfan import BfanModel
 from modeling_ccr.models.modeling_sgraf import SafModel, SgrModel
 
 N_REGIONS = 5
@@ -46,13 +49,40 @@ def test_compiled_gallery_scores_equal_the_eager_scores_within_1e_5(name):
     assert model.compiled_score_pairs() is model.compiled_score_pairs()  # built once per model
 
 
-def test_compile_leaves_the_tiled_scan_kernel_eager_with_identical_scores():
-    # Tracing the tile loop would unroll one graph per tile; SCAN/BFAN tiles stay eager (docs/scoring.md).
+TILED = {
+    "scan_t2i": lambda: ScanModel(ScanConfig(feature_dim=12, embed_dim=16, vocab_size=30, word_dim=6)),
+    "scan_i2t_lse": lambda: ScanModel(
+        ScanConfig(
+            feature_dim=12, embed_dim=16, vocab_size=30, word_dim=6, direction="i2t", aggregation="lse"
+        )
+    ),
+    "bfan_prob": lambda: BfanModel(
+        BfanConfig(feature_dim=12, embed_dim=16, vocab_size=30, word_dim=6, focal="prob")
+    ),
+}
+
+
+@pytest.mark.slow  # one inductor compilation of the tile kernel per rule: tens of seconds on a CPU
+@pytest.mark.parametrize("name", sorted(TILED))
+def test_compiled_tile_kernel_gives_the_eager_scores_within_1e_5(name):
     torch.manual_seed(0)
-    model = ScanModel(ScanConfig(feature_dim=12, embed_dim=16, vocab_size=30, word_dim=6)).eval()
+    model = TILED[name]().eval()
     inputs = ragged_gallery()
-    eager = model.similarity(*inputs, image_block=3, caption_block=4)
+    blocks = dict(image_block=3, caption_block=4)
+    eager = model.similarity(*inputs, **blocks)
     counters.clear()
-    compiled = model.similarity(*inputs, image_block=3, caption_block=4, compile=True)
-    assert counters["stats"]["calls_captured"] == 0  # no operation of the tile loop was traced
-    assert torch.equal(compiled, eager)
+    compiled = model.similarity(*inputs, **blocks, compile=True)
+    assert counters["stats"]["calls_captured"] > 0  # the compiled tile kernel really ran
+    assert (compiled - eager).abs().max() <= 1e-5
+
+
+def test_training_scores_stay_eager_inside_compiled_tiles():
+    # The compiled tile kernel is for gradient-free gallery scoring; training keeps the eager kernel.
+    torch.manual_seed(0)
+    model = TILED["scan_t2i"]()
+    images, region_mask, texts, word_mask = ragged_gallery()
+    counters.clear()
+    with compiled_tiles():
+        scores = model.score_pairs(images.requires_grad_(), region_mask, texts, word_mask)
+    assert scores.requires_grad
+    assert counters["stats"]["calls_captured"] == 0

@@ -16,9 +16,11 @@ never needed for scoring.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
-from functools import partial
+from functools import cache, partial
 
 import torch
 import torch.nn.functional as F
@@ -191,9 +193,29 @@ class CrossAttentionRule:
     lambda_lse: float = 1.0
 
 
-# Never traced by torch.compile (e.g. `similarity(..., compile=True)`): the tile loop's trip count depends on
-# the gallery, so tracing would unroll one graph per tile; compiling the tile kernel measured no robust
-# gain on a CPU (docs/scoring.md).
+# Whether gradient-free calls of `cross_attention_scores` in this context run the compiled tile kernel.
+_COMPILED_TILES: ContextVar[bool] = ContextVar("compiled_tiles", default=False)
+
+
+@contextmanager
+def compiled_tiles(enabled: bool = True) -> Iterator[None]:
+    """Within the block, gradient-free all-pairs scoring runs `tile_scores` compiled by
+    `torch.compile(dynamic=True)` (`similarity(..., compile=True)`; measured in docs/scoring.md)."""
+    token = _COMPILED_TILES.set(enabled)
+    try:
+        yield
+    finally:
+        _COMPILED_TILES.reset(token)
+
+
+@cache
+def compiled_tile_scores():
+    """`tile_scores` under `torch.compile(dynamic=True)`, built once: one compilation serves every tile shape."""
+    return torch.compile(tile_scores, dynamic=True)
+
+
+# Never traced by torch.compile (e.g. a compiled `score_pairs`): the tile loop's trip count depends on the
+# gallery, so tracing would unroll one graph per tile; `compiled_tiles` compiles the tile kernel instead.
 @torch.compiler.disable
 def cross_attention_scores(
     image_embeds: torch.Tensor,
@@ -227,6 +249,8 @@ def cross_attention_scores(
         grams["texts"] = gram(texts.to(compute))
     n_images, n_regions = region_mask.shape
     n_captions, n_words = word_mask.shape
+    compiled = _COMPILED_TILES.get() and not torch.is_grad_enabled()
+    score_tile = compiled_tile_scores() if compiled else tile_scores
     budget = tile_elements or tile_budget(images.device)
     image_tile, caption_tile = tile_shape(n_images, n_regions, n_captions, n_words, budget)
     rows = []
@@ -236,7 +260,7 @@ def cross_attention_scores(
         for c in range(0, n_captions, caption_tile):
             tile_texts = slice(c, c + caption_tile)
             row.append(
-                tile_scores(
+                score_tile(
                     {
                         side: tuple(t[tile_images if side == "images" else tile_texts] for t in v)
                         for side, v in sides.items()

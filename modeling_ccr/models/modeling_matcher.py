@@ -15,6 +15,7 @@ from transformers.utils import ModelOutput
 
 from .configuration_matcher import MatcherConfig
 from .constraints import MatchedAttention, constraint_terms
+from .cross_attention import compiled_tiles
 from .distributed import gather_padded, gather_without_grad, world_size_and_rank
 from .encoders import GRUTextEncoder, PretrainedTextEncoder, RegionEncoder, build_text_encoder
 from .gallery_scoring import block_sizes, caption_length_groups, generic_pair_bytes, tile_budget, tile_shape
@@ -84,8 +85,9 @@ class GalleryScoring:
         `(n_captions, n_words, D)`, word_mask `(n_captions, n_words)`. Captions are scored in groups of
         about one length, each cut to its longest caption, so padding costs almost nothing; blocks are sized from free memory and
         `pair_scoring_bytes` unless image_block / caption_block are given. dtype (e.g. torch.bfloat16)
-        runs the products under autocast in that precision (tolerances in docs/scoring.md). compile: score
-        the blocks with `compiled_score_pairs` (same scores within 1e-5; pays for SGR and SAF).
+        runs the products under autocast in that precision (tolerances in docs/scoring.md). compile: run
+        `torch.compile`d code (same scores within 1e-5; the first call compiles): `compiled_score_pairs`,
+        whose tiled SCAN/BFAN/DAMSM scorer runs its compiled tile kernel (`compiled_tiles`).
         """
         device = image_embeds.device
         n_images, n_regions, embed_dim = image_embeds.shape
@@ -95,7 +97,7 @@ class GalleryScoring:
         budget = tile_budget(device)
         min_group = tile_shape(n_images, n_regions, text_embeds.shape[0], median_length, budget)[1]
         score_pairs = self.compiled_score_pairs() if compile else self.score_pairs
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None), compiled_tiles(compile):
             for captions, length in caption_length_groups(word_mask, min_group):
                 auto = block_sizes(
                     n_images, len(captions), self.pair_scoring_bytes(n_regions, length, embed_dim), device
@@ -112,8 +114,7 @@ class GalleryScoring:
 
     def compiled_score_pairs(self) -> Callable[..., torch.Tensor]:
         """`score_pairs` under `torch.compile(dynamic=True)`, built once per model: one compilation (about a
-        minute on a CPU) serves every block shape and caption length. Measured (docs/scoring.md): faster for
-        the per-pair networks of SGR and SAF, not for the tiled SCAN/BFAN kernel."""
+        minute on a CPU) serves every block shape and caption length (measured in docs/scoring.md)."""
         if getattr(self, "_compiled_score_pairs", None) is None:
             self._compiled_score_pairs = torch.compile(self.score_pairs, dynamic=True)
         return self._compiled_score_pairs
