@@ -153,3 +153,19 @@ def test_validation_at_chance_before_the_end_of_the_first_epoch_is_not_a_collaps
     trainer = tiny_trainer(tmp_path, collapse_guard="stop")
     trainer.is_in_train, trainer.state.epoch = True, 0.5
     trainer._check_collapse(chance_like_metrics())
+
+
+@pytest.mark.slow
+def test_a_learning_rate_of_1e30_is_caught_as_a_collapse_not_reported_as_a_result(tmp_path, capsys):
+    config = run_yaml(
+        tmp_path,
+        learning_rate=1e30,
+        max_steps=30,
+        eval_strategy="steps",
+        eval_steps=10,
+        collapse_guard="stop",
+    )
+    assert main(["train", str(config)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "at or below chance" in error and "learning_rate" in error, error
+    assert not (tmp_path / "run" / "model" / "eval_results_test.json").exists()
