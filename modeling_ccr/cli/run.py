@@ -66,7 +66,7 @@ def command_demo(args: argparse.Namespace) -> None:
 
     args.resume = None
     if args.corpus == "digit-scenes":  # generated once into --corpus-dir, then read from there
-        from ..data.digit_scenes import DigitScenesConfig, ensure_digit_scenes
+        from ..vision.digit_scenes import DigitScenesConfig, ensure_digit_scenes
 
         ensure_digit_scenes(args.corpus_dir, DigitScenesConfig())
         args.set = [f"data.source={args.corpus_dir}", "output_dir=runs/demo_digit_scenes", *args.set]

@@ -30,9 +30,9 @@ import datasets
 import numpy as np
 from PIL import Image
 
+from ..data.flickr30k_entities import write_entities_annotations
+from ..data.schema import corpus_features
 from ..errors import UserError
-from .flickr30k_entities import write_entities_annotations
-from .schema import corpus_features
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 DIGIT_WORDS: tuple[str, ...] = (
@@ -450,7 +450,7 @@ def generate_digit_scenes(
 def default_extractor(config: DigitScenesConfig):
     """`RegionFeatureExtractor` on `config.backbone` with `config.weights`, or the shipped Lite0 weights
     package, at the canvas size (no resampling of the drawn pixels)."""
-    from ..vision import RegionFeatureExtractor
+    from .extractor import RegionFeatureExtractor
 
     weights = config.weights
     if weights is None and config.backbone == "efficientnet_lite0":
