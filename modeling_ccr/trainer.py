@@ -24,6 +24,7 @@ from transformers import Trainer, TrainerState
 from transformers.trainer_utils import TrainOutput
 
 from .checkpoints import mark_complete, newest_complete, read_marker, rotate_checkpoints
+from .data.schema import MAX_FEATURE_MAGNITUDE
 from .errors import UserError
 from .evaluation import evaluate_matchers
 from .metrics.retrieval import chance_metrics
@@ -383,6 +384,6 @@ def _likely_causes(model: torch.nn.Module, step_inputs: list[dict[str, Any]]) ->
     features = [inputs["region_features"] for inputs in step_inputs if "region_features" in inputs]
     if features:
         magnitude = max(float(f.abs().nan_to_num(nan=math.inf).max()) for f in features)
-        if not math.isfinite(magnitude) or magnitude > 1e4:
+        if not math.isfinite(magnitude) or magnitude > MAX_FEATURE_MAGNITUDE:
             causes.append(f"the batch's region features reach |x| = {magnitude:.3g}: are they real features?")
     return causes

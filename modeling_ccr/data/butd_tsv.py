@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from .schema import first_non_finite
 
 TSV_FIELDS: tuple[str, ...] = ("image_id", "image_w", "image_h", "num_boxes", "boxes", "features")
 # Boxes are clipped to the image by the extractor (to w - 1, h - 1); one pixel of slack absorbs rounding
@@ -120,12 +121,11 @@ def _parse(fields: list[str], where: str, feature_dim: int | None) -> TsvRow:
         )
     boxes, features = boxes.reshape(num_boxes, 4), features.reshape(num_boxes, -1)
     for field, values in (("boxes", boxes), ("features", features)):
-        bad = ~np.isfinite(values)
-        if bad.any():
-            region, column = (int(i) for i in np.argwhere(bad)[0])
+        found = first_non_finite(values)
+        if found is not None:
+            (region, column), value = found
             raise ValueError(
-                f"{where}, field {field!r}: non-finite value {values[region, column]} at box {region}, "
-                f"column {column}"
+                f"{where}, field {field!r}: non-finite value {value} at box {region}, column {column}"
             )
     _check_boxes(boxes, width, height, where)
     return TsvRow(Path(), 0, image_id, (width, height), boxes, features)

@@ -53,6 +53,15 @@ MAX_FEATURE_MAGNITUDE = 1e4
 BOX_OVERHANG = 0.25
 
 
+def first_non_finite(values: np.ndarray) -> tuple[tuple[int, ...], float] | None:
+    """Index and value of the first NaN/Inf in `values`, or None when every value is finite."""
+    bad = ~np.isfinite(values)
+    if not bad.any():
+        return None
+    index = tuple(int(i) for i in np.argwhere(bad)[0])
+    return index, float(values[index])
+
+
 class CorpusValidationError(UserError, ValueError):
     """A corpus row that cannot be trained or evaluated on; the message names split, row, image id and field."""
 
@@ -181,12 +190,12 @@ def _check_features(
         flat = np.concatenate([r.reshape(-1) for r in rows]) if rows else np.zeros(0)
         if not np.isfinite(flat).all():
             for offset, features in enumerate(rows):
-                bad = ~np.isfinite(features)
-                if bad.any():
-                    region, dim = (int(i) for i in np.argwhere(bad)[0])
+                found = first_non_finite(features)
+                if found is not None:
+                    (region, dim), value = found
                     raise CorpusValidationError(
                         f"{_where(split_name, 'features', start + offset, image_ids)}: non-finite value "
-                        f"{features[region, dim]} at region {region}, dim {dim}"
+                        f"{value} at region {region}, dim {dim}"
                     )
         if len(flat) and np.abs(flat).max() > max_feature_magnitude:
             for offset, features in enumerate(rows):
