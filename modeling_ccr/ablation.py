@@ -13,7 +13,8 @@ An ablation file (`configs/ablation_*.yaml`) names:
 - `models`: name -> `{model: {backbone, options...}, variants: [names], set: {per-model overrides},
   base: a run config for this model only}`; without `model`, the model section of the model's base
   config is used (the published settings of `configs/<backbone>_f30k.yaml`, say).
-- `variants`: name -> model options (`{ccr_weight: 0.1, ccs_weight: 0.1}`, or any constraint option).
+- `variants`: name -> model options (`{ccr_weight: 0.1, ccs_weight: 0.1}`, or any constraint option),
+  plus an optional `set` of dotted run overrides for that variant (`{training.constraint_warmup_steps: 46}`).
 - `seeds`: the training seeds.
 
 A run whose `model/eval_results_test.json` exists is finished and skipped; an unfinished one is trained
@@ -143,12 +144,15 @@ def load_ablation(path: str | Path, overrides: dict[str, Any] | None = None) -> 
         for variant in names:
             if variant not in variants:
                 raise AblationError(f"{where}.variants: {variant!r} is not one of {sorted(variants)}")
-            section = {**defaults, **model, **_mapping(variants[variant], f"{path}: variants.{variant}")}
+            options = dict(_mapping(variants[variant], f"{path}: variants.{variant}"))
+            variant_set = _mapping(options.pop("set", None), f"{path}: variants.{variant}.set")
+            section = {**defaults, **model, **options}
             for seed in seeds:
                 run_dir = output_dir / slug(name) / slug(variant) / f"seed{seed}"
                 run_overrides = {
                     **shared,
                     **_mapping(entry.get("set"), f"{where}.set"),
+                    **variant_set,
                     "model": copy.deepcopy(section),
                     "seed": seed,
                     "output_dir": str(run_dir),

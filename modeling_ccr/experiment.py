@@ -85,12 +85,14 @@ TRAINER_KEYS = {
     "lr_decay_factor": 0.1,
     "collapse_guard": "warn",
     "hinge_warmup_steps": 0,
+    "constraint_warmup_steps": 0,
 }
 TRAINER_KEY_TYPES = {
     "lr_decay_epochs": "float | None",
     "lr_decay_factor": "float",
     "collapse_guard": "str",
     "hinge_warmup_steps": "int",
+    "constraint_warmup_steps": "int",
 }
 
 SECTIONS = {

@@ -58,6 +58,8 @@ class MatchingTrainer(Trainer):
     eval_protocol / captions_per_image: retrieval protocol of `evaluate()` (SPEC section 5).
     hinge_warmup_steps: train this many steps with the hinge summed over negatives before the model's
         hardest-negative hinge (`max_violation`) takes over; 0 = no warm-up.
+    constraint_warmup_steps: train this many steps on the base loss alone before the model's CCR/CCS
+        weights take effect; 0 = constraints from the first step.
     """
 
     # The base loss is a per-batch contrastive sum: the Trainer must divide it by the accumulation steps.
@@ -72,6 +74,7 @@ class MatchingTrainer(Trainer):
         captions_per_image: int | None = 5,
         collapse_guard: str = "warn",
         hinge_warmup_steps: int = 0,
+        constraint_warmup_steps: int = 0,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
@@ -84,6 +87,7 @@ class MatchingTrainer(Trainer):
         self.collapse_guard = collapse_guard
         self.collapse_warnings: list[str] = []
         self.hinge_warmup_steps = hinge_warmup_steps
+        self.constraint_warmup_steps = constraint_warmup_steps
         self._term_sums: dict[str, float] = {}
         self._term_counts: dict[str, int] = {}
         self._step_inputs: list[dict[str, Any]] = []  # the micro-batches of the optimizer step in progress
@@ -142,20 +146,31 @@ class MatchingTrainer(Trainer):
     # -------------------------------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _hinge_warmup(self, model):
-        """For the first `hinge_warmup_steps` training steps, the hinge sums over all negatives instead of
-        taking the hardest: from scratch, the hardest-negative hinge can sit on the plateau where every
-        pair scores the same (benchmarks/hinge_plateau.py: SGR never leaves it)."""
+    def _warmup(self, model):
+        """Config values that hold only during the warm-up steps, restored after the step.
+
+        `hinge_warmup_steps`: the hinge sums over all negatives instead of taking the hardest; from
+        scratch, the hardest-negative hinge can sit on the plateau where every pair scores the same
+        (benchmarks/hinge_plateau.py: SGR never leaves it). `constraint_warmup_steps`: CCR/CCS weights
+        are 0, so the constraints start pulling on attention only once the embeddings are aligned.
+        """
         config = self.accelerator.unwrap_model(model).config
-        hardest = getattr(config, "max_violation", False)  # an ensemble has no hinge of its own
-        warm = model.training and self.state.global_step < self.hinge_warmup_steps and hardest
-        if warm:
-            config.max_violation = False
+        step = self.state.global_step
+        overrides = {}
+        if model.training and step < self.hinge_warmup_steps and getattr(config, "max_violation", False):
+            overrides["max_violation"] = False  # an ensemble has no hinge of its own
+        if model.training and step < self.constraint_warmup_steps:
+            for name in ("ccr_weight", "ccs_weight"):
+                if getattr(config, name, 0.0) > 0:
+                    overrides[name] = 0.0
+        saved = {name: getattr(config, name) for name in overrides}
+        for name, value in overrides.items():
+            setattr(config, name, value)
         try:
             yield
         finally:
-            if warm:
-                config.max_violation = True
+            for name, value in saved.items():
+                setattr(config, name, value)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         self._step_inputs.append(inputs)
@@ -163,7 +178,7 @@ class MatchingTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         world_size = self.accelerator.num_processes
-        with self._hinge_warmup(model):
+        with self._warmup(model):
             outputs = model(**inputs, return_loss=True, gather_negatives=world_size > 1)
         if model.training:
             if not torch.isfinite(outputs.loss):

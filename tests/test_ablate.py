@@ -174,6 +174,19 @@ def test_shipped_ablation_files_parse_and_name_published_backbones():
         assert {run.variant for run in ablation.runs} >= {"base", "+both"}
 
 
+def test_a_variant_set_overrides_only_that_variants_runs(tmp_path):
+    variants = {
+        "base": {"ccr_weight": 0.0, "ccs_weight": 0.0},
+        "+both late": {"ccr_weight": 0.1, "ccs_weight": 0.1, "set": {"training.constraint_warmup_steps": 7}},
+    }
+    ablation = load_ablation(write_grid(tmp_path, variants=variants))
+    by_variant = {run.variant: run for run in ablation.runs}
+    late = by_variant["+both late"].overrides
+    assert late["training.constraint_warmup_steps"] == 7 and "set" not in late["model"]
+    assert late["model"]["ccr_weight"] == 0.1
+    assert "training.constraint_warmup_steps" not in by_variant["base"].overrides
+
+
 def test_slugs_are_folder_and_repo_safe():
     assert slug("+both") == "both" and slug("SCAN t2i") == "scan-t2i" and slug("+CCR") == "ccr"
 
@@ -185,7 +198,8 @@ def test_missing_required_key_is_named(tmp_path):
         load_ablation(path)
 
 
-def test_hinge_warmup_sums_over_negatives_for_the_first_steps_then_takes_the_hardest(tmp_path):
+def warmup_trainer(tmp_path, **warmup):
+    """A tiny SCAN model (CCR and CCS at weight 5), its MatchingTrainer with `warmup`, and one batch."""
     import torch
     from transformers import TrainingArguments
 
@@ -194,9 +208,10 @@ def test_hinge_warmup_sums_over_negatives_for_the_first_steps_then_takes_the_har
     from modeling_ccr.trainer import MatchingTrainer
 
     torch.manual_seed(0)
-    model = ScanModel(ScanConfig(feature_dim=8, embed_dim=8, vocab_size=20, word_dim=6))
+    config = ScanConfig(feature_dim=8, embed_dim=8, vocab_size=20, word_dim=6, ccr_weight=5.0, ccs_weight=5.0)
+    model = ScanModel(config)
     args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
-    trainer = MatchingTrainer(model=model, args=args, hinge_warmup_steps=3)
+    trainer = MatchingTrainer(model=model, args=args, **warmup)
     inputs = {
         "region_features": torch.randn(6, 5, 8),
         "region_mask": torch.ones(6, 5, dtype=torch.bool),
@@ -204,6 +219,11 @@ def test_hinge_warmup_sums_over_negatives_for_the_first_steps_then_takes_the_har
         "attention_mask": torch.ones(6, 7, dtype=torch.long),
     }
     model.train()
+    return model, trainer, inputs
+
+
+def test_hinge_warmup_sums_over_negatives_for_the_first_steps_then_takes_the_hardest(tmp_path):
+    model, trainer, inputs = warmup_trainer(tmp_path, hinge_warmup_steps=3)
     hardest = model(**inputs, return_loss=True).loss
     model.config.max_violation = False
     summed = model(**inputs, return_loss=True).loss
@@ -214,3 +234,15 @@ def test_hinge_warmup_sums_over_negatives_for_the_first_steps_then_takes_the_har
     assert model.config.max_violation is True  # the model's own setting is restored after the step
     trainer.state.global_step = 3
     assert trainer.compute_loss(model, inputs).item() == pytest.approx(hardest.item())
+
+
+def test_constraint_warmup_trains_on_the_base_loss_alone_for_the_first_steps(tmp_path):
+    model, trainer, inputs = warmup_trainer(tmp_path, constraint_warmup_steps=2)
+    outputs = model(**inputs, return_loss=True)
+    constrained, base_only = outputs.loss, outputs.base_loss
+    assert constrained > base_only + 1e-3  # the constraint terms add something, so the checks can tell
+    trainer.state.global_step = 1
+    assert trainer.compute_loss(model, inputs).item() == pytest.approx(base_only.item())
+    assert (model.config.ccr_weight, model.config.ccs_weight) == (5.0, 5.0)  # restored after the step
+    trainer.state.global_step = 2
+    assert trainer.compute_loss(model, inputs).item() == pytest.approx(constrained.item())

@@ -48,3 +48,25 @@ def test_a_run_config_names_the_preset_in_its_data_section():
     }
     corpus, name = load_corpus(parse_experiment_config(raw).data, seed=0)
     assert len(corpus["train"]) == SMALL["train_images"] and "synthetic" in name
+
+
+def test_hard_captions_name_fewer_objects_and_fewer_colours():
+    def caption_stats(config):
+        scenes = generate_scenes(config, "train")
+        objects = [
+            [p for p in phrases if p["phrase_type"] != "scene"]
+            for scene in scenes
+            for phrases in scene.phrases
+        ]
+        colours = sum(len(p["phrase"].split()) == 3 for phrases in objects for p in phrases)
+        return (
+            max(len(o) for o in objects),
+            np.mean([len(o) for o in objects]),
+            colours / sum(map(len, objects)),
+        )
+
+    hard_most, hard_mean, hard_colour_rate = caption_stats(SyntheticCorpusConfig(preset="hard", **SMALL))
+    default_most, default_mean, default_colour_rate = caption_stats(SyntheticCorpusConfig(**SMALL))
+    assert hard_most == 2 and default_most == 3
+    assert hard_mean < default_mean - 0.5
+    assert hard_colour_rate < default_colour_rate - 0.1
