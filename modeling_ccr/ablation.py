@@ -42,6 +42,8 @@ from .resources import resolve_config
 ABLATION_KEYS = {"base", "output_dir", "set", "corpus", "model_defaults", "models", "variants", "seeds"}
 MODEL_KEYS = {"base", "model", "variants", "set"}
 RESULT_FILE = "eval_results_test.json"
+# The variant every other variant of a model is compared with, seed by seed.
+BASELINE_VARIANT = "base"
 # Table columns: (label, key in the metrics; attention keys live under metrics["attention"]).
 RETRIEVAL_COLUMNS = (
     ("i2t R@1", "i2t_r1"),
@@ -57,6 +59,9 @@ ATTENTION_COLUMNS = (
     ("attention R", "attention_recall"),
     ("attention F1", "attention_f1"),
 )
+# Columns of the paired table (variant minus base, same seed): the seed spread of a corpus can be larger
+# than a variant's effect, and the same seed shares the corpus draw and initialisation.
+PAIRED_COLUMNS = (("rSum", "rsum"), *ATTENTION_COLUMNS)
 
 
 class AblationError(UserError, ValueError):
@@ -294,7 +299,43 @@ def summarise(ablation: Ablation) -> dict[str, Any]:
                 "sd": {k: statistics.stdev(v[k] for v in seeds) if len(seeds) > 1 else None for k in keys},
             }
         )
-    return {"ablation": ablation.source, "datasets": sorted(datasets_seen), "rows": rows, "runs": runs}
+    return {
+        "ablation": ablation.source,
+        "datasets": sorted(datasets_seen),
+        "rows": rows,
+        "paired": paired_differences(runs),
+        "runs": runs,
+    }
+
+
+def paired_differences(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (model, variant other than base): variant minus base on each seed both finished, as mean and
+    sample sd over those seeds, and on how many seeds the difference is positive."""
+    by_cell = {(r["model"], r["variant"], r["seed"]): r["values"] for r in runs}
+    cells = dict.fromkeys((r["model"], r["variant"]) for r in runs if r["variant"] != BASELINE_VARIANT)
+    paired = []
+    for model, variant in cells:
+        seeds = sorted(
+            seed
+            for m, v, seed in by_cell
+            if (m, v) == (model, variant) and (model, BASELINE_VARIANT, seed) in by_cell
+        )
+        if not seeds:
+            continue
+        pairs = [(by_cell[model, variant, seed], by_cell[model, BASELINE_VARIANT, seed]) for seed in seeds]
+        keys = [k for _, k in PAIRED_COLUMNS if all(k in v and k in b for v, b in pairs)]
+        deltas = {k: [v[k] - b[k] for v, b in pairs] for k in keys}
+        paired.append(
+            {
+                "model": model,
+                "variant": variant,
+                "seeds": seeds,
+                "mean": {k: statistics.fmean(d) for k, d in deltas.items()},
+                "sd": {k: statistics.stdev(d) if len(d) > 1 else None for k, d in deltas.items()},
+                "n_positive": {k: sum(x > 0 for x in d) for k, d in deltas.items()},
+            }
+        )
+    return paired
 
 
 def _cell(row: dict[str, Any], key: str, digits: int) -> str:
@@ -319,7 +360,32 @@ def format_markdown(summary: dict[str, Any]) -> str:
             _cell(row, key, 3) for _, key in ATTENTION_COLUMNS
         ]
         lines.append(f"| {row['model']} | {row['variant']} | {row['n_seeds']} | " + " | ".join(cells) + " |")
+    if summary.get("paired"):
+        lines += _paired_markdown(summary["paired"])
     return "\n".join(lines) + "\n"
+
+
+def _paired_markdown(paired: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "",
+        f"Change against `{BASELINE_VARIANT}` on the same seed: mean ± sample sd of (variant - base) over the "
+        "seeds both finished, and in brackets on how many of them it is positive.",
+        "",
+        "| model | variant | seeds | " + " | ".join(f"Δ {label}" for label, _ in PAIRED_COLUMNS) + " |",
+        "|" + "---|" * (3 + len(PAIRED_COLUMNS)),
+    ]
+    for row in paired:
+        cells = []
+        for _, key in PAIRED_COLUMNS:
+            digits = 1 if key == "rsum" else 3
+            cell = _cell(row, key, digits)
+            if key in row["n_positive"]:
+                cell = f"{'+' if row['mean'][key] > 0 else ''}{cell} ({row['n_positive'][key]}/{len(row['seeds'])})"
+            cells.append(cell)
+        lines.append(
+            f"| {row['model']} | {row['variant']} | {len(row['seeds'])} | " + " | ".join(cells) + " |"
+        )
+    return lines
 
 
 def write_tables(ablation: Ablation) -> tuple[Path, Path]:

@@ -246,3 +246,27 @@ def test_constraint_warmup_trains_on_the_base_loss_alone_for_the_first_steps(tmp
     assert (model.config.ccr_weight, model.config.ccs_weight) == (5.0, 5.0)  # restored after the step
     trainer.state.global_step = 2
     assert trainer.compute_loss(model, inputs).item() == pytest.approx(constrained.item())
+
+
+def test_the_paired_table_holds_each_seeds_variant_minus_base(finished):
+    ablation, _ = finished
+    summary = json.loads((ablation.output_dir / "ablation.json").read_text())
+    (row,) = summary["paired"]
+    assert (row["model"], row["variant"], row["seeds"]) == ("scan-t2i", "+both", [0, 1])
+    metrics = {
+        (r.variant, r.seed): json.loads((r.model_dir / "eval_results_test.json").read_text())["metrics"]
+        for r in ablation.runs
+    }
+    deltas = [metrics["+both", seed]["rsum"] - metrics["base", seed]["rsum"] for seed in (0, 1)]
+    assert row["mean"]["rsum"] == pytest.approx(statistics.fmean(deltas))
+    assert row["sd"]["rsum"] == pytest.approx(statistics.stdev(deltas))
+    assert row["n_positive"]["rsum"] == sum(d > 0 for d in deltas)
+    f1 = [
+        metrics["+both", s]["attention"]["attention_f1"] - metrics["base", s]["attention"]["attention_f1"]
+        for s in (0, 1)
+    ]
+    assert row["mean"]["attention_f1"] == pytest.approx(statistics.fmean(f1))
+    assert (
+        "| scan-t2i | +both | 2 | "
+        in (ablation.output_dir / "ablation.md").read_text().split("Change against")[1]
+    )
