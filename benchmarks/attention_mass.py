@@ -17,49 +17,32 @@ import argparse
 import datasets
 import torch
 
-from modeling_ccr.data.pairs import ImageFeatures
-from modeling_ccr.evaluation import grounded_pairs, matched_pair_attentions, word_level_attention
+from modeling_ccr.evaluation import grounded_word_attentions
 from modeling_ccr.loading import load_matcher
 from modeling_ccr.metrics.attention import box_iou
-from modeling_ccr.word_alignment import word_token_positions
 
 GOLD_IOU = 0.5
-BATCH = 64
 
 
 def head_word_mass(model, tokenizer, split: datasets.Dataset, max_pairs: int) -> dict[str, float]:
     """Mean attention mass of head words on gold / overlapping / disjoint regions, and attended-set stats."""
     if model.attention_direction != "t2i":
         raise SystemExit("attention_mass.py reads word-to-region attention: give it t2i models")
-    images = ImageFeatures(split)
-    boxes = split.with_format("torch", columns=["boxes"])
-    captions = split["captions"]
-    pairs = grounded_pairs(split)[:max_pairs]
     mass, attended, argmax_gold, n_heads = torch.zeros(3), 0.0, 0, 0
-    for start in range(0, len(pairs), BATCH):
-        batch = pairs[start : start + BATCH]
-        rows = [row for row, _, _ in batch]
-        texts = [captions[row][caption] for row, caption, _ in batch]
-        attentions, _, attention_mask = matched_pair_attentions(
-            model, tokenizer, [images[row]["features"] for row in rows], texts, rows
-        )
-        alignments = word_token_positions(tokenizer, texts)
-        for b, (row, _, phrases) in enumerate(batch):
-            region_boxes = boxes[row]["boxes"].float()
-            n_regions, n_tokens = len(region_boxes), int(attention_mask[b].sum())
-            words = word_level_attention(attentions[b, :n_tokens, :n_regions], alignments[b], "t2i", "mean")
-            for phrase in phrases:
-                head = phrase["first_word"] + phrase["num_words"] - 1
-                if phrase["phrase_type"] == "scene" or head >= len(words) or not alignments[b][head]:
-                    continue
-                iou = box_iou(region_boxes, torch.tensor(phrase["boxes"], dtype=torch.float32)).max(1).values
-                row_attention = words[head]
-                gold, disjoint = iou >= GOLD_IOU, iou == 0
-                overlap = ~gold & ~disjoint
-                mass += torch.stack([row_attention[m].sum() for m in (gold, overlap, disjoint)])
-                attended += float((row_attention >= 1.0 / n_regions).sum())
-                argmax_gold += bool(gold[row_attention.argmax()])
-                n_heads += 1
+    for pair in grounded_word_attentions(model, tokenizer, split, max_pairs=max_pairs):
+        n_regions = len(pair.boxes)
+        for phrase in pair.phrases:
+            head = phrase["first_word"] + phrase["num_words"] - 1
+            if phrase["phrase_type"] == "scene" or head not in pair.phrase_words(phrase):
+                continue
+            iou = box_iou(pair.boxes, torch.tensor(phrase["boxes"], dtype=torch.float32)).max(1).values
+            row_attention = pair.words[head]
+            gold, disjoint = iou >= GOLD_IOU, iou == 0
+            overlap = ~gold & ~disjoint
+            mass += torch.stack([row_attention[m].sum() for m in (gold, overlap, disjoint)])
+            attended += float((row_attention >= 1.0 / n_regions).sum())
+            argmax_gold += bool(gold[row_attention.argmax()])
+            n_heads += 1
     if n_heads == 0:
         raise SystemExit("no grounded object phrase with a head word in this split")
     gold_mass, overlap_mass, disjoint_mass = (mass / n_heads).tolist()

@@ -5,7 +5,8 @@ Never imported by the models. Ensembles average the similarity matrices of their
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import datasets
 import numpy as np
@@ -248,6 +249,70 @@ def matched_pair_attentions(
     return output.attentions.float().cpu(), region_mask, attention_mask
 
 
+@dataclass
+class GroundedWordAttention:
+    """One grounded caption's word-level attention on its own image.
+
+    words: t2i `(n_words, n_regions)`, i2t `(n_regions, n_words)`; word_mask `(n_words,)` (words with a
+    token left after truncation); region_mask `(n_regions,)`; boxes `(n_regions, 4)` pixels.
+    """
+
+    row: int
+    phrases: list[dict]
+    words: torch.Tensor
+    word_mask: torch.Tensor
+    region_mask: torch.Tensor
+    boxes: torch.Tensor
+
+    def phrase_words(self, phrase: dict) -> list[int]:
+        """The phrase's word positions that were not truncated away."""
+        span = range(phrase["first_word"], phrase["first_word"] + phrase["num_words"])
+        return [w for w in span if w < len(self.word_mask) and self.word_mask[w]]
+
+
+@torch.no_grad()
+def grounded_word_attentions(
+    model: MatcherPreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    dataset: datasets.Dataset,
+    batch_size: int = 64,
+    word_combine: str = DEFAULT_WORD_COMBINE,
+    progress: bool = False,
+    max_pairs: int | None = None,
+) -> Iterator[GroundedWordAttention]:
+    """The model's word-level attention on every grounded caption of a split (or the first `max_pairs`),
+    with its image's boxes and the caption's grounded phrases, computed in batches."""
+    direction = model.attention_direction
+    images = ImageFeatures(dataset)
+    region_boxes = dataset.with_format("torch", columns=["boxes"])
+    captions = dataset["captions"]
+    pairs = grounded_pairs(dataset)[:max_pairs]
+    for start in tqdm(range(0, len(pairs), batch_size), desc="attention metrics", disable=not progress):
+        batch = pairs[start : start + batch_size]
+        rows = [row for row, _, _ in batch]
+        texts = [captions[r][c] for r, c, _ in batch]
+        attentions, region_mask, attention_mask = matched_pair_attentions(
+            model, tokenizer, [images[r]["features"] for r in rows], texts, rows
+        )
+        alignments = word_token_positions(tokenizer, texts)
+        for b, (row, _, phrases) in enumerate(batch):
+            boxes = region_boxes[row]["boxes"].float()
+            n_regions, n_tokens = len(boxes), int(attention_mask[b].sum())
+            pair_attention = (
+                attentions[b, :n_tokens, :n_regions]
+                if direction == "t2i"
+                else attentions[b, :n_regions, :n_tokens]
+            )
+            yield GroundedWordAttention(
+                row=row,
+                phrases=phrases,
+                words=word_level_attention(pair_attention, alignments[b], direction, word_combine),
+                word_mask=torch.tensor([bool(tokens) for tokens in alignments[b]]),
+                region_mask=region_mask[b, :n_regions],
+                boxes=boxes,
+            )
+
+
 @torch.no_grad()
 def attention_metrics(
     model: MatcherPreTrainedModel,
@@ -269,50 +334,23 @@ def attention_metrics(
     direction = model.attention_direction
     was_training = model.training
     model.eval()
-    images = ImageFeatures(dataset)
-    region_boxes = dataset.with_format("torch", columns=["boxes"])
-    captions = dataset["captions"]
-    pairs = grounded_pairs(dataset)
     precisions, recalls = [], []
-    for start in tqdm(range(0, len(pairs), batch_size), desc="attention metrics", disable=not progress):
-        batch = pairs[start : start + batch_size]
-        rows = [row for row, _, _ in batch]
-        attentions, region_mask, attention_mask = matched_pair_attentions(
-            model,
-            tokenizer,
-            [images[r]["features"] for r in rows],
-            [captions[r][c] for r, c, _ in batch],
-            rows,
-        )
-        alignments = word_token_positions(tokenizer, [captions[r][c] for r, c, _ in batch])
-        for b, (row, _, phrases) in enumerate(batch):
-            boxes = region_boxes[row]["boxes"].float()
-            n_regions, n_tokens = len(boxes), int(attention_mask[b].sum())
-            words = word_level_attention(
-                attentions[b, :n_tokens, :n_regions]
-                if direction == "t2i"
-                else attentions[b, :n_regions, :n_tokens],
-                alignments[b],
-                direction,
-                word_combine,
+    for pair in grounded_word_attentions(model, tokenizer, dataset, batch_size, word_combine, progress):
+        attended = word_region_attended(
+            pair.words[None], pair.region_mask[None], pair.word_mask[None], direction, rule
+        )[0]
+        for phrase in pair.phrases:
+            gold = gold_regions(
+                pair.boxes, torch.tensor(phrase["boxes"], dtype=torch.float32), rule.iou_threshold
             )
-            word_mask = torch.tensor([bool(tokens) for tokens in alignments[b]])
-            attended = word_region_attended(
-                words[None], region_mask[b : b + 1, :n_regions], word_mask[None], direction, rule
-            )[0]
-            for phrase in phrases:
-                gold = gold_regions(
-                    boxes, torch.tensor(phrase["boxes"], dtype=torch.float32), rule.iou_threshold
-                )
-                span = range(phrase["first_word"], phrase["first_word"] + phrase["num_words"])
-                phrase_words = [w for w in span if w < len(word_mask) and word_mask[w]]  # not truncated away
-                if not phrase_words:
-                    continue
-                p, r, valid = word_precision_recall(
-                    attended[phrase_words], gold.unsqueeze(0).expand(len(phrase_words), -1)
-                )
-                precisions.append(p[valid])
-                recalls.append(r[valid])
+            phrase_words = pair.phrase_words(phrase)
+            if not phrase_words:
+                continue
+            p, r, valid = word_precision_recall(
+                attended[phrase_words], gold.unsqueeze(0).expand(len(phrase_words), -1)
+            )
+            precisions.append(p[valid])
+            recalls.append(r[valid])
     model.train(was_training)
     summary = summarize_precision_recall(torch.cat(precisions), torch.cat(recalls))
     return {

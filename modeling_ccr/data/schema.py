@@ -30,6 +30,7 @@ are stored in WORD indices; converting them to token indices is the consumer's j
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import asdict
 from typing import Any
 
 import datasets
@@ -64,6 +65,17 @@ def first_non_finite(values: np.ndarray) -> tuple[tuple[int, ...], float] | None
 
 class CorpusValidationError(UserError, ValueError):
     """A corpus row that cannot be trained or evaluated on; the message names split, row, image id and field."""
+
+
+class GeneratedCorpusSizes:
+    """What a generated corpus's config dataclass shares: `train_images`, `validation_images` and
+    `test_images` fields, their split sizes, and a plain dict of every knob (recorded with the corpus)."""
+
+    def split_sizes(self) -> dict[str, int]:
+        return {"train": self.train_images, "validation": self.validation_images, "test": self.test_images}
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 def phrase_feature() -> dict[str, Any]:

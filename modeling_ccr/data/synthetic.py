@@ -21,14 +21,14 @@ See docs/corpus.md for the process in prose and measured difficulty. Everything 
 from __future__ import annotations
 
 import itertools
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 
 import datasets
 import numpy as np
 import torch
 
 from ..metrics.attention import box_iou as metric_box_iou
-from .schema import corpus_features
+from .schema import GeneratedCorpusSizes, corpus_features
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,7 @@ SYNTHETIC_PRESETS: dict[str, dict] = {
 
 
 @dataclass
-class SyntheticCorpusConfig:
+class SyntheticCorpusConfig(GeneratedCorpusSizes):
     """Every knob of the built-in corpus, with its default. The single source of truth for defaults.
 
     Ranges are inclusive `(low, high)` pairs. Feature "strengths" multiply unit-norm prototype vectors;
@@ -246,12 +246,6 @@ class SyntheticCorpusConfig:
         max_objects = self.objects_per_image[1]
         max_contexts = min(max_objects + self.random_contexts_per_image[1], len(CONTEXTS))
         return max_objects * self.views_per_object[1] + max_contexts * self.regions_per_context
-
-    def split_sizes(self) -> dict[str, int]:
-        return {"train": self.train_images, "validation": self.validation_images, "test": self.test_images}
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass

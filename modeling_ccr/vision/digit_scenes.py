@@ -23,7 +23,7 @@ Needs the optional extras `vision` (timm, torchvision, pillow) and scikit-learn.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from ..data.flickr30k_entities import write_entities_annotations
-from ..data.schema import corpus_features
+from ..data.schema import GeneratedCorpusSizes, corpus_features
 from ..errors import UserError
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
@@ -80,7 +80,7 @@ class DigitScenesError(UserError, ValueError):
 
 
 @dataclass
-class DigitScenesConfig:
+class DigitScenesConfig(GeneratedCorpusSizes):
     """Every knob of the digit-scenes corpus, with its default. Ranges are inclusive `(low, high)`."""
 
     seed: int = 0
@@ -132,12 +132,6 @@ class DigitScenesConfig:
             raise DigitScenesError(
                 "gap must exceed 2 * component_dilation, else neighbours' components merge"
             )
-
-    def split_sizes(self) -> dict[str, int]:
-        return {"train": self.train_images, "validation": self.validation_images, "test": self.test_images}
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
