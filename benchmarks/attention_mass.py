@@ -17,8 +17,8 @@ import argparse
 import datasets
 import torch
 
-from modeling_ccr.evaluation import grounded_word_attentions
-from modeling_ccr.loading import load_matcher
+from modeling_ccr.artifacts.loading import load_matcher
+from modeling_ccr.evaluation.gallery import grounded_word_attentions
 from modeling_ccr.metrics.attention import box_iou
 
 GOLD_IOU = 0.5

@@ -31,7 +31,7 @@ import torch
 import yaml
 
 from modeling_ccr.data.synthetic import SyntheticCorpusConfig
-from modeling_ccr.experiment import parse_experiment_config, run_experiment
+from modeling_ccr.training.experiment import parse_experiment_config, run_experiment
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 # Each backbone's own options (its published attention settings); sizes and schedule come from the demo.
@@ -40,7 +40,7 @@ MODELS = {
     "scan-i2t": {"backbone": "scan", "direction": "i2t", "aggregation": "avg", "lambda_softmax": 4.0},
     "bfan-equal": {"backbone": "bfan", "focal": "equal"},
     "bfan-prob": {"backbone": "bfan", "focal": "prob"},
-    # SGRAF's similarity vectors scaled down with the demo's sizes (SPEC: 256 at embed_dim 1024; demo 256).
+    # SGRAF's similarity vectors scaled down with the demo's sizes (docs/spec.md §2: 256 at embed_dim 1024; demo 256).
     "sgr": {"backbone": "sgr", "sim_dim": 64},
     "saf": {"backbone": "saf", "sim_dim": 64},
     "damsm": {"backbone": "damsm"},

@@ -111,7 +111,7 @@ def run_child(call: str) -> tuple[float, float]:
     carries the parent's high-water mark into a forked child (this parent has just written GBs of data).
     """
     code = (
-        "import time\nfrom modeling_ccr.data.convert import convert_precomp, convert_butd_tsv\n"
+        "import time\nfrom modeling_ccr.data.formats.convert import convert_precomp, convert_butd_tsv\n"
         f"started = time.perf_counter()\n{call}\nprint('SECONDS', time.perf_counter() - started)\n"
         "status = open('/proc/self/status').read().split('VmHWM:')[1].split()[0]\nprint('VMHWM_KIB', status)\n"
     )
@@ -153,7 +153,7 @@ def loader_batches_per_second(
 
     from modeling_ccr.data.collator import RegionCaptionCollator
     from modeling_ccr.data.pairs import ImageCaptionPairs, caption_table
-    from modeling_ccr.tokenization import build_word_tokenizer
+    from modeling_ccr.text.tokenization import build_word_tokenizer
 
     train = datasets.load_from_disk(str(corpus))["train"]
     tokenizer = build_word_tokenizer(caption_table(train)[0], 1)
@@ -213,7 +213,7 @@ def collator_batches_per_second(corpus: Path, batches: int) -> dict[str, float]:
 
     from modeling_ccr.data.collator import RegionCaptionCollator
     from modeling_ccr.data.pairs import ImageCaptionPairs, caption_table
-    from modeling_ccr.tokenization import build_word_tokenizer
+    from modeling_ccr.text.tokenization import build_word_tokenizer
 
     train = datasets.load_from_disk(str(corpus))["train"]
     collate = RegionCaptionCollator(build_word_tokenizer(caption_table(train)[0], 1))
@@ -237,7 +237,7 @@ def training_steps_per_second(batch, tokenizer, steps: int) -> tuple[float, str]
     import torch
     import yaml
 
-    from modeling_ccr.experiment import build_model
+    from modeling_ccr.training.experiment import build_model
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     section = yaml.safe_load((ROOT / "configs" / "scan_t2i_avg_f30k.yaml").read_text())["model"]

@@ -23,7 +23,7 @@ from modeling_ccr.data.pairs import ImageFeatures, caption_table
 from modeling_ccr.data.synthetic import SyntheticCorpusConfig, build_synthetic_corpus
 from modeling_ccr.metrics.retrieval import chance_metrics, evaluate_retrieval, format_results_table
 from modeling_ccr.models.losses import hinge_triplet_loss
-from modeling_ccr.tokenization import build_word_tokenizer
+from modeling_ccr.text.tokenization import build_word_tokenizer
 
 
 class GlobalPooling(nn.Module):

@@ -111,7 +111,7 @@ def gemm_bound(images: torch.Tensor, texts: torch.Tensor, word_mask: torch.Tenso
 
 
 def original_style_scores(model, images: torch.Tensor, caption: torch.Tensor) -> torch.Tensor:
-    """SPEC section 2 for one caption `(m, D)` against images `(n_images, n, D)` (all valid), building the
+    """docs/spec.md section 2 for one caption `(m, D)` against images `(n_images, n, D)` (all valid), building the
     attended vectors c_t as the original SCAN/BFAN code does. Returns `(n_images,)`."""
     config = model.config
     directions = (config.direction,) if isinstance(model, ScanModel) else config.directions

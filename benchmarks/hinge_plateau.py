@@ -21,7 +21,7 @@ from modeling_ccr import BACKBONES
 from modeling_ccr.data.collator import RegionCaptionCollator
 from modeling_ccr.data.pairs import ImageCaptionPairs
 from modeling_ccr.data.synthetic import SyntheticCorpusConfig, build_synthetic_corpus
-from modeling_ccr.tokenization import build_word_tokenizer
+from modeling_ccr.text.tokenization import build_word_tokenizer
 
 DEMO_SIZES = {"embed_dim": 256, "word_dim": 128}
 

@@ -24,12 +24,17 @@ from typing import Any
 
 import torch
 
+from modeling_ccr.artifacts.loading import load_matcher
 from modeling_ccr.data.pairs import caption_table
-from modeling_ccr.evaluation import encode_captions, encode_images
-from modeling_ccr.experiment import load_evaluation_split, load_yaml, parse_experiment_config, run_experiment
-from modeling_ccr.loading import load_matcher
+from modeling_ccr.evaluation.gallery import encode_captions, encode_images
+from modeling_ccr.evaluation.two_stage import pooled_embeddings, two_stage_similarity
 from modeling_ccr.metrics.retrieval import evaluate_retrieval
-from modeling_ccr.retrieval_index import pooled_embeddings, two_stage_similarity
+from modeling_ccr.training.experiment import (
+    load_evaluation_split,
+    load_yaml,
+    parse_experiment_config,
+    run_experiment,
+)
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 # 50 steps of the demo's batch of 128 (0.43 of an epoch) and no validation passes: minutes on a loaded

@@ -5,6 +5,7 @@ the library around it: data, metrics, evaluation, training, the Hub and the `ccr
 Importing the package registers every backbone with `AutoConfig` / `AutoModel`.
 """
 
+from ._version import __version__
 from .models import (
     BACKBONES,
     EnsembleConfig,
@@ -14,8 +15,6 @@ from .models import (
     ScanConfig,
     ScanModel,
 )
-
-__version__ = "0.1.0"
 
 __all__ = [
     "BACKBONES",

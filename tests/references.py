@@ -1,4 +1,4 @@
-"""Independent references of every backbone's score, written pair by pair from SPEC section 2 and the
+"""Independent references of every backbone's score, written pair by pair from docs/spec.md section 2 and the
 backbone papers with plain loops. Each takes one image `(n_regions, D)` with its region mask and one
 caption `(n_words, D)` with its word mask, and uses only the valid rows."""
 

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from modeling_ccr.cli import main
-from modeling_ccr.trainer import MatchingTrainer
+from modeling_ccr.training.trainer import MatchingTrainer
 
 
 def die() -> None:

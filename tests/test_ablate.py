@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from modeling_ccr import ablation as ablation_module
-from modeling_ccr.ablation import AblationError, load_ablation, push_runs, run_ablation, slug
 from modeling_ccr.cli import main
+from modeling_ccr.training import ablation as ablation_module
+from modeling_ccr.training.ablation import AblationError, load_ablation, push_runs, run_ablation, slug
 
 TINY_BASE = {
     "seed": 0,
@@ -122,7 +122,7 @@ def test_a_second_run_trains_only_the_unfinished_runs(finished, monkeypatch):
 
 
 def test_push_sends_every_finished_run_to_its_own_repo(finished, monkeypatch):
-    import modeling_ccr.hub as hub
+    import modeling_ccr.hub.push as hub
 
     ablation, _ = finished
     pushed = []
@@ -205,7 +205,7 @@ def warmup_trainer(tmp_path, **warmup):
 
     from modeling_ccr import ScanModel
     from modeling_ccr.models.configuration_scan import ScanConfig
-    from modeling_ccr.trainer import MatchingTrainer
+    from modeling_ccr.training.trainer import MatchingTrainer
 
     torch.manual_seed(0)
     config = ScanConfig(feature_dim=8, embed_dim=8, vocab_size=20, word_dim=6, ccr_weight=5.0, ccs_weight=5.0)

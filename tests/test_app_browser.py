@@ -23,7 +23,7 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support import expected_conditions  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-from modeling_ccr.app import PhotoReader, load_app_matcher, rank_captions  # noqa: E402
+from modeling_ccr.apps.gradio_app import PhotoReader, load_app_matcher, rank_captions  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ gradio_client = pytest.importorskip("gradio_client")
 
 import app_support  # noqa: E402
 
-from modeling_ccr.app import PhotoReader, load_app_matcher, rank_captions  # noqa: E402
+from modeling_ccr.apps.gradio_app import PhotoReader, load_app_matcher, rank_captions  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -69,8 +69,8 @@ def test_a_request_without_an_image_is_a_one_line_error_in_the_page(served):
 
 
 def test_a_model_of_the_built_in_corpus_searches_its_test_split_drawn_as_region_boxes(tmp_path):
-    from modeling_ccr.app import build_app, parse_args
-    from modeling_ccr.experiment import parse_experiment_config, run_experiment
+    from modeling_ccr.apps.gradio_app import build_app, parse_args
+    from modeling_ccr.training.experiment import parse_experiment_config, run_experiment
 
     corpus = {"train_images": 32, "validation_images": 8, "test_images": 8, "feature_dim": 16}
     run = {

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from modeling_ccr.evaluation import word_region_attended
+from modeling_ccr.evaluation.gallery import word_region_attended
 from modeling_ccr.metrics.attention import (
     AttendedSetRule,
     attended_regions,

@@ -17,7 +17,7 @@ from modeling_ccr.data.collator import RegionCaptionCollator
 from modeling_ccr.data.pairs import ImageCaptionPairs
 from modeling_ccr.data.synthetic import SyntheticCorpusConfig, build_synthetic_corpus
 from modeling_ccr.models.configuration_ensemble import member_entry
-from modeling_ccr.tokenization import build_word_tokenizer
+from modeling_ccr.text.tokenization import build_word_tokenizer
 
 NAMES = sorted(BACKBONES)
 TINY = dict(feature_dim=12, embed_dim=8, vocab_size=40, word_dim=6)

@@ -10,7 +10,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from modeling_ccr import ScanConfig, ScanModel
 from modeling_ccr.data.collator import tokenize_captions
-from modeling_ccr.tokenization import build_word_tokenizer
+from modeling_ccr.text.tokenization import build_word_tokenizer
 
 CAPTIONS = ["a red dog on the grass", "a blue car near a red dog", "two men and a ball"]
 

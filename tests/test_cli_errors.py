@@ -9,7 +9,7 @@ from modeling_ccr import ScanConfig, ScanModel
 from modeling_ccr.cli import USER_ERROR_EXIT_CODE, main
 from modeling_ccr.data.synthetic import SyntheticCorpusConfig, build_synthetic_corpus
 from modeling_ccr.errors import UserError
-from modeling_ccr.tokenization import build_word_tokenizer
+from modeling_ccr.text.tokenization import build_word_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import torch
 
 from modeling_ccr.data.collator import RegionCaptionCollator, pad_regions, tokenize_captions
 from modeling_ccr.data.pairs import ImageCaptionPairs, ImageFeatures, caption_table
-from modeling_ccr.tokenization import build_word_tokenizer, split_words
+from modeling_ccr.text.tokenization import build_word_tokenizer, split_words
 
 FEATURE_DIM = 3
 

@@ -10,9 +10,9 @@ import pytest
 from convert_files import b64, export_corpus, karpathy_entry, tsv_line, write_karpathy, write_tsv
 
 from modeling_ccr.cli import main
-from modeling_ccr.data.butd_tsv import read_tsv_rows
-from modeling_ccr.data.convert import ConversionError, convert_butd_tsv
-from modeling_ccr.data.karpathy import KarpathyFormatError, read_karpathy
+from modeling_ccr.data.formats.butd_tsv import read_tsv_rows
+from modeling_ccr.data.formats.convert import ConversionError, convert_butd_tsv
+from modeling_ccr.data.formats.karpathy import KarpathyFormatError, read_karpathy
 from modeling_ccr.data.schema import validate_corpus
 from modeling_ccr.data.synthetic import SyntheticCorpusConfig, build_synthetic_corpus
 

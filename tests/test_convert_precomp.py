@@ -10,8 +10,8 @@ import pytest
 from convert_files import export_corpus, karpathy_entry, write_karpathy, write_precomp, write_tsv
 
 from modeling_ccr.cli import main
-from modeling_ccr.data.convert import REPORT_FILE, ConversionError, convert_precomp, normalise_caption
-from modeling_ccr.data.scan_precomp import PrecompFormatError
+from modeling_ccr.data.formats.convert import REPORT_FILE, ConversionError, convert_precomp, normalise_caption
+from modeling_ccr.data.formats.scan_precomp import PrecompFormatError
 from modeling_ccr.data.schema import corpus_features, validate_corpus
 from modeling_ccr.data.synthetic import SyntheticCorpusConfig, build_synthetic_corpus
 

@@ -8,7 +8,7 @@ import pytest
 pytest.importorskip("sklearn")
 pytest.importorskip("scipy")
 
-from modeling_ccr.tokenization import split_words
+from modeling_ccr.text.tokenization import split_words
 from modeling_ccr.vision.digit_scenes import (
     COLOURS,
     DIGIT_WORDS,

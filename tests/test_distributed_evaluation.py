@@ -7,7 +7,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from modeling_ccr import ScanConfig, ScanModel
-from modeling_ccr.evaluation import sharded_similarity
+from modeling_ccr.evaluation.gallery import sharded_similarity
 
 N_IMAGES = 5  # not a multiple of the world size: the last shard is shorter
 

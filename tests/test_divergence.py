@@ -11,13 +11,13 @@ import torch
 import yaml
 from transformers import TrainingArguments
 
-from modeling_ccr import experiment
-from modeling_ccr.checkpoints import checkpoint_problem, list_checkpoints
+from modeling_ccr.artifacts.checkpoints import checkpoint_problem, list_checkpoints
 from modeling_ccr.cli import main
 from modeling_ccr.data.synthetic import SyntheticCorpusConfig, build_synthetic_corpus
 from modeling_ccr.models.configuration_scan import ScanConfig
 from modeling_ccr.models.modeling_scan import ScanModel
-from modeling_ccr.trainer import (
+from modeling_ccr.training import experiment
+from modeling_ccr.training.trainer import (
     CollapseWarning,
     MatchingTrainer,
     TrainingCollapsedError,

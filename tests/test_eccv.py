@@ -189,8 +189,8 @@ def coco_subset(package, tmp_path_factory):
     import datasets
 
     from modeling_ccr.data.schema import corpus_features
-    from modeling_ccr.experiment import build_model
-    from modeling_ccr.tokenization import build_word_tokenizer
+    from modeling_ccr.text.tokenization import build_word_tokenizer
+    from modeling_ccr.training.experiment import build_model
 
     folder = tmp_path_factory.mktemp("coco_subset")
     image_ids = sorted(package.eccv_gts["i2t"])[:40]
@@ -245,8 +245,8 @@ def test_without_subset_ccr_evaluate_refuses_a_partial_5k_test_in_one_line(coco_
 def test_the_card_shows_the_eccv_table_and_its_model_index_carries_each_number(coco_subset):
     from huggingface_hub import ModelCard
 
-    from modeling_ccr.cards import CardSources, render_model_card
     from modeling_ccr.cli import main
+    from modeling_ccr.hub.cards import CardSources, render_model_card
 
     output = coco_subset / "model" / "eval_results_test.json"
     argv = ["evaluate", str(coco_subset / "model"), "--dataset", str(coco_subset / "corpus")]

@@ -11,7 +11,8 @@ from transformers import AutoModel
 from modeling_ccr import EnsembleModel
 from modeling_ccr.cli import main
 from modeling_ccr.errors import ModelLoadError
-from modeling_ccr.experiment import (
+from modeling_ccr.text.tokenization import build_word_tokenizer
+from modeling_ccr.training.experiment import (
     ConfigError,
     assemble_ensemble,
     build_config,
@@ -19,7 +20,6 @@ from modeling_ccr.experiment import (
     parse_experiment_config,
     run_experiment,
 )
-from modeling_ccr.tokenization import build_word_tokenizer
 
 TINY_CORPUS = {
     "train_images": 96,

@@ -19,7 +19,7 @@ from modeling_ccr.data.flickr30k_entities import (
 )
 from modeling_ccr.data.schema import corpus_features, validate_corpus
 from modeling_ccr.data.synthetic import SyntheticCorpusConfig, build_synthetic_corpus
-from modeling_ccr.tokenization import split_words
+from modeling_ccr.text.tokenization import split_words
 
 # Two captions of one image, in the release's markup: multi-type phrase, notvisual entity 0, punctuation
 # inside ("man's") and around ("hat," / "." / "'s") phrases, a scene phrase.

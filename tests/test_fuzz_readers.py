@@ -20,21 +20,21 @@ from convert_files import karpathy_entry, tsv_line, write_karpathy, write_precom
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from modeling_ccr.data.butd_tsv import read_tsv_rows
+from modeling_ccr.artifacts.loading import load_matcher
 from modeling_ccr.data.flickr30k_entities import (
     format_annotation,
     format_sentence_line,
     parse_annotation,
     parse_sentences,
 )
-from modeling_ccr.data.karpathy import read_karpathy
-from modeling_ccr.data.scan_precomp import open_precomp_split
+from modeling_ccr.data.formats.butd_tsv import read_tsv_rows
+from modeling_ccr.data.formats.karpathy import read_karpathy
+from modeling_ccr.data.formats.scan_precomp import open_precomp_split
 from modeling_ccr.errors import UserError
-from modeling_ccr.experiment import load_experiment_config
-from modeling_ccr.loading import load_matcher
 from modeling_ccr.models.configuration_scan import ScanConfig
 from modeling_ccr.models.modeling_scan import ScanModel
-from modeling_ccr.tokenization import build_word_tokenizer, read_scan_vocabulary
+from modeling_ccr.text.tokenization import build_word_tokenizer, read_scan_vocabulary
+from modeling_ccr.training.experiment import load_experiment_config
 
 _COMMON = {
     "deadline": None,

@@ -26,17 +26,17 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModel, AutoTokenizer, TrainingArguments
 
 from modeling_ccr import __version__
-from modeling_ccr.cards import dataset_label, render_model_card
+from modeling_ccr.artifacts.integrity import weights_record
 from modeling_ccr.data.synthetic import SyntheticCorpusConfig, build_synthetic_corpus
-from modeling_ccr.experiment import parse_experiment_config, run_experiment
-from modeling_ccr.hub import (
+from modeling_ccr.hub.cards import dataset_label, render_model_card
+from modeling_ccr.hub.push import (
     PushError,
     model_card_for_folder,
     push_model,
     select_model_files,
     validate_repo_id,
 )
-from modeling_ccr.integrity import weights_record
+from modeling_ccr.training.experiment import parse_experiment_config, run_experiment
 
 TESTS = Path(__file__).parent
 TINY_CORPUS = {"train_images": 64, "validation_images": 12, "test_images": 12, "feature_dim": 16}
@@ -527,7 +527,7 @@ def test_ccr_card_prints_the_card_push_would_upload(trained, capsys):
 
 
 def test_published_numbers_sit_beside_ours_only_on_the_same_dataset_and_protocol(trained):
-    from modeling_ccr.cards import CardSources
+    from modeling_ccr.hub.cards import CardSources
 
     record = json.loads((trained / "eval_results_test.json").read_text())
     f30k = {**record, "dataset": "data/f30k_precomp"}
@@ -552,7 +552,7 @@ def test_published_numbers_sit_beside_ours_only_on_the_same_dataset_and_protocol
 
 
 def test_an_ensemble_card_names_its_members_and_their_published_numbers(trained):
-    from modeling_ccr.cards import CardSources
+    from modeling_ccr.hub.cards import CardSources
 
     record = json.loads((trained / "eval_results_test.json").read_text())
     members = [
@@ -585,8 +585,8 @@ def test_dataset_labels_name_the_synthetic_corpus():
 # ---------------------------------------------------------------------------- the Trainer's card
 def test_the_trainer_never_writes_a_model_card(tmp_path):
     from modeling_ccr import ScanConfig, ScanModel
-    from modeling_ccr.tokenization import build_word_tokenizer
-    from modeling_ccr.trainer import MatchingTrainer
+    from modeling_ccr.text.tokenization import build_word_tokenizer
+    from modeling_ccr.training.trainer import MatchingTrainer
 
     tokenizer = build_word_tokenizer(CAPTIONS * 4, min_count=1)
     model = ScanModel(ScanConfig(feature_dim=10, embed_dim=8, vocab_size=len(tokenizer), word_dim=6))

@@ -8,12 +8,17 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from modeling_ccr.artifacts.integrity import safetensors_problem, sha256_file
+from modeling_ccr.artifacts.loading import load_matcher
 from modeling_ccr.cli import main
 from modeling_ccr.errors import ModelLoadError
-from modeling_ccr.experiment import ConfigError, assemble_ensemble, parse_experiment_config, run_experiment
-from modeling_ccr.hub import PushError, select_model_files
-from modeling_ccr.integrity import safetensors_problem, sha256_file
-from modeling_ccr.loading import load_matcher
+from modeling_ccr.hub.push import PushError, select_model_files
+from modeling_ccr.training.experiment import (
+    ConfigError,
+    assemble_ensemble,
+    parse_experiment_config,
+    run_experiment,
+)
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from transformers import AutoModel, AutoTokenizer
 
 import modeling_ccr  # noqa: F401  (registers the backbones)
+from modeling_ccr.artifacts.original_checkpoints import ConversionError, convert_checkpoint, write_conversion
 from modeling_ccr.cli import main
-from modeling_ccr.original_checkpoints import ConversionError, convert_checkpoint, write_conversion
 
 SPECIALS = ["<pad>", "<start>", "<end>", "<unk>"]
 WORDS = ["a", "dog", "man", "red", "ball", "runs", "on", "grass", "with", "the"]
@@ -457,7 +457,7 @@ def test_cli_says_what_it_guessed_and_writes_a_loadable_folder(tmp_path, capsys)
 
 
 def test_the_model_card_says_the_weights_were_converted_and_from_what(tmp_path):
-    from modeling_ccr.cards import CardSources, render_model_card
+    from modeling_ccr.hub.cards import CardSources, render_model_card
 
     checkpoint, _ = original_checkpoint(*CASES["saf_gru"])
     torch.save(checkpoint, tmp_path / "model_best.pth.tar")

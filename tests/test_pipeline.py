@@ -15,11 +15,11 @@ import pytest
 import torch
 from transformers import pipeline
 
-import modeling_ccr.pipelines  # noqa: F401  (registers the task)
+import modeling_ccr.models.pipelines  # noqa: F401  (registers the task)
 from modeling_ccr import ScanConfig, ScanModel
 from modeling_ccr.data.collator import tokenize_captions
-from modeling_ccr.pipelines import save_matching_pipeline
-from modeling_ccr.tokenization import build_word_tokenizer
+from modeling_ccr.models.pipelines import save_matching_pipeline
+from modeling_ccr.text.tokenization import build_word_tokenizer
 
 TESTS = Path(__file__).parent
 CAPTIONS = ["a red dog on the grass", "a blue car near a red dog", "two men and a ball"]

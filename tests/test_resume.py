@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from modeling_ccr.checkpoints import (
+from modeling_ccr.artifacts.checkpoints import (
     COMPLETE_MARKER,
     checkpoint_problem,
     mark_complete,
     newest_complete,
     rotate_checkpoints,
 )
-from modeling_ccr.experiment import ConfigError, RunFolderError, resume_checkpoint
+from modeling_ccr.training.experiment import ConfigError, RunFolderError, resume_checkpoint
 
 TESTS = Path(__file__).parent
 WORKER = TESTS / "resume_worker.py"

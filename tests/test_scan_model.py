@@ -1,4 +1,4 @@
-"""SCAN scores against an independent reference written from SPEC section 2, pair by pair."""
+"""SCAN scores against an independent reference written from docs/spec.md section 2, pair by pair."""
 
 import itertools
 

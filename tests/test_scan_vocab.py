@@ -10,14 +10,14 @@ import pytest
 from transformers import AutoTokenizer
 
 from modeling_ccr.errors import UserError
-from modeling_ccr.experiment import DATA_KEYS, parse_experiment_config, run_tokenizer
-from modeling_ccr.tokenization import (
+from modeling_ccr.text.tokenization import (
     VocabularyFileError,
     read_scan_vocabulary,
     scan_word_normalizer,
     scan_word_tokenizer,
     word_tokenizer_from_vocab,
 )
+from modeling_ccr.training.experiment import DATA_KEYS, parse_experiment_config, run_tokenizer
 
 SPECIALS = ["<pad>", "<start>", "<end>", "<unk>"]
 WORDS = ["a", "man", "'s", "t-shirt", "is", "n't", ".", ",", "ca", "dog", "``", "''", "mrs.", "st"]

@@ -1,4 +1,4 @@
-"""SGR and SAF (SGRAF) against an independent reference written from SPEC section 2, pair by pair."""
+"""SGR and SAF (SGRAF) against an independent reference written from docs/spec.md section 2, pair by pair."""
 
 import itertools
 import subprocess
@@ -58,7 +58,7 @@ def embedded_batch(dim=8, seed=0):
     return images, region_mask, texts * word_mask.unsqueeze(-1), word_mask
 
 
-# -- the reference: SPEC section 2 written out with loops, eval mode (running BN stats, no dropout) --
+# -- the reference: docs/spec.md section 2 written out with loops, eval mode (running BN stats, no dropout) --
 def linear(layer, x):
     return layer.weight @ x + layer.bias
 

@@ -238,7 +238,7 @@ def test_a_tiny_streaming_run_trains_and_its_loss_falls(tmp_path):
 
 
 def test_streaming_the_built_in_synthetic_corpus_is_a_config_error():
-    from modeling_ccr.experiment import DATA_KEYS, ConfigError, streaming_train_pairs
+    from modeling_ccr.training.experiment import DATA_KEYS, ConfigError, streaming_train_pairs
 
     with pytest.raises(ConfigError, match=r"data\.streaming needs data\.source to be a folder"):
         streaming_train_pairs({**DATA_KEYS, "streaming": True}, seed=0, where="run.yaml")

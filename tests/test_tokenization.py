@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from modeling_ccr.tokenization import (
+from modeling_ccr.text.tokenization import (
     WORD_TOKEN_OFFSET,
     build_vocabulary,
     build_word_tokenizer,

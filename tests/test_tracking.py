@@ -10,7 +10,7 @@ pytest.importorskip("tensorboard")
 pytest.importorskip("matplotlib")
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from modeling_ccr.experiment import parse_experiment_config, run_experiment
+from modeling_ccr.training.experiment import parse_experiment_config, run_experiment
 
 TINY_CORPUS = {"train_images": 64, "validation_images": 12, "test_images": 12, "feature_dim": 32}
 

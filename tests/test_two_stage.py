@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from modeling_ccr import ScanConfig, ScanModel
-from modeling_ccr.retrieval_index import (
+from modeling_ccr.evaluation.two_stage import (
     RerankError,
     faiss_index,
     pooled_embeddings,

@@ -12,7 +12,7 @@ from modeling_ccr.cli.run import parse_overrides
 from modeling_ccr.data.schema import CorpusValidationError, corpus_features, validate_corpus
 from modeling_ccr.data.synthetic import SyntheticCorpusConfig, build_synthetic_corpus
 from modeling_ccr.errors import UserError
-from modeling_ccr.experiment import ConfigError, load_experiment_config, parse_experiment_config
+from modeling_ccr.training.experiment import ConfigError, load_experiment_config, parse_experiment_config
 
 DIM = 4
 

@@ -243,7 +243,7 @@ def minilm_path() -> str:
 @pytest.mark.slow
 @pytest.mark.parametrize("text_encoder", ["gru", "minilm"])
 def test_an_extracted_corpus_trains_and_evaluates(extracted, tmp_path, text_encoder):
-    from modeling_ccr.experiment import parse_experiment_config, run_experiment
+    from modeling_ccr.training.experiment import parse_experiment_config, run_experiment
 
     model = {"backbone": "scan", "embed_dim": 16, "word_dim": 8}
     if text_encoder == "minilm":

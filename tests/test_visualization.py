@@ -6,8 +6,7 @@ import torch
 from modeling_ccr import ScanConfig, ScanModel
 from modeling_ccr.data.pairs import caption_table
 from modeling_ccr.data.synthetic import SyntheticCorpusConfig, build_synthetic_corpus
-from modeling_ccr.tokenization import build_word_tokenizer, split_words
-from modeling_ccr.visualization import (
+from modeling_ccr.evaluation.pictures import (
     DPI,
     draw_attention,
     figure_inches,
@@ -18,6 +17,7 @@ from modeling_ccr.visualization import (
     visualize_models,
     word_attention_over_regions,
 )
+from modeling_ccr.text.tokenization import build_word_tokenizer, split_words
 
 plt = pytest.importorskip("matplotlib.pyplot")
 

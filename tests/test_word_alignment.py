@@ -9,9 +9,9 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
-from modeling_ccr.evaluation import word_level_attention
-from modeling_ccr.tokenization import build_word_tokenizer, split_words, word_token_index
-from modeling_ccr.word_alignment import combine_word_rows, word_token_positions
+from modeling_ccr.evaluation.gallery import word_level_attention
+from modeling_ccr.text.tokenization import build_word_tokenizer, split_words, word_token_index
+from modeling_ccr.text.word_alignment import combine_word_rows, word_token_positions
 
 CAPTIONS = ["A snowboarder mid-air, doing tricks.", "Two dogs play in the SNOW"]
 

@@ -18,11 +18,11 @@ def resolve_ablation(name_or_path: str) -> Path:
 
 
 def command_ablate(args: argparse.Namespace) -> None:
-    from ..ablation import load_ablation, push_runs, run_ablation, write_tables
+    from ..training.ablation import load_ablation, push_runs, run_ablation, write_tables
 
     ablation = load_ablation(resolve_ablation(args.config), parse_overrides(args.set))
     if args.push:
-        from ..hub import validate_repo_id
+        from ..hub.push import validate_repo_id
 
         validate_repo_id(f"{args.push}-x")  # a malformed ORG/PREFIX fails before hours of training
     if args.tables_only:

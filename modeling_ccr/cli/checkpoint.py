@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def command_convert_checkpoint(args: argparse.Namespace) -> None:
-    from ..original_checkpoints import convert_checkpoint, write_conversion
+    from ..artifacts.original_checkpoints import convert_checkpoint, write_conversion
 
     conversion = convert_checkpoint(args.checkpoint, args.vocab, args.arch)
     how = "given" if args.arch else "guessed"
@@ -21,7 +21,7 @@ def command_convert_checkpoint(args: argparse.Namespace) -> None:
 
 
 def add_commands(commands) -> None:
-    from ..original_checkpoints import ARCHITECTURES
+    from ..artifacts.original_checkpoints import ARCHITECTURES
 
     convert = commands.add_parser(
         "convert-checkpoint",

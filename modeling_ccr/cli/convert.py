@@ -14,7 +14,7 @@ def _print(report) -> None:
 
 
 def command_scan_precomp(args: argparse.Namespace) -> None:
-    from ..data.convert import convert_precomp
+    from ..data.formats.convert import convert_precomp
 
     report = convert_precomp(
         args.directory,
@@ -32,7 +32,7 @@ def command_scan_precomp(args: argparse.Namespace) -> None:
 
 
 def command_butd_tsv(args: argparse.Namespace) -> None:
-    from ..data.convert import convert_butd_tsv
+    from ..data.formats.convert import convert_butd_tsv
 
     if len(args.paths) < 2:
         raise InvalidValueError("ccr convert butd-tsv needs at least one TSV file and then the output folder")

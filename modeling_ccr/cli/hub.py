@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..loading import check_model_folder
+from ..artifacts.loading import check_model_folder
 
 
 def print_push(result, what: str) -> None:
@@ -24,7 +24,7 @@ def print_push(result, what: str) -> None:
 
 
 def command_push(args: argparse.Namespace) -> None:
-    from ..hub import push_model
+    from ..hub.push import push_model
 
     result = push_model(
         check_model_folder(args.model_dir),
@@ -38,7 +38,7 @@ def command_push(args: argparse.Namespace) -> None:
 
 
 def command_push_dataset(args: argparse.Namespace) -> None:
-    from ..hub import push_dataset
+    from ..hub.push import push_dataset
 
     result = push_dataset(
         args.dataset_dir,
@@ -54,7 +54,7 @@ def command_push_dataset(args: argparse.Namespace) -> None:
 
 
 def command_card(args: argparse.Namespace) -> None:
-    from ..hub import model_card_for_folder
+    from ..hub.push import model_card_for_folder
 
     print(model_card_for_folder(check_model_folder(args.model_dir), args.repo_id, args.license), end="")
 

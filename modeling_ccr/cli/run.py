@@ -9,8 +9,8 @@ from typing import Any
 
 import yaml
 
+from ..artifacts.loading import load_matcher
 from ..errors import InvalidValueError
-from ..loading import load_matcher
 from ..resources import published_configs, resolve_config
 
 DEMO_CONFIG = "demo"  # a published config (configs/demo.yaml)
@@ -21,7 +21,7 @@ SUMMARY_OPTIONS = ("direction", "aggregation", "focal", "sgr_steps")
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     """`["training.max_steps=100", ...]` -> `{"training.max_steps": 100}` (values parsed as YAML, `1e-3`
     as a float)."""
-    from ..experiment import load_yaml
+    from ..training.experiment import load_yaml
 
     overrides = {}
     for pair in pairs:
@@ -53,7 +53,7 @@ def format_attention(attention: dict, name: str) -> str:
 
 
 def command_train(args: argparse.Namespace) -> Path:
-    from ..experiment import load_experiment_config, run_experiment
+    from ..training.experiment import load_experiment_config, run_experiment
 
     config = load_experiment_config(resolve_config(args.config), parse_overrides(args.set))
     model_dir = run_experiment(config, resume_from_checkpoint=args.resume or None, overwrite=args.overwrite)
@@ -82,12 +82,12 @@ def command_demo(args: argparse.Namespace) -> None:
 
 def command_evaluate(args: argparse.Namespace) -> None:
     from ..data.flickr30k_entities import attach_entities
-    from ..evaluation import attention_metrics, evaluate_matchers
-    from ..experiment import evaluate_and_record, load_evaluation_split
+    from ..evaluation.gallery import attention_metrics, evaluate_matchers
     from ..metrics.attention import AttendedSetRule
+    from ..training.experiment import evaluate_and_record, load_evaluation_split
 
     if args.push:
-        from ..hub import check_model_repo
+        from ..hub.push import check_model_repo
 
         check_model_repo(args.push, args.push_revision)  # fail before a long evaluation, not after it
     if len({Path(path).resolve() for path in args.models}) < len(args.models):
@@ -95,7 +95,7 @@ def command_evaluate(args: argparse.Namespace) -> None:
             f"the same model is listed twice in {args.models}: an ensemble needs different models"
         )
     models, tokenizers = zip(*(load_matcher(path) for path in args.models), strict=True)
-    from ..integrity import weights_changed
+    from ..artifacts.integrity import weights_changed
 
     for path in args.models:
         changed = weights_changed(path)
@@ -130,7 +130,7 @@ def command_evaluate(args: argparse.Namespace) -> None:
         print(format_attention(attention, model_dir))
     print(f"\nWrote {output}")
     if args.push:
-        from ..hub import push_results
+        from ..hub.push import push_results
         from .hub import print_push
 
         result = push_results([output], args.push, model_dir=args.models[0], revision=args.push_revision)
@@ -168,7 +168,7 @@ def describe_model(model: dict) -> str:
 
 
 def command_ensemble(args: argparse.Namespace) -> None:
-    from ..experiment import assemble_ensemble
+    from ..training.experiment import assemble_ensemble
 
     output = assemble_ensemble(args.models, args.output)
     print(
@@ -177,8 +177,8 @@ def command_ensemble(args: argparse.Namespace) -> None:
 
 
 def command_visualize(args: argparse.Namespace) -> None:
-    from ..experiment import load_evaluation_split
-    from ..visualization import visualize
+    from ..evaluation.pictures import visualize
+    from ..training.experiment import load_evaluation_split
 
     split, _ = load_evaluation_split(args.models[0], args.dataset, args.split)
     out = visualize(args.models, split, args.image_id, args.caption, args.word, args.out, args.image)

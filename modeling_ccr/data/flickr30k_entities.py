@@ -40,7 +40,7 @@ from typing import Any
 import datasets
 
 from ..errors import UserError
-from ..tokenization import split_words
+from ..text.tokenization import split_words
 from .schema import phrase_feature
 
 Box = list[float]  # (x1, y1, x2, y2) 0-based float pixel edges

@@ -18,12 +18,12 @@ One row per image:
     - `phrase`: the phrase text, e.g. "a red dog";
     - `phrase_type`: e.g. "animals", "people", "scene" (Flickr30k Entities types);
     - `first_word`, `num_words`: int32 word span of the phrase in `split_words(caption)`
-      (`modeling_ccr.tokenization.split_words`: lower-case, regex `\\w+|[^\\w\\s]`);
+      (`modeling_ccr.text.tokenization.split_words`: lower-case, regex `\\w+|[^\\w\\s]`);
     - `boxes`: list of `(x1, y1, x2, y2)` float32 pixel gold boxes. An entity may have several (its
       ground truth is their union) or none (no-box / not-visual phrases, skipped by the metrics).
 
 Word-index convention: word `i` of `split_words(caption)` is token `i + 1` of the encoded caption,
-because the tokenizer prepends `<start>` (`modeling_ccr.tokenization.word_token_index`). Phrase spans
+because the tokenizer prepends `<start>` (`modeling_ccr.text.tokenization.word_token_index`). Phrase spans
 are stored in WORD indices; converting them to token indices is the consumer's job.
 """
 
@@ -39,7 +39,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import UserError
-from ..tokenization import split_words
+from ..text.tokenization import split_words
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("image_id", "features", "captions")
 FEATURE_DTYPES: tuple[str, ...] = ("float32", "float16")

@@ -1,4 +1,4 @@
-"""Attention Precision / Recall / F1 against phrase boxes (SPEC section 4), as plain tensor functions.
+"""Attention Precision / Recall / F1 against phrase boxes (docs/spec.md section 4), as plain tensor functions.
 
 For a matched (image, caption) pair and each word t inside a grounded phrase p:
 G_t = regions whose box has IoU >= `iou_threshold` with any gold box of p;

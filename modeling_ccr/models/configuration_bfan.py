@@ -13,7 +13,7 @@ BFAN_DIRECTIONS = ("both", "t2i", "i2t")
 
 @strict
 class BfanConfig(MatcherConfig):
-    """BFAN options (SPEC section 2) on top of the shared encoder and loss options.
+    """BFAN options (docs/spec.md section 2) on top of the shared encoder and loss options.
 
     focal: how the focal step scores each key against the others: "equal" F_tj = n a_tj - sum_k a_tk,
         or "prob" F_tj = sum_k (a_tj - a_tk) sqrt(a_tk); keys with F_tj <= 0 are dropped.

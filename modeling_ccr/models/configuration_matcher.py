@@ -51,7 +51,7 @@ def check_positive(name: str, value: float, allow_zero: bool = False) -> None:
 
 @strict
 class MatcherConfig(PreTrainedConfig):
-    """Encoders and base loss of a matcher (SPEC section 1). Backbone configs subclass this.
+    """Encoders and base loss of a matcher (docs/spec.md section 1). Backbone configs subclass this.
 
     feature_dim: size of one region feature vector (2048 for bottom-up-attention features).
     embed_dim: joint embedding size D of regions and words.
@@ -105,7 +105,7 @@ class MatcherConfig(PreTrainedConfig):
     pad_token_id: int | None = 0
     bos_token_id: int | None = 1
     eos_token_id: int | None = 2
-    # Contrastive attention constraints (SPEC section 3, our formulation; docs/constraints.md).
+    # Contrastive attention constraints (docs/spec.md section 3, our formulation; docs/constraints.md).
     ccr_weight: float = 0.0
     ccr_margin: float = 0.2
     ccs_weight: float = 0.0

@@ -13,7 +13,7 @@ SCAN_ATTENTION_NORMS = ("clipped_l2norm", "l2norm", "softmax", "none")
 
 @strict
 class ScanConfig(MatcherConfig):
-    """SCAN options (SPEC section 2) on top of the shared encoder and loss options.
+    """SCAN options (docs/spec.md section 2) on top of the shared encoder and loss options.
 
     direction: "t2i" (words attend to regions) or "i2t" (regions attend to words).
     aggregation: how per-query relevances R_t become one score: "avg", "lse", "max" or "sum".

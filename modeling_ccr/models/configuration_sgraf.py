@@ -13,7 +13,7 @@ from .configuration_scan import SCAN_ATTENTION_NORMS
 
 @strict
 class SgrafConfig(MatcherConfig):
-    """Options SGR and SAF share (SPEC section 2) on top of the shared encoder and loss options.
+    """Options SGR and SAF share (docs/spec.md section 2) on top of the shared encoder and loss options.
 
     lambda_softmax: inverse temperature lambda1 of the t2i SCAN attention (words attend to regions).
     attention_norm: normalisation of the word-region scores over the words before the softmax (as in

@@ -9,7 +9,7 @@ from .configuration_matcher import MatcherConfig
 
 @strict
 class VseppConfig(MatcherConfig):
-    """VSE++ with mean-pooled regions and words (SPEC section 2): the non-attention baseline.
+    """VSE++ with mean-pooled regions and words (docs/spec.md section 2): the non-attention baseline.
 
     Only the shared encoder and loss options apply; there is no cross-attention, so CCR/CCS must stay off.
     """

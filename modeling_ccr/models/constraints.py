@@ -1,8 +1,8 @@
-"""Contrastive attention constraints CCR and CCS (SPEC section 3; our formulation [R]).
+"""Contrastive attention constraints CCR and CCS (docs/spec.md section 3; our formulation [R]).
 
 The paper ("More Than Just Attention", Chen et al., WACV 2023) describes both constraints in words; its
 exact equations were not available to us. This module implements the formulation documented in
-SPEC section 3 and docs/constraints.md, with every choice configurable.
+docs/spec.md section 3 and docs/constraints.md, with every choice configurable.
 
 A constraint sees a backbone only through `MatchedAttention`: the queries, keys and attention of the
 matched (image i, caption i) pairs, their masks, and the backbone's own rule for turning query-key

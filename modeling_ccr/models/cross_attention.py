@@ -1,4 +1,4 @@
-"""SCAN cross-attention (SPEC section 2): one implementation, used for all pairs and for matched pairs.
+"""SCAN cross-attention (docs/spec.md section 2): one implementation, used for all pairs and for matched pairs.
 
 Notation: queries q_t (t = 1..m) attend to keys k_j (j = 1..n). In the t2i direction the queries are a
 caption's words and the keys an image's regions; in i2t the roles swap.

@@ -1,4 +1,4 @@
-"""Region and word encoders shared by every matcher (SPEC section 1): the word GRU or a pretrained transformer."""
+"""Region and word encoders shared by every matcher (docs/spec.md section 1): the word GRU or a pretrained transformer."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Base matching losses (SPEC section 1; the InfoNCE and unified losses as documented in docs/losses.md).
+"""Base matching losses (docs/spec.md section 1; the InfoNCE and unified losses as documented in docs/losses.md).
 
 Every loss takes the same inputs, so DDP global negatives and "two captions of one image" work the same
 for all of them, and every loss is SUMMED over the local batch (a constraint weight means the same at

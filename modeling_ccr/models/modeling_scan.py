@@ -14,7 +14,7 @@ from .modeling_matcher import MatcherPreTrainedModel
 class ScanModel(MatcherPreTrainedModel):
     """SCAN in one direction (`config.direction`): t2i (words attend to regions) or i2t.
 
-    The score of a pair aggregates R_t = cos(q_t, c_t) over the queries (SPEC section 2); the
+    The score of a pair aggregates R_t = cos(q_t, c_t) over the queries (docs/spec.md section 2); the
     published best result averages a t2i-AVG and an i2t-LSE model (see the ensemble in evaluation).
     """
 

@@ -1,4 +1,4 @@
-"""SGRAF: Similarity Graph Reasoning and Attention Filtration (Diao et al., AAAI 2021; SPEC section 2).
+"""SGRAF: Similarity Graph Reasoning and Attention Filtration (Diao et al., AAAI 2021; docs/spec.md section 2).
 
 SGR and SAF share everything up to a set of similarity vectors per image-caption pair: the global
 vector s_g (from self-attention pooling of each side) and one local vector s_t per word (from t2i

@@ -66,7 +66,7 @@ Args:
     attention (`list` of `list` of `float`): per word, its attention weights over the image's regions
         (only real regions, no padding; the `inverse_n` rule uses 1 / len(attention) as threshold). The
         rule is applied over the regions of each word (the t2i reading; for i2t models use
-        `modeling_ccr.evaluation.attention_metrics`).
+        `modeling_ccr.evaluation.gallery.attention_metrics`).
     region_boxes (`list` of `list` of 4 `float`): per word, the boxes (x1, y1, x2, y2) of the same
         regions, in the same order as `attention`.
     phrase_boxes (`list` of `list` of 4 `float`): per word, the gold boxes of its phrase (may be empty:

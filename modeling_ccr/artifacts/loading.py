@@ -7,19 +7,14 @@ from pathlib import Path
 
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from .errors import ModelLoadError
+from ..errors import ModelLoadError, first_line
+from ..models.modeling_matcher import GalleryScoring
 from .integrity import safetensors_problem
-from .models.modeling_matcher import GalleryScoring
 
 # Files `ccr train` writes into every model folder; their absence means "not a model folder".
 MODEL_FILES = ("config.json", "model.safetensors")
 # The tokenizer files `save_pretrained` writes; tokenizer.json holds the whole fast tokenizer.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip() or type(err).__name__
-    return text.splitlines()[0]
 
 
 def check_model_folder(path: str | Path) -> Path:
@@ -88,7 +83,7 @@ def load_matcher(path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizer
     try:
         model = AutoModel.from_pretrained(str(folder))
     except (OSError, ValueError, KeyError, RuntimeError, TypeError) as err:
-        raise ModelLoadError(f"{folder}: the model cannot be loaded: {_first_line(err)}") from err
+        raise ModelLoadError(f"{folder}: the model cannot be loaded: {first_line(err)}") from err
     if not isinstance(model, GalleryScoring):
         raise ModelLoadError(
             f"{folder}: holds a {type(model).__name__}, not an image-text matcher of this package"
@@ -96,5 +91,5 @@ def load_matcher(path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizer
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
     except (OSError, ValueError, KeyError, RuntimeError, TypeError, AttributeError) as err:
-        raise ModelLoadError(f"{folder}: the tokenizer cannot be loaded: {_first_line(err)}") from err
+        raise ModelLoadError(f"{folder}: the tokenizer cannot be loaded: {first_line(err)}") from err
     return model.eval(), tokenizer

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from .errors import UserError
-from .models.modeling_matcher import GalleryScoring
+from ..errors import UserError
+from ..models.modeling_matcher import GalleryScoring
 
 
 class RerankError(UserError, ValueError):

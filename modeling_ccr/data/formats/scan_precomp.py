@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
+from ...errors import UserError
 
 PRECOMP_SPLITS: tuple[str, ...] = ("train", "dev", "test", "testall")
 # Bytes of features read per window: large enough to amortise the reads, small against the 2 GB budget.

@@ -35,7 +35,7 @@ from pathlib import Path
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
-from .errors import UserError
+from ..errors import UserError
 
 # A word is a run of letters/digits/underscore; every other non-space character is a word of its own.
 _WORD_PATTERN = re.compile(r"\w+|[^\w\s]")

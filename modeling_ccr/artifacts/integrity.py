@@ -14,7 +14,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from ..errors import UserError
 
 WEIGHTS_FILE = "model.safetensors"
 _HASH_BLOCK = 1 << 20

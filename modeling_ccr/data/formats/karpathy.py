@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError
+from ...errors import UserError
 
 KARPATHY_SPLITS: tuple[str, ...] = ("train", "val", "test", "restval")
 # Karpathy split -> corpus split. `restval` trains, as in SCAN and VSE++ (113,287 COCO training images).

@@ -25,8 +25,8 @@ import numpy as np
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.integrations import TensorBoardCallback
 
-from .evaluation import attention_metrics, grounded_pairs, has_grounding
-from .tokenization import split_words
+from ..evaluation.gallery import attention_metrics, grounded_pairs, has_grounding
+from ..text.tokenization import split_words
 
 # Attention pictures drawn at each evaluation: the first grounded caption of this many validation images.
 N_PICTURES = 2
@@ -94,7 +94,7 @@ def attention_picture(
     """`(height, width, 3)` uint8 RGB picture of one word's attention (drawn by `visualize_models`)."""
     from matplotlib.image import imread
 
-    from .visualization import visualize_models
+    from ..evaluation.pictures import visualize_models
 
     caption = corpus[corpus["image_id"].index(image_id)]["captions"][caption_index]
     word = split_words(caption)[word_index]

@@ -36,8 +36,8 @@ from typing import Any
 
 import yaml
 
-from .errors import UserError
-from .resources import resolve_config
+from ..errors import UserError
+from ..resources import resolve_config
 
 ABLATION_KEYS = {"base", "output_dir", "set", "corpus", "model_defaults", "models", "variants", "seeds"}
 MODEL_KEYS = {"base", "model", "variants", "set"}
@@ -193,7 +193,7 @@ def prepare_corpus(ablation: Ablation) -> dict[str, Any]:
     """Generate the ablation's corpus if it names one; returns the overrides that point runs at it."""
     if ablation.corpus is None:
         return {}
-    from .vision.digit_scenes import DigitScenesConfig, ensure_digit_scenes
+    from ..vision.digit_scenes import DigitScenesConfig, ensure_digit_scenes
 
     folder = Path(ablation.corpus["path"])
     knobs = _mapping(ablation.corpus.get("digit_scenes"), f"{ablation.source}: corpus.digit_scenes")
@@ -400,7 +400,7 @@ def write_tables(ablation: Ablation) -> tuple[Path, Path]:
 
 def push_runs(ablation: Ablation, prefix: str, progress=print) -> list[str]:
     """Push every finished run with its card to `<org>/<name>-<model>-<variant>-seed<k>`; returns the repo ids."""
-    from .hub import push_model, validate_repo_id
+    from ..hub.push import push_model, validate_repo_id
 
     if prefix.count("/") != 1:
         raise AblationError(f"--push expects ORG/PREFIX (e.g. me/ccr-ablation), got {prefix!r}")

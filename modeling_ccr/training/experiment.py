@@ -1,7 +1,7 @@
 """A training run described by one YAML file: data, model, training and evaluation sections.
 
 The YAML only overrides: model defaults live in the backbone config classes, corpus defaults in
-`SyntheticCorpusConfig`, and training defaults (SPEC section 1) in `TRAINING_DEFAULTS` below.
+`SyntheticCorpusConfig`, and training defaults (docs/spec.md section 1) in `TRAINING_DEFAULTS` below.
 """
 
 from __future__ import annotations
@@ -29,20 +29,22 @@ from transformers import (
     set_seed,
 )
 
-from . import BACKBONES, EnsembleModel, __version__
-from .checkpoints import checkpoint_problem, list_checkpoints, newest_complete
-from .data.collator import RegionCaptionCollator
-from .data.flickr30k_entities import attach_entities, write_entities_annotations
-from .data.pairs import ImageCaptionPairs, caption_table
-from .data.schema import validate_corpus
-from .data.streaming import DEFAULT_SHUFFLE_BUFFER, StreamingImageCaptionPairs, load_streaming_corpus
-from .data.synthetic import SyntheticCorpusConfig, build_synthetic_corpus
-from .errors import DatasetLoadError, UserError
-from .evaluation import attention_metrics, evaluate_matchers, has_grounding
-from .integrity import check_can_overwrite_results, sha256_file, weights_record
-from .loading import load_matcher
-from .models.backbones import SINGLE_BACKBONES
-from .models.configuration_ensemble import member_entry
+from .._version import __version__
+from ..artifacts.checkpoints import checkpoint_problem, list_checkpoints, newest_complete
+from ..artifacts.integrity import check_can_overwrite_results, sha256_file, weights_record
+from ..artifacts.loading import load_matcher
+from ..data.collator import RegionCaptionCollator
+from ..data.flickr30k_entities import attach_entities, write_entities_annotations
+from ..data.pairs import ImageCaptionPairs, caption_table
+from ..data.schema import validate_corpus
+from ..data.streaming import DEFAULT_SHUFFLE_BUFFER, StreamingImageCaptionPairs, load_streaming_corpus
+from ..data.synthetic import SyntheticCorpusConfig, build_synthetic_corpus
+from ..errors import DatasetLoadError, UserError
+from ..evaluation.gallery import attention_metrics, evaluate_matchers, has_grounding
+from ..models import BACKBONES, EnsembleModel
+from ..models.backbones import SINGLE_BACKBONES
+from ..models.configuration_ensemble import member_entry
+from ..text.tokenization import FUNCTION_WORDS, build_word_tokenizer, scan_word_tokenizer
 from .text_encoders import (
     load_text_encoder_weights,
     pretrained_text_encoder,
@@ -50,13 +52,12 @@ from .text_encoders import (
     text_encoder_optimizer,
     text_encoder_options,
 )
-from .tokenization import FUNCTION_WORDS, build_word_tokenizer, scan_word_tokenizer
 from .tracking import attach_tracking
 from .trainer import MatchingTrainer
 
 SYNTHETIC_SOURCE = "synthetic"
 
-# SPEC section 1: Adam (AdamW without weight decay), grad-norm clip 2.0, batch 128, lr 2e-4, decay x0.1
+# docs/spec.md section 1: Adam (AdamW without weight decay), grad-norm clip 2.0, batch 128, lr 2e-4, decay x0.1
 # at epoch 15 of 30 (Flickr30K); keep the checkpoint with the best validation rSum.
 TRAINING_DEFAULTS: dict[str, Any] = {
     "optim": "adamw_torch",

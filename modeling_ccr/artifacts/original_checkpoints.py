@@ -31,15 +31,15 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerFast
 
-from .errors import UserError
-from .models.configuration_bfan import BfanConfig
-from .models.configuration_scan import ScanConfig
-from .models.configuration_sgraf import SafConfig, SgrConfig
-from .models.modeling_bfan import BfanModel
-from .models.modeling_matcher import MatcherPreTrainedModel
-from .models.modeling_scan import ScanModel
-from .models.modeling_sgraf import SafModel, SgrModel
-from .tokenization import scan_word_tokenizer
+from ..errors import UserError, first_line
+from ..models.configuration_bfan import BfanConfig
+from ..models.configuration_scan import ScanConfig
+from ..models.configuration_sgraf import SafConfig, SgrConfig
+from ..models.modeling_bfan import BfanModel
+from ..models.modeling_matcher import MatcherPreTrainedModel
+from ..models.modeling_scan import ScanModel
+from ..models.modeling_sgraf import SafModel, SgrModel
+from ..text.tokenization import scan_word_tokenizer
 
 ARCHITECTURES = ("scan", "bfan", "sgraf")
 CONVERSION_FILE = "conversion.json"
@@ -154,9 +154,9 @@ def read_original_checkpoint(path: str | Path) -> OriginalCheckpoint:
         match = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
         if match:
             raise _refusal(path, [match.group(1)]) from err
-        raise ConversionError(f"{path}: not a readable checkpoint ({_first_line(err)})") from err
+        raise ConversionError(f"{path}: not a readable checkpoint ({first_line(err)})") from err
     except (RuntimeError, EOFError, ValueError, OSError) as err:
-        raise ConversionError(f"{path}: not a PyTorch checkpoint ({_first_line(err)})") from err
+        raise ConversionError(f"{path}: not a PyTorch checkpoint ({first_line(err)})") from err
     return _checked(path, raw)
 
 
@@ -165,10 +165,6 @@ def _refusal(path: Path, names: list[str]) -> ConversionError:
         f"{path}: refusing to load: the pickle references {', '.join(names)}; only "
         f"{', '.join(ALLOWED_GLOBALS)} besides tensors is allowed, since unpickling a global can run code"
     )
-
-
-def _first_line(err: Exception) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
 def _checked(path: Path, raw: Any) -> OriginalCheckpoint:

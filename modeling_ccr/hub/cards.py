@@ -23,8 +23,8 @@ import jinja2
 import yaml
 from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard, ModelCardData
 
-from .errors import UserError
-from .resources import resource_dir
+from ..errors import UserError
+from ..resources import resource_dir
 
 MODEL_CARD_TEMPLATE = "model_card.md"
 DATASET_CARD_TEMPLATE = "dataset_card.md"

@@ -7,7 +7,7 @@ two halves (the model's numbers, the drawing). matplotlib is an optional depende
 Attention direction. t2i attention `(n_tokens, n_regions)` is words over regions: a word's weights are
 its row and sum to 1 over the regions. i2t attention `(n_regions, n_tokens)` is regions over words: a
 word's weights are its column, i.e. how much each region attends that word; they do not sum to 1 over
-the regions. The attended set follows `modeling_ccr.evaluation.word_region_attended`, the same reading
+the regions. The attended set follows `modeling_ccr.evaluation.gallery.word_region_attended`, the same reading
 as the attention metrics: t2i, the regions with a >= 1/n_regions; i2t, the regions that attend the
 word with a >= 1/n_tokens (`<start>`/`<end>` included in n_tokens).
 """
@@ -22,18 +22,18 @@ import datasets
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from .errors import InvalidValueError
-from .evaluation import (
+from ..artifacts.loading import load_matcher
+from ..errors import InvalidValueError
+from ..metrics.attention import AttendedSetRule, attended_regions, gold_regions, word_precision_recall
+from ..models.modeling_matcher import MatcherPreTrainedModel
+from ..text.tokenization import split_words
+from ..text.word_alignment import DEFAULT_WORD_COMBINE, word_token_positions
+from .gallery import (
     UNGROUNDED_PHRASE_TYPES,
     matched_pair_attentions,
     word_level_attention,
     word_region_attended,
 )
-from .loading import load_matcher
-from .metrics.attention import AttendedSetRule, attended_regions, gold_regions, word_precision_recall
-from .models.modeling_matcher import MatcherPreTrainedModel
-from .tokenization import split_words
-from .word_alignment import DEFAULT_WORD_COMBINE, word_token_positions
 
 # Figure geometry: inches per panel (the longer image side) and dots per inch of the PNG.
 PANEL_INCHES = 5.5

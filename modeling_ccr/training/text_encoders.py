@@ -18,7 +18,7 @@ from transformers import (
     TrainingArguments,
 )
 
-from .errors import UserError
+from ..errors import UserError, first_line
 
 GRU = "gru"
 
@@ -44,17 +44,13 @@ def pretrained_text_encoder(model_section: dict[str, Any]) -> str | None:
     return None if name == GRU else str(name)
 
 
-def _first_line(err: Exception) -> str:
-    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-
-
 def pretrained_tokenizer(name: str, where: str) -> PreTrainedTokenizerBase:
     """The encoder's own tokenizer; it must be a fast one (its offsets map words to sub-word tokens)."""
     try:
         tokenizer = AutoTokenizer.from_pretrained(name)
     except Exception as err:  # OSError, ValueError, ... for a missing or malformed folder / Hub id
         raise TextEncoderError(
-            f"{where}: model.text_encoder {name!r}: no tokenizer ({_first_line(err)})"
+            f"{where}: model.text_encoder {name!r}: no tokenizer ({first_line(err)})"
         ) from err
     if not tokenizer.is_fast:
         raise TextEncoderError(
@@ -77,7 +73,7 @@ def text_encoder_options(options: dict[str, Any], where: str) -> dict[str, Any]:
         encoder_config = AutoConfig.from_pretrained(name)
     except Exception as err:
         raise TextEncoderError(
-            f"{where}: model.text_encoder {name!r}: no config ({_first_line(err)})"
+            f"{where}: model.text_encoder {name!r}: no config ({first_line(err)})"
         ) from err
     options["text_encoder_config"] = encoder_config.to_dict()
     return options

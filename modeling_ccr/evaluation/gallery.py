@@ -14,21 +14,21 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from .data.collator import pad_regions, tokenize_captions
-from .data.pairs import ImageFeatures, caption_table
-from .metrics.attention import (
+from ..data.collator import pad_regions, tokenize_captions
+from ..data.pairs import ImageFeatures, caption_table
+from ..metrics.attention import (
     AttendedSetRule,
     attended_regions,
     gold_regions,
     summarize_precision_recall,
     word_precision_recall,
 )
-from .metrics.eccv import PROTOCOL as ECCV_PROTOCOL
-from .metrics.eccv import check_eccv_split, corpus_eccv_metrics
-from .metrics.retrieval import evaluate_retrieval
-from .models.modeling_matcher import MatcherPreTrainedModel
-from .retrieval_index import two_stage_similarity
-from .word_alignment import DEFAULT_WORD_COMBINE, combine_word_rows, word_token_positions
+from ..metrics.eccv import PROTOCOL as ECCV_PROTOCOL
+from ..metrics.eccv import check_eccv_split, corpus_eccv_metrics
+from ..metrics.retrieval import evaluate_retrieval
+from ..models.modeling_matcher import MatcherPreTrainedModel
+from ..text.word_alignment import DEFAULT_WORD_COMBINE, combine_word_rows, word_token_positions
+from .two_stage import two_stage_similarity
 
 
 def pad_to_length(items: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -166,7 +166,7 @@ def evaluate_matchers(
     return metrics
 
 
-# Flickr30k Entities types whose phrases have no object box to attend to (SPEC section 4).
+# Flickr30k Entities types whose phrases have no object box to attend to (docs/spec.md section 4).
 UNGROUNDED_PHRASE_TYPES = ("scene", "notvisual")
 
 

@@ -23,11 +23,11 @@ import torch
 from transformers import Trainer, TrainerState
 from transformers.trainer_utils import TrainOutput
 
-from .checkpoints import mark_complete, newest_complete, read_marker, rotate_checkpoints
-from .data.schema import MAX_FEATURE_MAGNITUDE
-from .errors import UserError
-from .evaluation import evaluate_matchers
-from .metrics.retrieval import chance_metrics
+from ..artifacts.checkpoints import mark_complete, newest_complete, read_marker, rotate_checkpoints
+from ..data.schema import MAX_FEATURE_MAGNITUDE
+from ..errors import UserError
+from ..evaluation.gallery import evaluate_matchers
+from ..metrics.retrieval import chance_metrics
 
 # Per-step values of the model output logged separately (means over the steps since the last log).
 LOGGED_TERMS = ("base_loss", "ccr_loss", "ccs_loss", "ccr_active_fraction", "ccs_active_fraction")
@@ -55,7 +55,7 @@ class MatchingTrainer(Trainer):
 
     lr_decay_epochs: multiply the learning rate by `lr_decay_factor` every this many epochs (SCAN: 15 on
         Flickr30K, 10 on COCO); None keeps the TrainingArguments scheduler.
-    eval_protocol / captions_per_image: retrieval protocol of `evaluate()` (SPEC section 5).
+    eval_protocol / captions_per_image: retrieval protocol of `evaluate()` (docs/spec.md section 5).
     hinge_warmup_steps: train this many steps with the hinge summed over negatives before the model's
         hardest-negative hinge (`max_violation`) takes over; 0 = no warm-up.
     constraint_warmup_steps: train this many steps on the base loss alone before the model's CCR/CCS

@@ -2,7 +2,7 @@
 drawn over the region boxes, and search a corpus with a caption; one or two models side by side.
 
 `python app.py --model runs/demo/model [--model2 DIR] [--corpus DIR] [--images DIR]` (or
-`python -m modeling_ccr.app ...`); on a Hugging Face Space the same settings come from the environment
+`python -m modeling_ccr.apps.gradio_app ...`); on a Hugging Face Space the same settings come from the environment
 (CCR_MODEL, CCR_MODEL2, CCR_CORPUS, CCR_SPLIT, CCR_IMAGES). docs/app.md.
 
 - What the app computes, without any UI: `Matcher` (a loaded model, from a folder or a Hub id),
@@ -32,12 +32,12 @@ import torch
 import yaml
 from transformers import PreTrainedTokenizerBase
 
-from .errors import UserError
-from .evaluation import encode_captions, encode_images
-from .loading import load_matcher
-from .models.modeling_matcher import MatcherPreTrainedModel
-from .tokenization import split_words
-from .visualization import check_boxes, draw_attention, find_word, word_attention_over_regions
+from ..artifacts.loading import load_matcher
+from ..errors import UserError
+from ..evaluation.gallery import encode_captions, encode_images
+from ..evaluation.pictures import check_boxes, draw_attention, find_word, word_attention_over_regions
+from ..models.modeling_matcher import MatcherPreTrainedModel
+from ..text.tokenization import split_words
 
 
 class AppError(UserError, ValueError):
@@ -137,7 +137,7 @@ class PhotoReader:
     (`extraction.json` beside it: backbone, weights, grid, image size), overridable."""
 
     def __init__(self, extraction: dict):
-        from .vision import RegionFeatureExtractor
+        from ..vision import RegionFeatureExtractor
 
         weights = extraction.get("weights")
         self.extraction = extraction
@@ -170,7 +170,7 @@ class PhotoReader:
 
     def read(self, path: str | Path) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
         """`(n_regions, feature_dim)` features, `(n_regions, 4)` pixel boxes and `(width, height)`."""
-        from .vision import read_image
+        from ..vision import read_image
 
         regions = self.extractor.extract_images([read_image(path)])[0]
         return torch.from_numpy(regions.features), torch.from_numpy(regions.boxes), regions.image_size
@@ -330,7 +330,7 @@ class MatchingApp:
     def _picture(self, image_id: str) -> np.ndarray:
         photo = self.gallery.photo(image_id)
         if photo is not None:
-            from .vision import read_image
+            from ..vision import read_image
 
             return np.asarray(read_image(photo))
         _, boxes = self.gallery.regions(image_id)
@@ -445,7 +445,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def build_app(args: argparse.Namespace):
     """The `MatchingApp` (models, gallery, photo reader) described by the parsed arguments."""
-    from .experiment import load_evaluation_split
+    from ..training.experiment import load_evaluation_split
 
     matchers = [load_app_matcher(m) for m in (args.model, args.model2) if m]
     gallery = None

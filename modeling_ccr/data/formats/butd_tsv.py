@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
-from .schema import first_non_finite
+from ...errors import UserError
+from ..schema import first_non_finite
 
 TSV_FIELDS: tuple[str, ...] = ("image_id", "image_w", "image_h", "num_boxes", "boxes", "features")
 # Boxes are clipped to the image by the extractor (to w - 1, h - 1); one pixel of slack absorbs rounding

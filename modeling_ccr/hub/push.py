@@ -30,10 +30,10 @@ from pathlib import Path
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, DatasetCardData, HfApi, ModelCard
 from huggingface_hub.utils import RepositoryNotFoundError, RevisionNotFoundError
 
-from . import __version__
+from .._version import __version__
+from ..artifacts.integrity import results_weights, safetensors_problem, sha256_file, weights_changed
+from ..errors import UserError, first_line
 from .cards import RESULT_FILE, CardError, CardSources, render_dataset_card, render_model_card
-from .errors import UserError
-from .integrity import results_weights, safetensors_problem, sha256_file, weights_changed
 
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 COMMIT_ID = re.compile(r"^[0-9a-f]{40}$")
@@ -199,11 +199,6 @@ def _check_can_push() -> None:
 
 
 # ---------------------------------------------------------------------------- commits
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
 @contextlib.contextmanager
 def _talking_to_hub(what: str) -> Iterator[None]:
     """Turn a failed Hub request (HTTP error, unreachable endpoint) into a PushError saying what failed."""
@@ -212,7 +207,7 @@ def _talking_to_hub(what: str) -> Iterator[None]:
     except PushError:
         raise
     except Exception as err:
-        raise PushError(f"{what} failed: {type(err).__name__}: {_first_line(err)}") from err
+        raise PushError(f"{what} failed: {type(err).__name__}: {first_line(err)}") from err
 
 
 def _prepare_branch(api: HfApi, repo_id: str, repo_type: str, revision: str | None) -> str:
@@ -264,10 +259,10 @@ def _commit(
             state = f"could not read {branch} back to check it (it was at {parent})"
         else:
             state = f"{branch} is now at {now} (it was at {parent}): check the repo"
-        reason = _first_line(err)
+        reason = first_line(err)
         detail = getattr(err, "server_message", None) or getattr(err.__cause__, "server_message", None)
-        if not detail and err.__cause__ is not None and _first_line(err.__cause__) not in reason:
-            detail = _first_line(err.__cause__)
+        if not detail and err.__cause__ is not None and first_line(err.__cause__) not in reason:
+            detail = first_line(err.__cause__)
         if detail:
             reason += f" ({str(detail).strip().splitlines()[0]})"
         raise PushError(f"push to {repo_id} failed: {type(err).__name__}: {reason}. {state}") from err
@@ -527,7 +522,7 @@ def push_dataset(
     import datasets
     import pyarrow
 
-    from .data.schema import validate_corpus
+    from ..data.schema import validate_corpus
 
     validate_repo_id(repo_id)
     folder = Path(dataset_dir)

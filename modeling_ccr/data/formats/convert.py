@@ -34,13 +34,13 @@ import pyarrow as pa
 from datasets.arrow_writer import ArrowWriter
 from tqdm.auto import tqdm
 
-from ..errors import UserError
-from ..tokenization import split_words
+from ...errors import UserError
+from ...text.tokenization import split_words
+from ..flickr30k_entities import SENTENCES_DIR, EntitiesFormatError, read_image_entities
+from ..schema import corpus_features
 from .butd_tsv import TsvRow, read_tsv_rows
-from .flickr30k_entities import SENTENCES_DIR, EntitiesFormatError, read_image_entities
 from .karpathy import CORPUS_SPLIT_OF, KarpathyImage, images_by_split, read_karpathy
 from .scan_precomp import PrecompSplit, available_splits, open_precomp_split
-from .schema import corpus_features
 
 # Precomp split -> corpus split, and the Karpathy splits its images come from (file order, concatenated).
 PRECOMP_CORPUS_SPLIT: dict[str, str] = {

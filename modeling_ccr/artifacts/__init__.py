@@ -1,0 +1,1 @@
+"""Files on disk: model folders, integrity records, checkpoints, original checkpoints, result records."""

@@ -1,0 +1,1 @@
+"""Evaluation over a split: gallery scoring and retrieval, attention metrics, two-stage search, pictures."""

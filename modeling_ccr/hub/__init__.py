@@ -1,0 +1,1 @@
+"""Sharing on the Hub: push model folders and corpora, render their cards."""

@@ -1,0 +1,1 @@
+"""Training runs: the run configuration, the experiment, the Trainer, tracking, ablation grids."""
