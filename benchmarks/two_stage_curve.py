@@ -25,12 +25,12 @@ from typing import Any
 import torch
 
 from modeling_ccr.artifacts.loading import load_matcher
+from modeling_ccr.data.corpora import load_evaluation_split
 from modeling_ccr.data.pairs import caption_table
 from modeling_ccr.evaluation.gallery import encode_captions, encode_images
 from modeling_ccr.evaluation.two_stage import pooled_embeddings, two_stage_similarity
 from modeling_ccr.metrics.retrieval import evaluate_retrieval
 from modeling_ccr.training.experiment import (
-    load_evaluation_split,
     load_yaml,
     parse_experiment_config,
     run_experiment,

@@ -24,6 +24,10 @@ class InvalidValueError(UserError, ValueError):
     """A value given on the command line or in a call that is not one of those allowed."""
 
 
+class ConfigError(UserError, ValueError):
+    """A run configuration that cannot be used; the message names the file and the field."""
+
+
 def first_line(err: BaseException) -> str:
     """The first line of an exception's message (or its type name when the message is empty)."""
     text = str(err).strip()

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from modeling_ccr.data.corpora import load_corpus
 from modeling_ccr.data.synthetic import SYNTHETIC_PRESETS, SyntheticCorpusConfig, generate_scenes
-from modeling_ccr.training.experiment import load_corpus, parse_experiment_config
+from modeling_ccr.training.experiment import parse_experiment_config
 
 SMALL = {"train_images": 60, "validation_images": 6, "test_images": 6, "feature_dim": 32}
 

@@ -445,7 +445,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def build_app(args: argparse.Namespace):
     """The `MatchingApp` (models, gallery, photo reader) described by the parsed arguments."""
-    from ..training.experiment import load_evaluation_split
+    from ..data.corpora import load_evaluation_split
 
     matchers = [load_app_matcher(m) for m in (args.model, args.model2) if m]
     gallery = None

@@ -81,10 +81,11 @@ def command_demo(args: argparse.Namespace) -> None:
 
 
 def command_evaluate(args: argparse.Namespace) -> None:
+    from ..artifacts.records import write_evaluation_record
+    from ..data.corpora import load_evaluation_split
     from ..data.flickr30k_entities import attach_entities
     from ..evaluation.gallery import attention_metrics, evaluate_matchers
     from ..metrics.attention import AttendedSetRule
-    from ..training.experiment import evaluate_and_record, load_evaluation_split
 
     if args.push:
         from ..hub.push import check_model_repo
@@ -120,7 +121,7 @@ def command_evaluate(args: argparse.Namespace) -> None:
             attention_metrics(m, t, dataset, rule, progress=True)
             for m, t in zip(models, tokenizers, strict=True)
         ]
-    output = evaluate_and_record(metrics, dataset_name, args.split, args.models, args.output)
+    output = write_evaluation_record(metrics, dataset_name, args.split, args.models, args.output)
     print_results(metrics, f"{' + '.join(args.models)} on {dataset_name}, split {args.split}")
     if "eccv" in metrics:
         from ..metrics.eccv import format_eccv_table
@@ -177,8 +178,8 @@ def command_ensemble(args: argparse.Namespace) -> None:
 
 
 def command_visualize(args: argparse.Namespace) -> None:
+    from ..data.corpora import load_evaluation_split
     from ..evaluation.pictures import visualize
-    from ..training.experiment import load_evaluation_split
 
     split, _ = load_evaluation_split(args.models[0], args.dataset, args.split)
     out = visualize(args.models, split, args.image_id, args.caption, args.word, args.out, args.image)

@@ -23,6 +23,7 @@ import jinja2
 import yaml
 from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard, ModelCardData
 
+from ..data.corpora import SYNTHETIC_SOURCE
 from ..errors import UserError
 from ..resources import resource_dir
 
@@ -33,7 +34,6 @@ REFERENCES_FILE = "reference_results.yaml"
 # eval_results_test.json (one model) and ensemble_eval_results_test.json (several, mean similarity).
 RESULT_FILE = re.compile(r"^(ensemble_)?eval_results_[A-Za-z0-9._-]+\.json$")
 
-SYNTHETIC_SOURCE = "synthetic"  # `data.source` of a run on the built-in corpus (experiment.SYNTHETIC_SOURCE)
 SYNTHETIC_NAME = "built-in synthetic grounded corpus"
 SYNTHETIC_TYPE = "modeling-ccr-synthetic"
 RETRIEVAL_TASK = ("image-text-retrieval", "Image-text retrieval")
@@ -117,7 +117,7 @@ def dataset_label(recorded: str) -> DatasetLabel:
 
 @dataclass
 class ResultFile:
-    """One evaluation JSON (`experiment.results_record`): models, dataset, split, metrics."""
+    """One evaluation JSON (`artifacts.records.results_record`): models, dataset, split, metrics."""
 
     filename: str
     record: dict[str, Any]

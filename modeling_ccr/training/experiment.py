@@ -9,17 +9,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import platform
 import re
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import accelerate
 import datasets
 import torch
-import transformers
 import yaml
 from transformers import (
     PreTrainedConfig,
@@ -29,17 +26,18 @@ from transformers import (
     set_seed,
 )
 
-from .._version import __version__
 from ..artifacts.checkpoints import checkpoint_problem, list_checkpoints, newest_complete
-from ..artifacts.integrity import check_can_overwrite_results, sha256_file, weights_record
+from ..artifacts.integrity import sha256_file, weights_record
 from ..artifacts.loading import load_matcher
+from ..artifacts.records import library_versions, results_record, write_json
 from ..data.collator import RegionCaptionCollator
+from ..data.corpora import DATA_KEYS, SYNTHETIC_SOURCE, load_corpus
 from ..data.flickr30k_entities import attach_entities, write_entities_annotations
 from ..data.pairs import ImageCaptionPairs, caption_table
 from ..data.schema import validate_corpus
-from ..data.streaming import DEFAULT_SHUFFLE_BUFFER, StreamingImageCaptionPairs, load_streaming_corpus
-from ..data.synthetic import SyntheticCorpusConfig, build_synthetic_corpus
-from ..errors import DatasetLoadError, UserError
+from ..data.streaming import StreamingImageCaptionPairs, load_streaming_corpus
+from ..data.synthetic import SyntheticCorpusConfig
+from ..errors import ConfigError, UserError
 from ..evaluation.gallery import attention_metrics, evaluate_matchers, has_grounding
 from ..models import BACKBONES, EnsembleModel
 from ..models.backbones import SINGLE_BACKBONES
@@ -54,8 +52,6 @@ from .text_encoders import (
 )
 from .tracking import attach_tracking
 from .trainer import MatchingTrainer
-
-SYNTHETIC_SOURCE = "synthetic"
 
 # docs/spec.md section 1: Adam (AdamW without weight decay), grad-norm clip 2.0, batch 128, lr 2e-4, decay x0.1
 # at epoch 15 of 30 (Flickr30K); keep the checkpoint with the best validation rSum.
@@ -104,25 +100,7 @@ SECTIONS = {
     "training": dict,
     "evaluation": dict,
 }
-DATA_KEYS = {
-    "source": SYNTHETIC_SOURCE,
-    "synthetic": {},
-    "min_word_count": 4,
-    "captions_per_image": 5,
-    "max_words": None,
-    # A SCAN vocabulary file (vocab/*_vocab.json): its ids and SCAN's word rule instead of a vocabulary
-    # built from the training captions (min_word_count is then unused).
-    "vocab": None,
-    # Read the train split as a stream (docs/converters.md, "Streaming"): data.source is then a folder of
-    # Parquet/Arrow files by split, or a save_to_disk folder; shuffle_buffer: images per shuffle buffer.
-    "streaming": False,
-    "shuffle_buffer": DEFAULT_SHUFFLE_BUFFER,
-}
 EVALUATION_KEYS = {"protocol": "full"}
-
-
-class ConfigError(UserError, ValueError):
-    """A run configuration that cannot be used; the message names the file and the field."""
 
 
 class RunFolderError(UserError):
@@ -333,31 +311,6 @@ def load_experiment_config(path: str | Path, overrides: dict[str, Any] | None = 
     return parse_experiment_config(raw, str(path))
 
 
-def load_corpus(data: dict[str, Any], seed: int) -> tuple[datasets.DatasetDict, str]:
-    """The corpus named by the data section, and a name for it to record beside results."""
-    if data["source"] == SYNTHETIC_SOURCE:
-        corpus_config = SyntheticCorpusConfig(**{"seed": seed, **data["synthetic"]})
-        return build_synthetic_corpus(corpus_config), f"built-in synthetic corpus (seed {corpus_config.seed})"
-    path = Path(data["source"])
-    if not path.exists():
-        raise ConfigError(
-            f"data.source: no dataset at {path} (expected a DatasetDict saved with save_to_disk)"
-        )
-    if data["streaming"]:  # the splits besides train; train is streamed (streaming_train_pairs)
-        return load_streaming_corpus(path)[1], str(path)
-    try:
-        corpus = datasets.load_from_disk(str(path))
-    except (FileNotFoundError, ValueError) as err:
-        raise DatasetLoadError(
-            f"data.source: {path} is not a dataset saved with save_to_disk ({str(err).splitlines()[0]})"
-        ) from err
-    if not isinstance(corpus, datasets.DatasetDict):
-        raise DatasetLoadError(
-            f"data.source: {path} holds a single Dataset; expected a DatasetDict with train/validation/test splits"
-        )
-    return corpus, str(path)
-
-
 def run_tokenizer(
     data: dict[str, Any], train_split: datasets.Dataset | StreamingImageCaptionPairs
 ) -> PreTrainedTokenizerBase:
@@ -450,21 +403,6 @@ def feature_dim_of(split: datasets.Dataset | StreamingImageCaptionPairs) -> int:
     if isinstance(split, StreamingImageCaptionPairs):
         return split.feature_dim
     return int(split.with_format("numpy", columns=["features"])[0]["features"].shape[-1])
-
-
-def library_versions() -> dict[str, str]:
-    return {
-        "modeling_ccr": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "datasets": datasets.__version__,
-        "accelerate": accelerate.__version__,
-    }
-
-
-def write_json(path: Path, payload: dict[str, Any]) -> None:
-    path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def assemble_ensemble(model_dirs: Sequence[str | Path], output_dir: str | Path) -> Path:
@@ -663,62 +601,9 @@ def resume_checkpoint(output_dir: Path, resume: str | bool | None, overwrite: bo
     return str(newest.path)
 
 
-def results_record(
-    metrics: dict[str, Any],
-    dataset_name: str,
-    split: str,
-    models: list[str | Path],
-    weights: dict[str, dict[str, Any]] | None = None,
-) -> dict[str, Any]:
-    """What an evaluation JSON holds: the models, the sha256 of their weights, the data and split, the
-    protocol (in metrics), the metrics."""
-    return {
-        "models": [str(m) for m in models],
-        "weights": weights or {},
-        "dataset": dataset_name,
-        "split": split,
-        "metrics": metrics,
-        "versions": library_versions(),
-    }
-
-
 def grounding_through_entities_files(split: datasets.Dataset, output_dir: Path) -> datasets.Dataset:
     """Write the split's phrases as Flickr30k Entities files and read them back, so the attention metrics
     of the built-in corpus go through the same reader as real Flickr30k Entities annotations."""
     entities_dir = output_dir / "flickr30k_entities_test"
     write_entities_annotations(split, entities_dir)
     return attach_entities(split.remove_columns(["phrases"]), entities_dir)
-
-
-def load_evaluation_split(
-    model_dir: str | Path, dataset: str | None, split: str
-) -> tuple[datasets.Dataset, str]:
-    """The split to evaluate on: a saved DatasetDict, or the corpus recorded in the model's training config."""
-    if dataset is None:
-        recorded = Path(model_dir) / "training_config.yaml"
-        if not recorded.is_file():
-            raise ConfigError(f"{model_dir} has no training_config.yaml: pass --dataset PATH")
-        run = parse_experiment_config(yaml.safe_load(recorded.read_text()), str(recorded))
-        corpus, name = load_corpus(run.data, run.seed)
-    else:
-        corpus, name = load_corpus({**DATA_KEYS, "source": dataset}, seed=0)
-    if split not in corpus:
-        raise DatasetLoadError(f"dataset {name} has no split {split!r}; it has {sorted(corpus)}")
-    return corpus[split], name
-
-
-def evaluate_and_record(
-    metrics: dict[str, Any], dataset_name: str, split: str, models: list[str], output: Path | None
-) -> Path:
-    """Write the evaluation JSON (default: beside the first model) and return its path.
-
-    The record names the sha256 of each model's weights; a file holding results measured with other
-    weights of one of the models is never overwritten (WeightsIntegrityError).
-    """
-    if output is None:
-        prefix = "ensemble_" if len(models) > 1 else ""
-        output = Path(models[0]) / f"{prefix}eval_results_{split}.json"
-    weights = {str(model): weights_record(model) for model in models}
-    check_can_overwrite_results(output, [weights[str(model)]["sha256"] for model in models])
-    write_json(output, results_record(metrics, dataset_name, split, models, weights))
-    return output
