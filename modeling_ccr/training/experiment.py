@@ -113,7 +113,25 @@ class RunFolderError(UserError):
 
 
 class ConfigLoader(yaml.SafeLoader):
-    """YAML 1.1 reads `1e-3` (no dot) as a string; YAML 1.2 and every user read it as a float."""
+    """YAML 1.1 reads `1e-3` (no dot) as a string; YAML 1.2 and every user read it as a float.
+
+    A key written twice in one mapping is an error: PyYAML would silently keep the last value.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"key {key!r} written twice (lines {seen[key]} and {line})",
+                    key_node.start_mark,
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
 
 
 ConfigLoader.add_implicit_resolver(
@@ -272,6 +290,7 @@ def parse_experiment_config(raw: dict[str, Any], where: str = "<dict>") -> Exper
     data = _typed_section("data", data, DATA_TYPES, where)
     training = _typed_section("training", training, TRAINING_TYPES, where)
     model = _typed_model_section(model, where)
+    _check_training_ranges(training, where)
     if training.get("collapse_guard", "warn") not in ("warn", "stop", "off"):
         raise ConfigError(
             f"{where}: training.collapse_guard must be warn, stop or off, found {training['collapse_guard']!r}"
@@ -285,6 +304,47 @@ def parse_experiment_config(raw: dict[str, Any], where: str = "<dict>") -> Exper
         evaluation=evaluation,
         source_file=where,
     )
+
+
+# Values TrainingArguments accepts but that cannot train: (key, lowest allowed, whether it may equal it).
+_TRAINING_RANGES = (
+    ("per_device_train_batch_size", 1, True),
+    ("per_device_eval_batch_size", 1, True),
+    ("gradient_accumulation_steps", 1, True),
+    ("learning_rate", 0.0, False),
+    ("num_train_epochs", 0.0, False),
+    ("max_grad_norm", 0.0, True),
+    ("lr_decay_factor", 0.0, True),
+    ("hinge_warmup_steps", 0, True),
+    ("constraint_warmup_steps", 0, True),
+)
+
+
+def _check_training_ranges(training: dict[str, Any], where: str) -> None:
+    for key, lowest, inclusive in _TRAINING_RANGES:
+        value = training.get(key)
+        if value is None or isinstance(value, bool):
+            continue
+        if key == "num_train_epochs" and training.get("max_steps", -1) > 0:
+            continue  # max_steps decides the length of the run
+        if value < lowest or (value == lowest and not inclusive):
+            bound = f">= {lowest}" if inclusive else f"> {lowest}"
+            raise ConfigError(f"{where}: training.{key} must be {bound}, found {value!r}")
+
+
+def refuse_empty_run(n_pairs: int, args: TrainingArguments, where: str) -> None:
+    """A run that would take zero optimiser steps must not start (it would save the untrained model as best)."""
+    global_batch = args.per_device_train_batch_size * max(args.world_size, 1)
+    if args.dataloader_drop_last and n_pairs < global_batch:
+        raise ConfigError(
+            f"{where}: the training split has {n_pairs} image-caption pairs, fewer than one batch of "
+            f"{global_batch} (training.per_device_train_batch_size x processes, with dataloader_drop_last); "
+            "it would train zero steps"
+        )
+    if args.max_steps <= 0 and args.num_train_epochs <= 0:
+        raise ConfigError(
+            f"{where}: training.num_train_epochs is {args.num_train_epochs}: it would train zero steps"
+        )
 
 
 def load_experiment_config(path: str | Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
@@ -498,10 +558,13 @@ def run_experiment(
         )
     except (ValueError, TypeError) as err:
         raise ConfigError(f"{config.source_file}: invalid training section: {err}") from err
+    train_pairs = train_split if streaming else ImageCaptionPairs(train_split)
+    if not streaming:
+        refuse_empty_run(len(train_pairs), args, config.source_file)
     trainer = MatchingTrainer(
         model=model,
         args=args,
-        train_dataset=train_split if streaming else ImageCaptionPairs(train_split),
+        train_dataset=train_pairs,
         eval_dataset=corpus["validation"],
         data_collator=RegionCaptionCollator(tokenizer, config.data["max_words"]),
         processing_class=tokenizer,
