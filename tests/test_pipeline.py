@@ -199,3 +199,25 @@ def test_the_pipeline_loads_from_the_hub_with_trust_remote_code_without_the_pack
     assert "pipelines.py" in hub.list_files("tester/matcher")
     local = pipeline("image-text-matching", model=str(model_dir))(regions(3), candidate_captions=CAPTIONS)
     np.testing.assert_allclose([r["score"] for r in remote], [r["score"] for r in local], rtol=1e-5)
+
+
+@pytest.mark.parametrize("top_k", [0, -1, 1.5, True])
+def test_top_k_must_be_a_positive_integer(model_dir, top_k):
+    pipe = pipeline("image-text-matching", model=str(model_dir))
+    with pytest.raises(ValueError, match=r"top_k must be a positive integer"):
+        pipe(regions(0), candidate_captions=["a red ball", "a dog"], top_k=top_k)
+
+
+def test_top_k_keeps_exactly_the_best_k(model_dir):
+    pipe = pipeline("image-text-matching", model=str(model_dir))
+    captions = ["a red ball", "a dog", "a green cube"]
+    ranked = pipe(regions(0), candidate_captions=captions)
+    assert pipe(regions(0), candidate_captions=captions, top_k=2) == ranked[:2]
+
+
+def test_a_caption_over_the_length_limit_is_refused_before_tokenizing(model_dir):
+    from modeling_ccr.models.pipelines import MAX_CAPTION_CHARS
+
+    pipe = pipeline("image-text-matching", model=str(model_dir))
+    with pytest.raises(ValueError, match=rf"caption 1 has {MAX_CAPTION_CHARS + 1} characters"):
+        pipe(regions(0), candidate_captions=["a dog", "x" * (MAX_CAPTION_CHARS + 1)])

@@ -18,7 +18,8 @@ Calls:
   word's softmax over regions; i2t models: each region's weight on the word).
 - `pipe(caption, candidate_images=[...])` -> images ranked best first: `{"image_index", "score"}`
   (and `"attention"` as above, per image, with `return_attention=True`).
-`top_k` keeps the best k.
+`top_k` keeps the best k (a positive integer). A caption may hold at most `MAX_CAPTION_CHARS` characters:
+longer text is refused with a message rather than tokenized (the app uses the same limit).
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ from transformers import AutoModel, Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
 TASK = "image-text-matching"
+# Captions in the research corpora are under 400 characters; 2,000 leaves room for long descriptions while
+# bounding the work one request can cause.
+MAX_CAPTION_CHARS = 2000
 
 
 class ImageTextMatchingPipeline(Pipeline):
@@ -54,6 +58,8 @@ class ImageTextMatchingPipeline(Pipeline):
         if candidate_images is not None:
             preprocess["candidate_images"] = list(candidate_images)
         forward = {"return_attention": bool(return_attention)} if return_attention is not None else {}
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+            raise ValueError(f"top_k must be a positive integer, found {top_k!r}")
         postprocess = {"top_k": top_k} if top_k is not None else {}
         return preprocess, forward, postprocess
 
@@ -106,6 +112,11 @@ class ImageTextMatchingPipeline(Pipeline):
             images, captions, query = candidate_images, [inputs], "caption"
         if not images or not captions or not all(isinstance(c, str) and c.strip() for c in captions):
             raise ValueError("candidates must be a non-empty list (captions: non-empty strings)")
+        too_long = next((i for i, c in enumerate(captions) if len(c) > MAX_CAPTION_CHARS), None)
+        if too_long is not None:
+            raise ValueError(
+                f"caption {too_long} has {len(captions[too_long])} characters; at most {MAX_CAPTION_CHARS} are scored"
+            )
         regions = [self._regions(image, f"image {i}") for i, image in enumerate(images)]
         n = max(f.shape[0] for f, _ in regions)
         features = torch.zeros(len(regions), n, regions[0][0].shape[1])
