@@ -81,3 +81,31 @@ def test_i2t_attention_combines_token_columns():
     attention = torch.tensor([[0.1, 0.3, 0.6], [0.5, 0.25, 0.25]])  # (regions, tokens)
     words = word_level_attention(attention, [[1, 2], [0]], "i2t", "max")
     torch.testing.assert_close(words, torch.tensor([[0.6, 0.1], [0.25, 0.5]]))
+
+
+def quadratic_reference(tokenizer, caption: str) -> list[list[int]]:
+    """Every (token, word) pair tested for overlap: the obvious O(tokens x words) alignment."""
+    from modeling_ccr.text.word_alignment import word_char_spans
+
+    encoded = tokenizer([caption], return_offsets_mapping=True)
+    words = word_char_spans(caption)
+    special = [w is None for w in encoded.word_ids(0)]
+    return [
+        [
+            t
+            for t, ((s, e), sp) in enumerate(zip(encoded["offset_mapping"][0], special, strict=True))
+            if not sp and e > s and s < we and ws < e
+        ]
+        for ws, we in words
+    ]
+
+
+@pytest.mark.parametrize("make_tokenizer", [whitespace_tokenizer, minilm_tokenizer])
+def test_the_fast_alignment_equals_the_all_pairs_reference(make_tokenizer):
+    tokenizer = make_tokenizer()
+    generator = torch.Generator().manual_seed(0)
+    pieces = ["snow", "mid-air,", "dogs", "a", "tricks.", "re-entry", "x", "!!", "rock'n'roll"]
+    for _ in range(20):
+        n = int(torch.randint(1, 40, (1,), generator=generator))
+        caption = " ".join(pieces[int(i)] for i in torch.randint(len(pieces), (n,), generator=generator))
+        assert word_token_positions(tokenizer, [caption])[0] == quadratic_reference(tokenizer, caption)

@@ -13,6 +13,7 @@ when each piece's row is one) or "max" (a region counts as soon as any piece att
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Sequence
 
@@ -60,13 +61,17 @@ def word_token_positions(
         captions, encoded["offset_mapping"], _special_masks(encoded), strict=True
     ):
         words = word_char_spans(caption)
+        # Words are disjoint and in order, so their ends are sorted: a binary search finds a token's first
+        # overlapping word, keeping the alignment O(tokens x log words) instead of tokens x words.
+        word_ends = [word_end for _, word_end in words]
         positions: list[list[int]] = [[] for _ in words]
         for token, ((start, end), is_special) in enumerate(zip(offsets, special, strict=True)):
             if is_special or end <= start:
                 continue
-            for w, (word_start, word_end) in enumerate(words):
-                if start < word_end and word_start < end:
-                    positions[w].append(token)
+            w = bisect.bisect_right(word_ends, start)
+            while w < len(words) and words[w][0] < end:
+                positions[w].append(token)
+                w += 1
         alignments.append(positions)
     return alignments
 
