@@ -37,6 +37,7 @@ from ..errors import UserError
 from ..evaluation.gallery import encode_captions, encode_images
 from ..evaluation.pictures import check_boxes, draw_attention, find_word, word_attention_over_regions
 from ..models.modeling_matcher import MatcherPreTrainedModel
+from ..models.pipelines import MAX_CAPTION_CHARS
 from ..text.tokenization import split_words
 
 
@@ -176,12 +177,24 @@ class PhotoReader:
         return torch.from_numpy(regions.features), torch.from_numpy(regions.boxes), regions.image_size
 
 
+def check_caption_lengths(captions: Sequence[str]) -> None:
+    """Refuse a caption longer than the pipeline's limit: the app has one worker, and no caption of a
+    research corpus comes near it."""
+    for i, caption in enumerate(captions):
+        if len(caption) > MAX_CAPTION_CHARS:
+            raise AppError(
+                f"caption {i + 1} has {len(caption)} characters; the app scores captions of at most "
+                f"{MAX_CAPTION_CHARS}"
+            )
+
+
 @torch.no_grad()
 def rank_captions(matcher: Matcher, features: torch.Tensor, captions: list[str]) -> list[tuple[str, float]]:
     """The captions with their scores against one image `(n_regions, feature_dim)`, best first."""
     captions = [c.strip() for c in captions if c.strip()]
     if not captions:
         raise AppError("type at least one caption (one per line)")
+    check_caption_lengths(captions)
     if features.shape[-1] != matcher.feature_dim:
         raise AppError(
             f"{matcher.name} takes {matcher.feature_dim}-d region features; this image has {features.shape[-1]}-d"
@@ -198,6 +211,7 @@ def rank_captions(matcher: Matcher, features: torch.Tensor, captions: list[str])
 @torch.no_grad()
 def search_images(matcher: Matcher, gallery: Gallery, caption: str, k: int) -> list[tuple[str, float]]:
     """The `k` images of the gallery that score highest with `caption`: (image_id, score), best first."""
+    check_caption_lengths([caption])
     if not split_words(caption):
         raise AppError("type a caption to search with")
     image_embeds, region_mask = gallery.embeddings(matcher)
