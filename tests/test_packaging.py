@@ -14,17 +14,21 @@ SETUPTOOLS = PYPROJECT["tool"]["setuptools"]
 
 
 def package_folders() -> set[str]:
-    """Dotted names of every folder under modeling_ccr/ and training/ that holds Python files."""
+    """Dotted names of every folder under modeling_ccr/ that holds Python files."""
     found = set()
-    for top in ("modeling_ccr", "training"):
-        for path in (ROOT / top).rglob("*.py"):
-            if "__pycache__" not in path.parts:
-                found.add(".".join(path.parent.relative_to(ROOT).parts))
+    for path in (ROOT / "modeling_ccr").rglob("*.py"):
+        if "__pycache__" not in path.parts:
+            found.add(".".join(path.parent.relative_to(ROOT).parts))
     return found
 
 
 def test_every_package_folder_is_listed_in_pyproject():
     assert package_folders() - set(SETUPTOOLS["packages"]) == set()
+
+
+def test_the_launch_folder_is_not_a_package_of_the_wheel():
+    assert not (ROOT / "training" / "__init__.py").exists()
+    assert not any(name == "training" or name.startswith("training.") for name in SETUPTOOLS["packages"])
 
 
 def test_configs_and_card_templates_map_onto_the_repository_folders():
