@@ -32,6 +32,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# 128 + SIGINT, what a shell reports for a process stopped by Ctrl-C.
+INTERRUPTED_EXIT_CODE = 130
+INTERRUPTED_HINTS = {
+    "train": "complete checkpoints are kept; run the same command with --resume to continue",
+    "demo": "run `ccr demo` again to start over",
+    "ablate": "finished runs are kept; run the same command again to resume the grid",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -41,6 +50,14 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"ccr {args.command}: error: {err}", file=sys.stderr)
         return USER_ERROR_EXIT_CODE
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(
+            f"ccr {args.command}: interrupted; {INTERRUPTED_HINTS.get(args.command, 'nothing was lost')}",
+            file=sys.stderr,
+        )
+        return INTERRUPTED_EXIT_CODE
     return 0
 
 

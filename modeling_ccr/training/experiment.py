@@ -6,12 +6,15 @@ The YAML only overrides: model defaults live in the backbone config classes, cor
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
+import os
 import re
 import shutil
-from collections.abc import Sequence
+import socket
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +40,7 @@ from ..data.pairs import ImageCaptionPairs, caption_table
 from ..data.schema import validate_corpus
 from ..data.streaming import StreamingImageCaptionPairs, load_streaming_corpus
 from ..data.synthetic import SyntheticCorpusConfig
-from ..errors import ConfigError, UserError
+from ..errors import ConfigError, UserError, first_line
 from ..evaluation.gallery import attention_metrics, evaluate_matchers, has_grounding
 from ..models import BACKBONES, EnsembleModel
 from ..models.backbones import SINGLE_BACKBONES
@@ -520,6 +523,70 @@ def assemble_ensemble(model_dirs: Sequence[str | Path], output_dir: str | Path) 
     return output_dir
 
 
+LOCK_FILE = "run.lock"
+
+
+def check_output_dir(output_dir: Path, where: str) -> None:
+    """The output folder exists (or can be made) as a writable folder; one line naming it otherwise."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise RunFolderError(f"{where}: output_dir {output_dir} is a file, expected a folder")
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise RunFolderError(f"{where}: cannot create output_dir {output_dir} ({first_line(err)})") from err
+    if not os.access(output_dir, os.W_OK | os.X_OK):
+        raise RunFolderError(f"{where}: output_dir {output_dir} is not writable")
+
+
+def _lock_holder_alive(holder: dict[str, Any]) -> bool:
+    if holder.get("host") != socket.gethostname():
+        return True  # another machine's process: assume it runs
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except (ProcessLookupError, KeyError, ValueError, TypeError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def run_lock(output_dir: Path) -> Iterator[None]:
+    """Hold `output_dir/run.lock` for the run, so a second training into the same folder fails at once.
+
+    Only the main process of a distributed run takes the lock (every process trains into one folder).
+    A lock left by a process that no longer runs on this machine is taken over, with a message.
+    """
+    if int(os.environ.get("RANK", "0")) != 0:
+        yield
+        return
+    lock = output_dir / LOCK_FILE
+    me = {"pid": os.getpid(), "host": socket.gethostname()}
+    for _ in range(2):
+        try:
+            descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                holder = json.loads(lock.read_text())
+            except (OSError, ValueError):
+                holder = {}
+            if _lock_holder_alive(holder):
+                raise RunFolderError(
+                    f"{output_dir} is in use by another training (process {holder.get('pid', '?')} on "
+                    f"{holder.get('host', '?')}, {lock}); wait for it or choose another output_dir"
+                ) from None
+            print(f"Taking over {lock}: process {holder.get('pid', '?')} that held it no longer runs")
+            lock.unlink(missing_ok=True)
+            continue
+        with os.fdopen(descriptor, "w") as handle:
+            json.dump(me, handle)
+        break
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
 def run_experiment(
     config: ExperimentConfig, resume_from_checkpoint: str | bool | None = None, overwrite: bool = False
 ) -> Path:
@@ -533,6 +600,14 @@ def run_experiment(
     is refused without one of the two (see `resume_checkpoint`).
     """
     output_dir = Path(config.output_dir)
+    check_output_dir(output_dir, config.source_file)
+    with run_lock(output_dir):
+        return _run_experiment(config, output_dir, resume_from_checkpoint, overwrite)
+
+
+def _run_experiment(
+    config: ExperimentConfig, output_dir: Path, resume_from_checkpoint: str | bool | None, overwrite: bool
+) -> Path:
     checkpoint = resume_checkpoint(output_dir, resume_from_checkpoint, overwrite)
     set_seed(config.seed)
     corpus, dataset_name = load_corpus(config.data, config.seed)

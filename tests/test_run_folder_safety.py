@@ -1,0 +1,64 @@
+"""Runs that share a folder, output paths that cannot hold a run, and Ctrl-C."""
+
+import json
+import os
+import socket
+
+import pytest
+
+from modeling_ccr.cli import INTERRUPTED_EXIT_CODE, main
+from modeling_ccr.training import experiment
+from modeling_ccr.training.experiment import LOCK_FILE, RunFolderError, check_output_dir, run_lock
+
+
+def test_a_second_training_into_a_locked_folder_fails_naming_the_holder(tmp_path):
+    with run_lock(tmp_path):
+        holder = json.loads((tmp_path / LOCK_FILE).read_text())
+        assert holder == {"pid": os.getpid(), "host": socket.gethostname()}
+        with pytest.raises(RunFolderError, match=rf"in use by another training \(process {os.getpid()}"):
+            with run_lock(tmp_path):
+                pass
+    assert not (tmp_path / LOCK_FILE).exists(), "the lock is released when the run ends"
+
+
+def test_the_lock_is_released_when_the_run_fails(tmp_path):
+    with pytest.raises(ZeroDivisionError), run_lock(tmp_path):
+        1 / 0
+    assert not (tmp_path / LOCK_FILE).exists()
+
+
+def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path, capsys):
+    (tmp_path / LOCK_FILE).write_text(json.dumps({"pid": 2**22 + 12345, "host": socket.gethostname()}))
+    with run_lock(tmp_path):
+        assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
+    assert "no longer runs" in capsys.readouterr().out
+
+
+def test_an_output_dir_that_is_a_file_is_refused(tmp_path):
+    target = tmp_path / "model.txt"
+    target.write_text("x")
+    with pytest.raises(RunFolderError, match=r"run\.yaml: output_dir .*model\.txt is a file"):
+        check_output_dir(target, "run.yaml")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_output_dir_is_refused(tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        with pytest.raises(RunFolderError, match="not writable"):
+            check_output_dir(folder, "run.yaml")
+    finally:
+        folder.chmod(0o700)
+
+
+def test_ctrl_c_during_training_is_one_line_with_the_resume_hint(monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(experiment, "run_experiment", interrupted)
+    code = main(["train", "demo", "--set", "output_dir=unused"])
+    err = capsys.readouterr().err
+    assert code == INTERRUPTED_EXIT_CODE
+    assert err.count("\n") == 1 and "--resume" in err and "Traceback" not in err
