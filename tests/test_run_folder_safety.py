@@ -15,15 +15,15 @@ def test_a_second_training_into_a_locked_folder_fails_naming_the_holder(tmp_path
     with run_lock(tmp_path):
         holder = json.loads((tmp_path / LOCK_FILE).read_text())
         assert holder == {"pid": os.getpid(), "host": socket.gethostname()}
-        with pytest.raises(RunFolderError, match=rf"in use by another training \(process {os.getpid()}"):
-            with run_lock(tmp_path):
-                pass
+        busy = rf"in use by another training \(process {os.getpid()}"
+        with pytest.raises(RunFolderError, match=busy), run_lock(tmp_path):
+            pass
     assert not (tmp_path / LOCK_FILE).exists(), "the lock is released when the run ends"
 
 
 def test_the_lock_is_released_when_the_run_fails(tmp_path):
-    with pytest.raises(ZeroDivisionError), run_lock(tmp_path):
-        1 / 0
+    with pytest.raises(RuntimeError), run_lock(tmp_path):
+        raise RuntimeError("the run failed")
     assert not (tmp_path / LOCK_FILE).exists()
 
 

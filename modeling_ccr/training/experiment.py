@@ -527,15 +527,16 @@ LOCK_FILE = "run.lock"
 
 
 def check_output_dir(output_dir: Path, where: str) -> None:
-    """The output folder exists (or can be made) as a writable folder; one line naming it otherwise."""
+    """The output folder is a writable folder, or can be made in a writable one; one line naming it otherwise."""
     if output_dir.exists() and not output_dir.is_dir():
         raise RunFolderError(f"{where}: output_dir {output_dir} is a file, expected a folder")
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise RunFolderError(f"{where}: cannot create output_dir {output_dir} ({first_line(err)})") from err
-    if not os.access(output_dir, os.W_OK | os.X_OK):
-        raise RunFolderError(f"{where}: output_dir {output_dir} is not writable")
+    existing = output_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise RunFolderError(f"{where}: cannot create output_dir {output_dir}: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RunFolderError(f"{where}: output_dir {output_dir} is not writable ({existing} is read-only)")
 
 
 def _lock_holder_alive(holder: dict[str, Any]) -> bool:
@@ -560,6 +561,11 @@ def run_lock(output_dir: Path) -> Iterator[None]:
     if int(os.environ.get("RANK", "0")) != 0:
         yield
         return
+    created = not output_dir.exists()
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise RunFolderError(f"cannot create output_dir {output_dir} ({first_line(err)})") from err
     lock = output_dir / LOCK_FILE
     me = {"pid": os.getpid(), "host": socket.gethostname()}
     for _ in range(2):
@@ -585,6 +591,8 @@ def run_lock(output_dir: Path) -> Iterator[None]:
         yield
     finally:
         lock.unlink(missing_ok=True)
+        if created and not any(output_dir.iterdir()):
+            output_dir.rmdir()  # a run refused before writing anything leaves no folder behind
 
 
 def run_experiment(
