@@ -4,9 +4,9 @@ import pytest
 
 pytest.importorskip("gradio")
 
-from modeling_ccr.apps.gradio_app import check_caption_lengths  # noqa: E402
-from modeling_ccr.errors import UserError  # noqa: E402
-from modeling_ccr.models.pipelines import MAX_CAPTION_CHARS  # noqa: E402
+from modeling_ccr.apps.gradio_app import check_caption_lengths
+from modeling_ccr.errors import UserError
+from modeling_ccr.models.pipelines import MAX_CAPTION_CHARS
 
 
 def test_a_caption_at_the_limit_is_scored():
