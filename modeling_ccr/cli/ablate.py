@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..resources import published_ablations
-from .run import parse_overrides
+from .run import add_set_flag, parse_overrides
 
 
 def resolve_ablation(name_or_path: str) -> Path:
@@ -44,13 +44,7 @@ def add_commands(commands) -> None:
         "config", help="an ablation YAML (docs/ablation.md), or a shipped one by name (ablation_f30k, ...)"
     )
     ablate.add_argument("--jobs", type=int, default=1, help="runs trained side by side (default 1)")
-    ablate.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a run-config key in every run (e.g. training.num_train_epochs=2)",
-    )
+    add_set_flag(ablate, help="override a run-config key in every run (e.g. training.num_train_epochs=2)")
     ablate.add_argument(
         "--tables-only", action="store_true", help="only rewrite the tables from the finished runs"
     )

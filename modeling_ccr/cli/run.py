@@ -61,6 +61,23 @@ def command_train(args: argparse.Namespace) -> Path:
     return model_dir
 
 
+def add_train_parser(commands) -> None:
+    train = commands.add_parser("train", help="train from a YAML run configuration")
+    train.add_argument(
+        "config", help="a YAML run configuration, or the name of a published one (`ccr configs`)"
+    )
+    add_set_flag(train)
+    train.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=None,
+        help="resume from the newest complete checkpoint of output_dir (or from a given one)",
+    )
+    add_overwrite_flag(train)
+    train.set_defaults(handler=command_train)
+
+
 def command_demo(args: argparse.Namespace) -> None:
     import json
 
@@ -78,6 +95,31 @@ def command_demo(args: argparse.Namespace) -> None:
     if "attention" in record["metrics"]:
         print(format_attention(record["metrics"]["attention"], "SCAN"))
     print(f"\nLoad it with: AutoModel.from_pretrained({str(model_dir)!r})")
+
+
+def add_demo_parser(commands) -> None:
+    demo = commands.add_parser(
+        "demo", help="build the built-in corpus, train SCAN, evaluate, save a checkpoint"
+    )
+    demo.add_argument(
+        "--config",
+        default=DEMO_CONFIG,
+        help="run configuration: a YAML path or a published name (default: %(default)s)",
+    )
+    add_set_flag(demo)
+    demo.add_argument(
+        "--corpus",
+        default="synthetic",
+        choices=["synthetic", "digit-scenes"],
+        help="the built-in synthetic corpus, or digit scenes: real handwritten-digit pixels (docs/digit_scenes.md)",
+    )
+    demo.add_argument(
+        "--corpus-dir",
+        default="runs/digit_scenes",
+        help="where digit scenes are generated once (%(default)s)",
+    )
+    add_overwrite_flag(demo)
+    demo.set_defaults(handler=command_demo)
 
 
 def command_evaluate(args: argparse.Namespace) -> None:
@@ -138,107 +180,7 @@ def command_evaluate(args: argparse.Namespace) -> None:
         print_push(result, f"the evaluation results {output.name}")
 
 
-def command_configs(args: argparse.Namespace) -> None:
-    for name, path in published_configs().items():
-        print(f"{name:<24} {config_summary(path)}")
-
-
-def config_summary(path: Path) -> str:
-    """One line: the model (backbone and its distinguishing options, constraints) and the data it reads."""
-    raw = yaml.safe_load(path.read_text()) or {}
-    model, data = raw.get("model", {}), raw.get("data", {})
-    members = model.get("members") or [model]
-    described = " + ".join(describe_model(member) for member in members)
-    constraints = [
-        f"{name.upper()} {model[f'{name}_weight']:g}"
-        for name in ("ccr", "ccs")
-        if model.get(f"{name}_weight")
-    ]
-    source = data.get("source", "synthetic")
-    source = "built-in synthetic corpus" if source == "synthetic" else f"corpus at {source}"
-    return f"{described}{' with ' + ', '.join(constraints) if constraints else ''}; {source}"
-
-
-def describe_model(model: dict) -> str:
-    options = [
-        str(model[key]) if isinstance(model[key], str) else f"{key}={model[key]}"
-        for key in SUMMARY_OPTIONS
-        if key in model
-    ]
-    return " ".join([str(model.get("backbone", "?")).upper(), *options])
-
-
-def command_ensemble(args: argparse.Namespace) -> None:
-    from ..training.experiment import assemble_ensemble
-
-    output = assemble_ensemble(args.models, args.output)
-    print(
-        f"Saved an ensemble of {len(args.models)} models to {output}; evaluate it with: ccr evaluate {output}"
-    )
-
-
-def command_visualize(args: argparse.Namespace) -> None:
-    from ..data.corpora import load_evaluation_split
-    from ..evaluation.pictures import visualize
-
-    split, _ = load_evaluation_split(args.models[0], args.dataset, args.split)
-    out = visualize(args.models, split, args.image_id, args.caption, args.word, args.out, args.image)
-    print(f"Wrote {out}")
-
-
-def add_overwrite_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="delete the checkpoints and model already in output_dir and start from step 0",
-    )
-
-
-def add_commands(commands) -> None:
-
-    demo = commands.add_parser(
-        "demo", help="build the built-in corpus, train SCAN, evaluate, save a checkpoint"
-    )
-    demo.add_argument(
-        "--config",
-        default=DEMO_CONFIG,
-        help="run configuration: a YAML path or a published name (default: %(default)s)",
-    )
-    demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    demo.add_argument(
-        "--corpus",
-        default="synthetic",
-        choices=["synthetic", "digit-scenes"],
-        help="the built-in synthetic corpus, or digit scenes: real handwritten-digit pixels (docs/digit_scenes.md)",
-    )
-    demo.add_argument(
-        "--corpus-dir",
-        default="runs/digit_scenes",
-        help="where digit scenes are generated once (%(default)s)",
-    )
-    add_overwrite_flag(demo)
-    demo.set_defaults(handler=command_demo)
-
-    train = commands.add_parser("train", help="train from a YAML run configuration")
-    train.add_argument(
-        "config", help="a YAML run configuration, or the name of a published one (`ccr configs`)"
-    )
-    train.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key"
-    )
-    train.add_argument(
-        "--resume",
-        nargs="?",
-        const=True,
-        default=None,
-        help="resume from the newest complete checkpoint of output_dir (or from a given one)",
-    )
-    add_overwrite_flag(train)
-    train.set_defaults(handler=command_train)
-
-    configs = commands.add_parser("configs", help="list the published run configurations, one line each")
-    configs.set_defaults(handler=command_configs)
-
+def add_evaluate_parser(commands) -> None:
     evaluate = commands.add_parser(
         "evaluate", help="full-gallery retrieval evaluation of a model or an ensemble"
     )
@@ -295,6 +237,71 @@ def add_commands(commands) -> None:
         "--push-revision", default=None, metavar="BRANCH", help="branch of --push (default main)"
     )
     evaluate.set_defaults(handler=command_evaluate)
+
+
+def command_configs(args: argparse.Namespace) -> None:
+    for name, path in published_configs().items():
+        print(f"{name:<24} {config_summary(path)}")
+
+
+def add_configs_parser(commands) -> None:
+    configs = commands.add_parser("configs", help="list the published run configurations, one line each")
+    configs.set_defaults(handler=command_configs)
+
+
+def config_summary(path: Path) -> str:
+    """One line: the model (backbone and its distinguishing options, constraints) and the data it reads."""
+    raw = yaml.safe_load(path.read_text()) or {}
+    model, data = raw.get("model", {}), raw.get("data", {})
+    members = model.get("members") or [model]
+    described = " + ".join(describe_model(member) for member in members)
+    constraints = [
+        f"{name.upper()} {model[f'{name}_weight']:g}"
+        for name in ("ccr", "ccs")
+        if model.get(f"{name}_weight")
+    ]
+    source = data.get("source", "synthetic")
+    source = "built-in synthetic corpus" if source == "synthetic" else f"corpus at {source}"
+    return f"{described}{' with ' + ', '.join(constraints) if constraints else ''}; {source}"
+
+
+def describe_model(model: dict) -> str:
+    options = [
+        str(model[key]) if isinstance(model[key], str) else f"{key}={model[key]}"
+        for key in SUMMARY_OPTIONS
+        if key in model
+    ]
+    return " ".join([str(model.get("backbone", "?")).upper(), *options])
+
+
+def command_ensemble(args: argparse.Namespace) -> None:
+    from ..training.experiment import assemble_ensemble
+
+    output = assemble_ensemble(args.models, args.output)
+    print(
+        f"Saved an ensemble of {len(args.models)} models to {output}; evaluate it with: ccr evaluate {output}"
+    )
+
+
+def add_ensemble_parser(commands) -> None:
+    ensemble = commands.add_parser(
+        "ensemble", help="combine trained models into one checkpoint that averages their similarity matrices"
+    )
+    ensemble.add_argument("models", nargs="+", type=Path, help="model folders sharing one tokenizer")
+    ensemble.add_argument("--output", type=Path, required=True, help="folder for the ensemble checkpoint")
+    ensemble.set_defaults(handler=command_ensemble)
+
+
+def command_visualize(args: argparse.Namespace) -> None:
+    from ..data.corpora import load_evaluation_split
+    from ..evaluation.pictures import visualize
+
+    split, _ = load_evaluation_split(args.models[0], args.dataset, args.split)
+    out = visualize(args.models, split, args.image_id, args.caption, args.word, args.out, args.image)
+    print(f"Wrote {out}")
+
+
+def add_visualize_parser(commands) -> None:
     visual = commands.add_parser("visualize", help="draw a word's attention over the region boxes (PNG)")
     visual.add_argument(
         "models", nargs="+", help="one model folder, or two (e.g. base and constrained) side by side"
@@ -313,9 +320,25 @@ def add_commands(commands) -> None:
     )
     visual.add_argument("--split", default="test")
     visual.set_defaults(handler=command_visualize)
-    ensemble = commands.add_parser(
-        "ensemble", help="combine trained models into one checkpoint that averages their similarity matrices"
+
+
+def add_set_flag(parser: argparse.ArgumentParser, help: str = "override a config key") -> None:
+    """`--set KEY=VALUE` (repeatable): the one override flag of every command that reads a run config."""
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=help)
+
+
+def add_overwrite_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete the checkpoints and model already in output_dir and start from step 0",
     )
-    ensemble.add_argument("models", nargs="+", type=Path, help="model folders sharing one tokenizer")
-    ensemble.add_argument("--output", type=Path, required=True, help="folder for the ensemble checkpoint")
-    ensemble.set_defaults(handler=command_ensemble)
+
+
+def add_commands(commands) -> None:
+    add_demo_parser(commands)
+    add_train_parser(commands)
+    add_configs_parser(commands)
+    add_evaluate_parser(commands)
+    add_visualize_parser(commands)
+    add_ensemble_parser(commands)
