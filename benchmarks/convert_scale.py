@@ -111,7 +111,7 @@ def run_child(call: str) -> tuple[float, float]:
     carries the parent's high-water mark into a forked child (this parent has just written GBs of data).
     """
     code = (
-        "import time\nfrom modeling_ccr.data.formats.convert import convert_precomp, convert_butd_tsv\n"
+        "import time\nfrom modeling_ccr.data.formats.convert import ConversionOptions, convert_precomp, convert_butd_tsv\n"
         f"started = time.perf_counter()\n{call}\nprint('SECONDS', time.perf_counter() - started)\n"
         "status = open('/proc/self/status').read().split('VmHWM:')[1].split()[0]\nprint('VMHWM_KIB', status)\n"
     )
@@ -298,8 +298,8 @@ def main() -> None:
         results["tsv_gib"] = round(tsv.stat().st_size / 2**30, 2)
         for name, float16 in (("precomp_float32", False), ("precomp_float16", True)):
             code = (
-                f"convert_precomp({str(workdir / 'precomp')!r}, {str(workdir / name)!r}, float16={float16}, "
-                "progress=False)"
+                f"convert_precomp({str(workdir / 'precomp')!r}, {str(workdir / name)!r}, "
+                f"options=ConversionOptions(float16={float16}, progress=False))"
             )
             seconds, rss = run_child(code)
             results[name] = {
@@ -308,7 +308,7 @@ def main() -> None:
                 "disk_gib": round(folder_bytes(workdir / name) / 2**30, 2),
             }
             print(name, results[name], flush=True)
-        code = f"convert_butd_tsv([{str(tsv)!r}], {str(karpathy)!r}, {str(workdir / 'tsv_corpus')!r}, progress=False)"
+        code = f"convert_butd_tsv([{str(tsv)!r}], {str(karpathy)!r}, {str(workdir / 'tsv_corpus')!r}, options=ConversionOptions(progress=False))"
         seconds, rss = run_child(code)
         results["butd_tsv_float32"] = {
             "images_per_s": round(args.tsv_images / seconds, 1),

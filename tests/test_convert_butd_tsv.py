@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import datasets
@@ -11,7 +12,7 @@ from convert_files import b64, export_corpus, karpathy_entry, tsv_line, write_ka
 
 from modeling_ccr.cli import main
 from modeling_ccr.data.formats.butd_tsv import read_tsv_rows
-from modeling_ccr.data.formats.convert import ConversionError, convert_butd_tsv
+from modeling_ccr.data.formats.convert import ConversionError, ConversionOptions, convert_butd_tsv
 from modeling_ccr.data.formats.karpathy import KarpathyFormatError, read_karpathy
 from modeling_ccr.data.schema import validate_corpus
 from modeling_ccr.data.synthetic import SyntheticCorpusConfig, build_synthetic_corpus
@@ -27,7 +28,9 @@ def corpus():
 
 
 def convert(*args, **kwargs):
-    return convert_butd_tsv(*args, progress=False, **kwargs)
+    option_names = {f.name for f in dataclasses.fields(ConversionOptions)}
+    options = {key: kwargs.pop(key) for key in list(kwargs) if key in option_names}
+    return convert_butd_tsv(*args, **kwargs, options=ConversionOptions(progress=False, **options))
 
 
 def two_images(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import datasets
@@ -10,7 +11,13 @@ import pytest
 from convert_files import export_corpus, karpathy_entry, write_karpathy, write_precomp, write_tsv
 
 from modeling_ccr.cli import main
-from modeling_ccr.data.formats.convert import REPORT_FILE, ConversionError, convert_precomp, normalise_caption
+from modeling_ccr.data.formats.convert import (
+    REPORT_FILE,
+    ConversionError,
+    ConversionOptions,
+    convert_precomp,
+    normalise_caption,
+)
 from modeling_ccr.data.formats.scan_precomp import PrecompFormatError
 from modeling_ccr.data.schema import corpus_features, validate_corpus
 from modeling_ccr.data.synthetic import SyntheticCorpusConfig, build_synthetic_corpus
@@ -39,7 +46,9 @@ def small_precomp(tmp_path, n_images=3, per_caption=False, ids=True):
 
 
 def convert(*args, **kwargs):
-    return convert_precomp(*args, progress=False, **kwargs)
+    option_names = {f.name for f in dataclasses.fields(ConversionOptions)}
+    options = {key: kwargs.pop(key) for key in list(kwargs) if key in option_names}
+    return convert_precomp(*args, **kwargs, options=ConversionOptions(progress=False, **options))
 
 
 def test_precomp_with_karpathy_tsv_boxes_and_entities_round_trips_the_corpus(corpus, sources, tmp_path):
@@ -307,3 +316,9 @@ def test_the_schema_validator_requires_one_caption_id_per_caption():
         ValueError, match=r"column 'caption_ids', row 0 \(image_id '1'\): 1 caption ids but 2"
     ):
         validate_corpus(bad, "test")
+
+
+@pytest.mark.parametrize("count", [0, -1, 2.5, True])
+def test_captions_per_image_must_be_a_positive_integer(count):
+    with pytest.raises(ConversionError, match=r"captions_per_image must be"):
+        ConversionOptions(captions_per_image=count)

@@ -23,10 +23,7 @@ def command_scan_precomp(args: argparse.Namespace) -> None:
         ids_path=args.ids,
         karpathy_path=args.karpathy,
         tsv_paths=args.boxes,
-        entities_dir=args.entities,
-        float16=args.float16,
-        skip_bad=args.skip_bad,
-        captions_per_image=args.captions_per_image,
+        options=_options(args),
     )
     _print(report)
 
@@ -40,12 +37,20 @@ def command_butd_tsv(args: argparse.Namespace) -> None:
         args.paths[:-1],
         args.karpathy,
         args.paths[-1],
+        options=_options(args),
+    )
+    _print(report)
+
+
+def _options(args: argparse.Namespace):
+    from ..data.formats.convert import ConversionOptions
+
+    return ConversionOptions(
         entities_dir=args.entities,
         float16=args.float16,
         skip_bad=args.skip_bad,
         captions_per_image=args.captions_per_image,
     )
-    _print(report)
 
 
 def _common_options(parser: argparse.ArgumentParser) -> None:

@@ -381,7 +381,7 @@ def _merge_boxes(image_id: str, features: np.ndarray, entry: _TsvBoxes | str | N
 
 
 def _output_features(
-    feature_dim: int, float16: bool, boxes: bool, phrases: bool, caption_ids: bool, sizes: bool
+    feature_dim: int, *, float16: bool, boxes: bool, phrases: bool, caption_ids: bool, sizes: bool
 ) -> datasets.Features:
     features = corpus_features(
         feature_dim, "float16" if float16 else "float32", boxes, phrases, with_caption_ids=caption_ids
@@ -403,23 +403,42 @@ def _storage_features(features: np.ndarray, float16: bool, image_id: str) -> np.
     return half
 
 
-@dataclasses.dataclass
-class _Sources:
-    """The optional sources of a conversion, and how to treat bad items."""
+@dataclasses.dataclass(frozen=True)
+class ConversionOptions:
+    """How both converters treat their optional sources and bad items.
 
-    entities: Path | None
-    float16: bool
-    skip_bad: bool
-    captions_per_image: int
+    entities_dir: a Flickr30k Entities folder (Sentences/, Annotations/) to attach phrases from;
+    float16: store features as float16 (refused per image when a value overflows);
+    skip_bad: leave a bad image out and list it in the report, instead of stopping;
+    captions_per_image: captions kept per image (a positive integer);
+    progress: show progress bars.
+    """
+
+    entities_dir: Path | None = None
+    float16: bool = False
+    skip_bad: bool = False
+    captions_per_image: int = 5
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.captions_per_image, bool) or not isinstance(self.captions_per_image, int):
+            raise ConversionError(f"captions_per_image must be an integer, found {self.captions_per_image!r}")
+        if self.captions_per_image < 1:
+            raise ConversionError(f"captions_per_image must be at least 1, found {self.captions_per_image}")
+        if self.entities_dir is not None:
+            object.__setattr__(self, "entities_dir", Path(self.entities_dir))
 
 
 def _finish_row(
-    row: dict[str, Any], sources: _Sources, image_size: tuple[int, int] | None, caption_list: Sequence[str]
+    row: dict[str, Any],
+    sources: ConversionOptions,
+    image_size: tuple[int, int] | None,
+    caption_list: Sequence[str],
 ) -> dict[str, Any]:
     """Add phrases (and the captions and size they imply) and the stored features to a row."""
-    if sources.entities is not None:
+    if sources.entities_dir is not None:
         captions, phrases, image_size = ground_with_entities(
-            sources.entities, row["image_id"], caption_list, image_size
+            sources.entities_dir, row["image_id"], caption_list, image_size
         )
         row["captions"], row["phrases"] = captions, phrases
     else:
@@ -515,13 +534,12 @@ def convert_precomp(
     ids_path: str | Path | None = None,
     karpathy_path: str | Path | None = None,
     tsv_paths: Sequence[str | Path] = (),
-    entities_dir: str | Path | None = None,
-    float16: bool = False,
-    skip_bad: bool = False,
-    captions_per_image: int = 5,
-    progress: bool = True,
+    options: ConversionOptions | None = None,
 ) -> ConversionReport:
     """Convert a SCAN precomp folder into a corpus at `output` (see the module docstring)."""
+    options = options or ConversionOptions()
+    entities_dir, float16, skip_bad = options.entities_dir, options.float16, options.skip_bad
+    captions_per_image, progress = options.captions_per_image, options.progress
     mapping = parse_split_mapping(splits, available_splits(directory))
     if not mapping:
         raise ConversionError(
@@ -548,19 +566,17 @@ def convert_precomp(
     if entities_dir is not None:
         check_entities_coverage(entities_dir, all_ids | set(by_id), report, skip_bad)
     boxes = index_tsv_boxes(tsv_paths, all_ids, report, progress) if tsv_paths else None
-    sources = _Sources(
-        None if entities_dir is None else Path(entities_dir), float16, skip_bad, captions_per_image
-    )
+    sources = options
     writer = CorpusWriter(output)
     try:
         for name, split in opened.items():
             features = _output_features(
                 split.feature_dim,
-                float16,
-                boxes is not None,
-                entities_dir is not None,
-                karpathy_file is not None,
-                boxes is not None or entities_dir is not None,
+                float16=float16,
+                boxes=boxes is not None,
+                phrases=entities_dir is not None,
+                caption_ids=karpathy_file is not None,
+                sizes=boxes is not None or entities_dir is not None,
             )
             split_writer = writer.split(mapping[name], features)
             rows = _precomp_rows(
@@ -589,7 +605,7 @@ def _precomp_rows(
     matches: list[KarpathyImage | str] | None,
     ids: list[str] | None,
     boxes: dict[str, _TsvBoxes | str] | None,
-    sources: _Sources,
+    sources: ConversionOptions,
     karpathy_file: Path | None,
     report: ConversionReport,
     progress: bool,
@@ -631,11 +647,7 @@ def convert_butd_tsv(
     tsv_paths: Sequence[str | Path],
     karpathy_path: str | Path,
     output: str | Path,
-    entities_dir: str | Path | None = None,
-    float16: bool = False,
-    skip_bad: bool = False,
-    captions_per_image: int = 5,
-    progress: bool = True,
+    options: ConversionOptions | None = None,
 ) -> ConversionReport:
     """Convert bottom-up-attention TSVs + a Karpathy split file into a corpus at `output`.
 
@@ -643,14 +655,14 @@ def convert_butd_tsv(
     test); each image keeps its first `captions_per_image` sentences (COCO has up to 7), and their
     `sentid`s. Rows are written in TSV order, each to its split, as they are read.
     """
+    options = options or ConversionOptions()
+    entities_dir, skip_bad, progress = options.entities_dir, options.skip_bad, options.progress
     karpathy_file = Path(karpathy_path)
     images = {image.image_id: image for image in read_karpathy(karpathy_file)}
     report = ConversionReport(str(output))
     if entities_dir is not None:
         check_entities_coverage(entities_dir, set(images), report, skip_bad)
-    sources = _Sources(
-        None if entities_dir is None else Path(entities_dir), float16, skip_bad, captions_per_image
-    )
+    sources = options
     writer = CorpusWriter(output)
     try:
         seen = _write_tsv_rows(read_tsv_rows(tsv_paths), images, writer, sources, report, progress)
@@ -673,7 +685,7 @@ def _write_tsv_rows(
     rows: Iterable[TsvRow],
     images: dict[str, KarpathyImage],
     writer: CorpusWriter,
-    sources: _Sources,
+    sources: ConversionOptions,
     report: ConversionReport,
     progress: bool,
 ) -> dict[str, str]:
@@ -715,7 +727,12 @@ def _write_tsv_rows(
             report.skip(split, row.image_id, str(error), sources.skip_bad)
             continue
         features = _output_features(
-            row.features.shape[1], sources.float16, True, sources.entities is not None, True, True
+            row.features.shape[1],
+            float16=sources.float16,
+            boxes=True,
+            phrases=sources.entities_dir is not None,
+            caption_ids=True,
+            sizes=True,
         )
         writer.split(split, features).add(out)
     bar.close()
