@@ -90,7 +90,19 @@ def test_tiles_cover_the_budget_and_never_exceed_the_gallery():
     assert tile_shape(1000, 36, 5000, 15, budget=10**6) == (27, 68)
     assert tile_shape(2, 36, 3, 15, budget=10**9) == (2, 3)
     assert tile_shape(5, 36, 5, 15, budget=1) == (1, 1)
-    assert tile_budget(torch.device("cpu")) >= 1
+
+
+def test_the_cpu_tile_budget_is_the_cache_share_capped_by_free_memory(monkeypatch):
+    import modeling_ccr.models.gallery_scoring as scoring
+
+    per_element = scoring.LIVE_TILE_TENSORS * 4
+    monkeypatch.setattr(scoring, "cache_bytes", lambda: 8 * 2**20)
+    monkeypatch.setattr(scoring, "available_memory_bytes", lambda device: 2**40)
+    assert tile_budget(torch.device("cpu")) == 8 * 2**20 // per_element
+    monkeypatch.setattr(scoring, "available_memory_bytes", lambda device: 10**6)
+    assert tile_budget(torch.device("cpu")) == int(10**6 * scoring.MEMORY_SHARE) // per_element
+    monkeypatch.setattr(scoring, "available_memory_bytes", lambda device: 0)
+    assert tile_budget(torch.device("cpu")) == 1
 
 
 def test_caption_length_groups_cover_every_caption_once_at_its_own_length():

@@ -114,6 +114,20 @@ def test_drawing_on_an_image_file_keeps_the_figure_size(tmp_path):
     assert png_shape(out) == expected_shape(1, (80, 60))
 
 
+def test_the_picture_draws_the_weights_so_other_weights_give_another_picture(tmp_path):
+    image = tmp_path / "white.png"
+    plt.imsave(image, torch.ones(60, 80, 3).numpy())
+    boxes = torch.tensor([[0, 0, 40, 30], [40, 30, 80, 60]])
+    pictures = []
+    for name, weights in (("a", [0.9, 0.1]), ("b", [0.1, 0.9])):
+        panel = {"name": "m", "boxes": boxes, "weights": weights}
+        out = draw_attention([panel], tmp_path / f"{name}.png", image_path=image, title="a dog - 'dog'")
+        pictures.append(torch.from_numpy(plt.imread(out)[..., :3].copy()))
+    for picture in pictures:
+        assert picture.std() > 0.01, "the picture is blank"
+    assert (pictures[0] - pictures[1]).abs().max() > 0.1, "the weights did not change what was drawn"
+
+
 def test_scores_are_precision_and_recall_of_the_attended_set_against_gold():
     panel = {"name": "m", "boxes": torch.tensor([[0, 0, 10, 10], [20, 20, 30, 30]]), "weights": [0.9, 0.1]}
     assert panel_scores(panel, torch.tensor([[0.0, 0.0, 10.0, 10.0]])) == "attended-set P 1.00  R 1.00"
