@@ -114,7 +114,9 @@ def layer_violations(path: Path, package_root: Path) -> list[str]:
         if not target:
             bad.append(f"{path.name}:{line} imports the package root (it loads every model)")
         elif LAYER_OF.get(target[0], -1) > own:
-            bad.append(f"{'/'.join(parts)}:{line} ({LAYERS[own][0]}) imports {'.'.join(target)} ({target[0]})")
+            bad.append(
+                f"{'/'.join(parts)}:{line} ({LAYERS[own][0]}) imports {'.'.join(target)} ({target[0]})"
+            )
     return bad
 
 

@@ -53,6 +53,6 @@ def test_zero_epochs_are_allowed_when_max_steps_decides(tmp_path):
 
 def test_a_training_split_smaller_than_one_batch_is_refused_and_saves_nothing(tmp_path):
     config = tiny(tmp_path, per_device_train_batch_size=512)
-    with pytest.raises(ConfigError, match="fewer than one batch of 512.*zero steps"):
+    with pytest.raises(ConfigError, match=r"fewer than one batch of 512.*zero steps"):
         run_experiment(config)
     assert not (tmp_path / "run" / "model").exists()

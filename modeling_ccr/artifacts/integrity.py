@@ -81,14 +81,6 @@ def safetensors_problem(path: str | Path) -> str | None:
     return None
 
 
-def check_weights_file(model_dir: str | Path) -> None:
-    """Raise WeightsIntegrityError (one line naming the file) if `model.safetensors` is truncated or corrupt."""
-    path = Path(model_dir) / WEIGHTS_FILE
-    problem = safetensors_problem(path)
-    if problem:
-        raise WeightsIntegrityError(f"{path}: {problem}")
-
-
 def recorded_weights(model_dir: str | Path) -> dict[str, Any] | None:
     """The weights record `ccr train` left in `run_info.json` (None for folders without one)."""
     path = Path(model_dir) / "run_info.json"

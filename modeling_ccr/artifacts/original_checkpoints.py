@@ -18,7 +18,6 @@ encoder), `opt` (the `argparse.Namespace` of training options), `epoch`, `best_r
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import pickle
 import re
@@ -40,6 +39,7 @@ from ..models.modeling_matcher import MatcherPreTrainedModel
 from ..models.modeling_scan import ScanModel
 from ..models.modeling_sgraf import SafModel, SgrModel
 from ..text.tokenization import scan_word_tokenizer
+from .integrity import sha256_file
 
 ARCHITECTURES = ("scan", "bfan", "sgraf")
 CONVERSION_FILE = "conversion.json"
@@ -116,14 +116,6 @@ class Conversion:
 
 
 # ---------------------------------------------------------------------------- reading
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def refused_globals(path: Path) -> list[str]:
     """Globals of a zip-format checkpoint that weights-only loading does not allow, minus ours.
 
@@ -190,7 +182,7 @@ def _checked(path: Path, raw: Any) -> OriginalCheckpoint:
         )
     return OriginalCheckpoint(
         path=path,
-        sha256=file_sha256(path),
+        sha256=sha256_file(path),
         state_dicts=[dict(state) for state in states],
         options=dict(options),
         epoch=raw.get("epoch"),
@@ -470,7 +462,7 @@ def convert_checkpoint(
         "best_rsum": checkpoint.best_rsum,
         "eiters": checkpoint.eiters,
         "vocabulary_file": Path(vocab_path).name,
-        "vocabulary_sha256": file_sha256(Path(vocab_path)),
+        "vocabulary_sha256": sha256_file(Path(vocab_path)),
         "notes": notes,
         "options": checkpoint.options,
     }

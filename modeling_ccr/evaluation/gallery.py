@@ -26,7 +26,7 @@ from ..metrics.attention import (
 from ..metrics.eccv import PROTOCOL as ECCV_PROTOCOL
 from ..metrics.eccv import check_eccv_split, corpus_eccv_metrics
 from ..metrics.retrieval import evaluate_retrieval
-from ..models.modeling_matcher import MatcherPreTrainedModel
+from ..models.modeling_matcher import MatcherPreTrainedModel, eval_mode
 from ..text.word_alignment import DEFAULT_WORD_COMBINE, combine_word_rows, word_token_positions
 from .two_stage import two_stage_similarity
 
@@ -89,16 +89,16 @@ def corpus_similarity(
     and each caption's k best first-stage candidates. Under torch.distributed the images are sharded
     across processes and the score rows gathered, so every process returns the full matrix.
     """
-    was_training = model.training
-    model.eval()
-    captions, caption_to_image = caption_table(dataset)
-    image_embeds, region_mask = encode_images(model, dataset, progress=progress)
-    text_embeds, word_mask = encode_captions(model, tokenizer, captions, progress=progress)
-    if rerank_k is not None:
-        similarity = two_stage_similarity(model, image_embeds, region_mask, text_embeds, word_mask, rerank_k)
-    else:
-        similarity = sharded_similarity(model, image_embeds, region_mask, text_embeds, word_mask)
-    model.train(was_training)
+    with eval_mode(model):
+        captions, caption_to_image = caption_table(dataset)
+        image_embeds, region_mask = encode_images(model, dataset, progress=progress)
+        text_embeds, word_mask = encode_captions(model, tokenizer, captions, progress=progress)
+        if rerank_k is not None:
+            similarity = two_stage_similarity(
+                model, image_embeds, region_mask, text_embeds, word_mask, rerank_k
+            )
+        else:
+            similarity = sharded_similarity(model, image_embeds, region_mask, text_embeds, word_mask)
     return similarity.cpu(), caption_to_image
 
 
@@ -332,26 +332,24 @@ def attention_metrics(
         raise ValueError(f"{type(model).__name__} has no cross-attention: attention metrics do not apply")
     rule = rule or AttendedSetRule()
     direction = model.attention_direction
-    was_training = model.training
-    model.eval()
     precisions, recalls = [], []
-    for pair in grounded_word_attentions(model, tokenizer, dataset, batch_size, word_combine, progress):
-        attended = word_region_attended(
-            pair.words[None], pair.region_mask[None], pair.word_mask[None], direction, rule
-        )[0]
-        for phrase in pair.phrases:
-            gold = gold_regions(
-                pair.boxes, torch.tensor(phrase["boxes"], dtype=torch.float32), rule.iou_threshold
-            )
-            phrase_words = pair.phrase_words(phrase)
-            if not phrase_words:
-                continue
-            p, r, valid = word_precision_recall(
-                attended[phrase_words], gold.unsqueeze(0).expand(len(phrase_words), -1)
-            )
-            precisions.append(p[valid])
-            recalls.append(r[valid])
-    model.train(was_training)
+    with eval_mode(model):
+        for pair in grounded_word_attentions(model, tokenizer, dataset, batch_size, word_combine, progress):
+            attended = word_region_attended(
+                pair.words[None], pair.region_mask[None], pair.word_mask[None], direction, rule
+            )[0]
+            for phrase in pair.phrases:
+                gold = gold_regions(
+                    pair.boxes, torch.tensor(phrase["boxes"], dtype=torch.float32), rule.iou_threshold
+                )
+                phrase_words = pair.phrase_words(phrase)
+                if not phrase_words:
+                    continue
+                p, r, valid = word_precision_recall(
+                    attended[phrase_words], gold.unsqueeze(0).expand(len(phrase_words), -1)
+                )
+                precisions.append(p[valid])
+                recalls.append(r[valid])
     summary = summarize_precision_recall(torch.cat(precisions), torch.cat(recalls))
     return {
         **summary,

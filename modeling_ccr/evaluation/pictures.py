@@ -25,7 +25,7 @@ from transformers import PreTrainedTokenizerBase
 from ..artifacts.loading import load_matcher
 from ..errors import InvalidValueError
 from ..metrics.attention import AttendedSetRule, attended_regions, gold_regions, word_precision_recall
-from ..models.modeling_matcher import MatcherPreTrainedModel
+from ..models.modeling_matcher import MatcherPreTrainedModel, eval_mode
 from ..text.tokenization import split_words
 from ..text.word_alignment import DEFAULT_WORD_COMBINE, word_token_positions
 from .gallery import (
@@ -84,10 +84,8 @@ def _word_attention(
     word_index: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Weights `(n_regions,)` float and attended set `(n_regions,)` bool of word `word_index` (CPU)."""
-    was_training = model.training
-    model.eval()
-    attentions, region_mask, _ = matched_pair_attentions(model, tokenizer, [features], [caption])
-    model.train(was_training)
+    with eval_mode(model):
+        attentions, region_mask, _ = matched_pair_attentions(model, tokenizer, [features], [caption])
     positions = word_token_positions(tokenizer, [caption])[0]
     if not positions[word_index]:
         raise ValueError(f"word {word_index} of {caption!r} did not survive tokenization")

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-ATTENDED_RULES = ("inverse_n", "threshold", "top_k")
+from ..models.constraints import ATTENDED_RULES, attended_set
 
 
 @dataclass(frozen=True)
@@ -61,17 +61,11 @@ def gold_regions(
 
 
 def attended_regions(attention: torch.Tensor, key_mask: torch.Tensor, rule: AttendedSetRule) -> torch.Tensor:
-    """Attended set of each query: attention `(..., n)` over keys with mask `(..., n)` -> `(..., n)` bool."""
-    if rule.rule == "top_k":
-        k = min(int(rule.value), attention.shape[-1])
-        ranked = attention.masked_fill(~key_mask, float("-inf")).topk(k, dim=-1).indices
-        attended = torch.zeros_like(key_mask).scatter(-1, ranked, True)
-        return attended & key_mask
-    if rule.rule == "threshold":
-        threshold = torch.full_like(attention[..., :1], rule.value)
-    else:
-        threshold = 1.0 / key_mask.sum(dim=-1, keepdim=True).clamp_min(1).to(attention.dtype)
-    return (attention >= threshold) & key_mask
+    """Attended set of each query: attention `(..., n)` over keys with mask `(..., n)` -> `(..., n)` bool.
+
+    The same formula CCS uses (`modeling_ccr.models.constraints.attended_set`).
+    """
+    return attended_set(attention, key_mask, rule.rule, rule.value)
 
 
 def word_precision_recall(

@@ -68,15 +68,33 @@ def relevance(queries: torch.Tensor, contents: torch.Tensor) -> torch.Tensor:
     return F.cosine_similarity(queries, contents, dim=-1, eps=NORM_EPS)
 
 
-def attended_set(attention: torch.Tensor, key_mask: torch.Tensor, rule: str, top_k: int) -> torch.Tensor:
-    """The keys each query attends to: `(batch, m, n)` bool, by a >= 1/n_valid or the top-k weights."""
-    valid = key_mask.unsqueeze(1).expand_as(attention)
+ATTENDED_RULES = ("inverse_n", "threshold", "top_k")
+
+
+def attended_set(
+    attention: torch.Tensor, key_mask: torch.Tensor, rule: str = "inverse_n", value: float = 0.0
+) -> torch.Tensor:
+    """The keys each query attends to: attention `(..., n)`, key_mask broadcastable to it -> `(..., n)` bool.
+
+    The one attended-set rule of the package (CCS swaps these keys out; the attention metrics score them):
+    - `inverse_n`: a >= 1 / n_valid, n_valid the query's valid keys (clamped at 1, so a row with no
+      valid key attends to nothing rather than dividing by zero);
+    - `threshold`: a >= `value`;
+    - `top_k`: the `int(value)` largest weights over valid keys (ties broken by index).
+    Padded keys are never attended.
+    """
+    valid = key_mask.expand_as(attention)
     if rule == "top_k":
-        k = min(top_k, attention.shape[-1])
+        k = min(int(value), attention.shape[-1])
         top = attention.masked_fill(~valid, float("-inf")).topk(k, dim=-1).indices
         return torch.zeros_like(valid).scatter(-1, top, True) & valid
-    n_valid = key_mask.sum(dim=-1, keepdim=True).unsqueeze(-1).to(attention.dtype)
-    return (attention >= 1.0 / n_valid) & valid
+    if rule == "threshold":
+        threshold = torch.full_like(attention[..., :1], value)
+    elif rule == "inverse_n":
+        threshold = 1.0 / valid.sum(dim=-1, keepdim=True).clamp_min(1).to(attention.dtype)
+    else:
+        raise ValueError(f"attended-set rule must be one of {ATTENDED_RULES}, got {rule!r}")
+    return (attention >= threshold) & valid
 
 
 def hinge_term(
@@ -137,7 +155,7 @@ def ccs_loss(matched: MatchedAttention, margin: float, mode: str, rule: str, top
     elif mode == "swap_image":
         contrast = relevance(matched.queries, recomputed_content(matched, *other_keys(matched)))
     else:
-        attended = attended_set(matched.attention, matched.key_mask, rule, top_k)
+        attended = attended_set(matched.attention, matched.key_mask.unsqueeze(1), rule, top_k)
         contrast = relevance(matched.queries, swapped_content(matched, attended))
     return hinge_term(matched_relevance, contrast, mask, margin)
 

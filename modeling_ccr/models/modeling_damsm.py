@@ -7,13 +7,11 @@ the SCAN t2i computation with a softmax normalisation over words and LSE pooling
 
 from __future__ import annotations
 
-from functools import partial
-
 import torch
 
 from .configuration_damsm import DamsmConfig
-from .constraints import MatchedAttention
-from .cross_attention import matched_view, scan_all_pairs, scan_attention
+from .constraints import AttentionRule, MatchedAttention
+from .cross_attention import matched_view, scan_all_pairs, scan_rule
 from .modeling_matcher import MatcherPreTrainedModel
 
 
@@ -25,6 +23,11 @@ class DamsmModel(MatcherPreTrainedModel):
     def __init__(self, config: DamsmConfig):
         super().__init__(config)
         self.post_init()
+
+    @property
+    def attention_rule(self) -> AttentionRule:
+        """t2i attention with the softmax normalisation over words, inverse temperature gamma1."""
+        return scan_rule(self.config.gamma1, "softmax")
 
     def score_pairs(
         self,
@@ -54,7 +57,14 @@ class DamsmModel(MatcherPreTrainedModel):
         word_mask: torch.Tensor,
         constrained_words: torch.Tensor | None = None,
     ) -> list[MatchedAttention]:
-        rule = partial(scan_attention, lambda_softmax=self.config.gamma1, norm="softmax")
         return [
-            matched_view(image_embeds, region_mask, text_embeds, word_mask, "t2i", rule, constrained_words)
+            matched_view(
+                image_embeds,
+                region_mask,
+                text_embeds,
+                word_mask,
+                "t2i",
+                self.attention_rule,
+                constrained_words,
+            )
         ]

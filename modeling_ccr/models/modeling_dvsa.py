@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .configuration_dvsa import DvsaConfig
-from .constraints import MatchedAttention
+from .constraints import AttentionRule, MatchedAttention
 from .cross_attention import aggregate_relevance, matched_view
 from .modeling_matcher import MatcherPreTrainedModel
 
@@ -35,6 +35,11 @@ class DvsaModel(MatcherPreTrainedModel):
         super().__init__(config)
         self.post_init()
 
+    @property
+    def attention_rule(self) -> AttentionRule:
+        """The hard alignment (`best_region_attention`), the attention the constraints see."""
+        return best_region_attention
+
     def score_pairs(
         self,
         image_embeds: torch.Tensor,
@@ -62,7 +67,7 @@ class DvsaModel(MatcherPreTrainedModel):
                 text_embeds,
                 word_mask,
                 "t2i",
-                best_region_attention,
+                self.attention_rule,
                 constrained_words,
             )
         ]

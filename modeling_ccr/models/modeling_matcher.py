@@ -1,12 +1,15 @@
 """What every region-word matcher shares: encoders, the output type, loss, global negatives, blocked scoring.
 
 A backbone subclasses `MatcherPreTrainedModel` and supplies two things: `score_pairs` (every image
-against every caption of two small sets) and `matched_attention_maps` (its attention on matched pairs).
+against every caption of two small sets) and `matched_attention` (its attention on matched pairs).
+A cross-attention backbone also exposes its attention rule as the property `attention_rule`
+(`(logits, query_mask, key_mask) -> attention`, what the constraints recompute attention with).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +23,21 @@ from .distributed import gather_padded, gather_without_grad, world_size_and_rank
 from .encoders import GRUTextEncoder, PretrainedTextEncoder, RegionEncoder, build_text_encoder
 from .gallery_scoring import block_sizes, caption_length_groups, generic_pair_bytes, tile_budget, tile_shape
 from .losses import matching_loss
+
+
+@contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Run the body with `model` in eval mode, then restore its train/eval mode, even if the body raises.
+
+    Only the top-level mode is saved: `model.train(was_training)` resets every submodule to it, as a
+    module's own `train()` does (submodules that pin their mode, e.g. a frozen text encoder, re-pin it).
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 @dataclass

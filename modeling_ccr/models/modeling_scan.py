@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .configuration_scan import ScanConfig
-from .constraints import MatchedAttention
+from .constraints import AttentionRule, MatchedAttention
 from .cross_attention import matched_view, scan_all_pairs, scan_rule
 from .gallery_scoring import tiled_pair_bytes
 from .modeling_matcher import MatcherPreTrainedModel
@@ -27,6 +27,11 @@ class ScanModel(MatcherPreTrainedModel):
     @property
     def attention_direction(self) -> str:
         return self.config.direction
+
+    @property
+    def attention_rule(self) -> AttentionRule:
+        """SCAN attention on matched pairs, as the constraints recompute it."""
+        return scan_rule(self.config.lambda_softmax, self.config.attention_norm)
 
     def pair_scoring_bytes(self, n_regions: int, n_words: int, embed_dim: int) -> int:
         return tiled_pair_bytes(n_regions, n_words)
@@ -59,10 +64,14 @@ class ScanModel(MatcherPreTrainedModel):
         word_mask: torch.Tensor,
         constrained_words: torch.Tensor | None = None,
     ) -> list[MatchedAttention]:
-        config = self.config
-        rule = scan_rule(config.lambda_softmax, config.attention_norm)
         return [
             matched_view(
-                image_embeds, region_mask, text_embeds, word_mask, config.direction, rule, constrained_words
+                image_embeds,
+                region_mask,
+                text_embeds,
+                word_mask,
+                self.config.direction,
+                self.attention_rule,
+                constrained_words,
             )
         ]

@@ -8,8 +8,6 @@ graph reasoning (`SgrModel`) or attention filtration (`SafModel`).
 
 from __future__ import annotations
 
-from functools import partial
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -17,7 +15,7 @@ from transformers import initialization as init
 
 from .configuration_sgraf import SafConfig, SgrafConfig, SgrConfig
 from .constraints import AttentionRule, MatchedAttention
-from .cross_attention import scan_attention
+from .cross_attention import matched_view, scan_rule
 from .encoders import NORM_EPS, l2_normalize
 from .modeling_matcher import MatcherPreTrainedModel
 
@@ -133,11 +131,10 @@ class SgrafPreTrainedModel(MatcherPreTrainedModel):
     def aggregate(self, nodes: torch.Tensor, node_mask: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} must implement aggregate")
 
+    @property
     def attention_rule(self) -> AttentionRule:
         """The t2i SCAN attention rule, shared by scoring and by the constraints' recomputation."""
-        return partial(
-            scan_attention, lambda_softmax=self.config.lambda_softmax, norm=self.config.attention_norm
-        )
+        return scan_rule(self.config.lambda_softmax, self.config.attention_norm)
 
     def score_pairs(
         self,
@@ -184,7 +181,7 @@ class SgrafPreTrainedModel(MatcherPreTrainedModel):
         """s_t = l2norm(W_l (c_t - q_t)^2) of every pair and word `(n_images, n_captions, n_words, sim_dim)`,
         c_t the l2-normalised content word t attends to (t2i); zero at padded words."""
         logits = torch.einsum("cmd,ind->icmn", text_embeds, image_embeds)
-        attention = self.attention_rule()(logits, word_mask.unsqueeze(0), region_mask.unsqueeze(1))
+        attention = self.attention_rule(logits, word_mask.unsqueeze(0), region_mask.unsqueeze(1))
         content = l2_normalize(torch.einsum("icmn,ind->icmd", attention, image_embeds))
         local = l2_normalize(self.local_similarity((content - text_embeds.unsqueeze(0)).pow(2)))
         return local * word_mask[None, :, :, None].to(local.dtype)
@@ -198,17 +195,15 @@ class SgrafPreTrainedModel(MatcherPreTrainedModel):
         constrained_words: torch.Tensor | None = None,
     ) -> list[MatchedAttention]:
         """The t2i attention (words over regions) of the matched pairs; relevance is cos(q_t, c_t)."""
-        rule = self.attention_rule()
-        logits = torch.matmul(text_embeds, image_embeds.transpose(-1, -2))
         return [
-            MatchedAttention(
-                queries=text_embeds,
-                query_mask=word_mask,
-                keys=image_embeds,
-                key_mask=region_mask,
-                attention=rule(logits, word_mask, region_mask),
-                attention_rule=rule,
-                constrained_queries=constrained_words,
+            matched_view(
+                image_embeds,
+                region_mask,
+                text_embeds,
+                word_mask,
+                "t2i",
+                self.attention_rule,
+                constrained_words,
             )
         ]
 

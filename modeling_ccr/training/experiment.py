@@ -662,12 +662,13 @@ def _run_experiment(
     if trainer.is_world_process_zero() and staging.exists():
         shutil.rmtree(staging)  # left by a run killed while saving its model
     trainer.save_model(str(staging))
-    if not trainer.is_world_process_zero():
-        return model_dir
-    weights = weights_record(staging)
+    # Every process takes part: under torch.distributed the gallery is scored in shards and gathered.
     test_metrics = evaluate_matchers(
         [trainer.model], [tokenizer], corpus["test"], config.evaluation["protocol"], captions_per_image
     )
+    if not trainer.is_world_process_zero():
+        return model_dir
+    weights = weights_record(staging)
     if has_grounding(corpus["test"]) and trainer.model.config.has_cross_attention:
         test_metrics["attention"] = attention_metrics(
             trainer.model,
