@@ -118,6 +118,14 @@ class MatchingTrainer(Trainer):
         finally:
             self.sessions = self.sessions_so_far()
 
+    def hyperparameter_search(self, *args, **kwargs):
+        """Not supported: checkpoints are marked and rotated in `args.output_dir`, not per-trial folders."""
+        raise NotImplementedError(
+            "MatchingTrainer does not support hyperparameter_search: its complete-checkpoint markers and "
+            "rotation live in args.output_dir, while the Trainer saves each trial's checkpoints in a "
+            "subfolder"
+        )
+
     def _finished_at(self, checkpoint: str) -> bool:
         """Whether a checkpoint was saved at the run's last step (a run killed while saving its model)."""
         state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
@@ -127,6 +135,13 @@ class MatchingTrainer(Trainer):
         """The end of a run from its last checkpoint, without training: the Trainer, resumed at max_steps,
         would run one step more before it stops (changing the weights unless the best model is reloaded)."""
         self.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+        # Private Trainer members, kept (tests/test_trainer_private_members.py guards them): no public
+        # Trainer method loads a checkpoint's weights without training. `train(resume_from_checkpoint=)`
+        # is the only public route and it runs the extra step this method exists to avoid; a hand-made
+        # safetensors load would lose the Trainer's handling of sharded, FSDP, DeepSpeed and adapter
+        # checkpoints. `_load_best_model` is what `train()` itself runs at its end for
+        # `load_best_model_at_end` (from `state.best_model_checkpoint`), so the result matches a run
+        # that ended normally.
         self._load_from_checkpoint(checkpoint)
         if self.args.load_best_model_at_end and self.state.best_model_checkpoint is not None:
             self._load_best_model()
@@ -190,7 +205,15 @@ class MatchingTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     def _get_grad_norm(self, model, grad_norm=None):
-        """The Trainer's gradient norm, checked before the optimizer step can spread a non-finite value."""
+        """The Trainer's gradient norm, checked before the optimizer step can spread a non-finite value.
+
+        A private Trainer member, kept (tests/test_trainer_private_members.py guards it): it is the only
+        place that sees the step's gradient norm before `optimizer.step()`. The public events around it
+        (`on_pre_optimizer_step`, `on_optimizer_step`, `on_step_end`) receive no grad norm, and
+        `log()` sees it only on logging steps, after the step; recomputing the norm in a callback would
+        add a pass over every gradient per step, read already-clipped gradients (an overflowed norm
+        clips them to zeros) and miss DeepSpeed, whose gradients are not in `param.grad`.
+        """
         grad_norm = super()._get_grad_norm(model, grad_norm)
         if grad_norm is not None and not math.isfinite(float(grad_norm)):
             self._stop_diverged("gradient", self._nonfinite_gradient_terms(model), model)
@@ -289,6 +312,11 @@ class MatchingTrainer(Trainer):
 
         The Trainer's own rotation is held back until the marker is written, so an interrupted write can
         never leave the run with fewer complete checkpoints than before it.
+
+        A private Trainer member, kept (tests/test_trainer_private_members.py guards it): the public
+        `on_save` event fires only after `_save_checkpoint` has returned, by which time the Trainer has
+        already rotated (deleted) older checkpoints against `save_total_limit`; no public hook runs
+        between the checkpoint being written and that rotation, nor lets us hold the rotation back.
         """
         limit = self.args.save_total_limit
         self.args.save_total_limit = None
@@ -298,7 +326,9 @@ class MatchingTrainer(Trainer):
             self.args.save_total_limit = limit
         if not self.args.should_save:
             return
-        run_dir = Path(self._get_output_dir(trial=trial))
+        # The checkpoint's folder: `args.output_dir`, which is what the Trainer's private
+        # `_get_output_dir` returns outside a hyperparameter search (refused by `hyperparameter_search`).
+        run_dir = Path(self.args.output_dir)
         step = self.state.global_step
         mark_complete(run_dir / f"checkpoint-{step}", {"step": step, "sessions": self.sessions_so_far()})
         best = self.state.best_model_checkpoint
