@@ -2,6 +2,7 @@
 sha256; changed weights are said, never silently evaluated over the training-time results or pushed."""
 
 import json
+import re
 import shutil
 
 import pytest
@@ -168,3 +169,16 @@ def test_an_ensemble_of_the_same_model_twice_is_refused(model_dir, copy, tmp_pat
 
 def test_the_safetensors_check_accepts_every_weights_file_it_wrote(model_dir):
     assert safetensors_problem(model_dir / "model.safetensors") is None
+
+
+@pytest.mark.parametrize("name", ["extra.py", "picture.png", "vocab.json"])
+def test_push_refuses_a_link_to_a_file_outside_the_folder(copy, tmp_path, name):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("a private key")
+    (copy / name).unlink(missing_ok=True)
+    (copy / name).symlink_to(secret)
+    with pytest.raises(
+        PushError,
+        match=rf"refusing to push .*{re.escape(name)}: expected a regular file, found a symbolic link",
+    ):
+        select_model_files(copy)

@@ -112,6 +112,12 @@ def select_model_files(model_dir: str | Path) -> ModelFiles:
     if not config_path.is_file():
         raise PushError(f"{folder} has no config.json: not a model folder saved with save_pretrained")
     names = sorted(p.name for p in folder.iterdir())
+    links = [n for n in names if (folder / n).is_symlink()]
+    if links:
+        raise PushError(
+            f"refusing to push {folder / links[0]}: expected a regular file, found a symbolic link "
+            f"(to {(folder / links[0]).resolve()}); ccr push publishes only the folder's own files"
+        )
     pickles = [n for n in names if n.lower().endswith(PICKLE_SUFFIXES) and n != TRAINER_PICKLE]
     if pickles:
         raise PushError(

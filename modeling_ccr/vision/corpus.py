@@ -195,6 +195,14 @@ def extract_corpus(
         unknown = sorted(set(boxes) - {c.filename for c in captioned})
         if unknown:
             raise CaptionsError(f"boxes given for image(s) with no captions: {unknown[:5]}")
+    root = images_dir.resolve()
+    for c in captioned:
+        resolved = (images_dir / c.filename).resolve()
+        if Path(c.filename).is_absolute() or not resolved.is_relative_to(root):
+            raise CaptionsError(
+                f"captions entry {c.filename!r}: expected an image inside {images_dir}, found a path "
+                f"outside it ({resolved})"
+            )
     by_name = {c.filename: c for c in captioned}
     rows: dict[str, list[dict]] = {}
     skipped = []
