@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 
 from .configuration_damsm import DamsmConfig
-from .constraints import AttentionRule, MatchedAttention
-from .cross_attention import matched_view, scan_all_pairs, scan_rule
+from .constraints import AttentionRule
+from .cross_attention import scan_all_pairs, scan_rule
 from .modeling_matcher import MatcherPreTrainedModel
 
 
@@ -48,23 +48,3 @@ class DamsmModel(MatcherPreTrainedModel):
             lambda_lse=config.gamma2,
             norm="softmax",
         )
-
-    def matched_attention(
-        self,
-        image_embeds: torch.Tensor,
-        region_mask: torch.Tensor,
-        text_embeds: torch.Tensor,
-        word_mask: torch.Tensor,
-        constrained_words: torch.Tensor | None = None,
-    ) -> list[MatchedAttention]:
-        return [
-            matched_view(
-                image_embeds,
-                region_mask,
-                text_embeds,
-                word_mask,
-                "t2i",
-                self.attention_rule,
-                constrained_words,
-            )
-        ]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from .configuration_dvsa import DvsaConfig
-from .constraints import AttentionRule, MatchedAttention
-from .cross_attention import aggregate_relevance, matched_view
+from .constraints import AttentionRule
+from .cross_attention import aggregate_relevance
 from .modeling_matcher import MatcherPreTrainedModel
 
 
@@ -51,23 +51,3 @@ class DvsaModel(MatcherPreTrainedModel):
         padded_regions = ~region_mask[:, None, None, :]
         best = logits.masked_fill(padded_regions, float("-inf")).amax(dim=-1)  # (images, captions, words)
         return aggregate_relevance(best, word_mask.unsqueeze(0), self.config.aggregation, lambda_lse=1.0)
-
-    def matched_attention(
-        self,
-        image_embeds: torch.Tensor,
-        region_mask: torch.Tensor,
-        text_embeds: torch.Tensor,
-        word_mask: torch.Tensor,
-        constrained_words: torch.Tensor | None = None,
-    ) -> list[MatchedAttention]:
-        return [
-            matched_view(
-                image_embeds,
-                region_mask,
-                text_embeds,
-                word_mask,
-                "t2i",
-                self.attention_rule,
-                constrained_words,
-            )
-        ]

@@ -18,7 +18,7 @@ from transformers.utils import ModelOutput
 
 from .configuration_matcher import MatcherConfig
 from .constraints import MatchedAttention, constraint_terms
-from .cross_attention import compiled_tiles
+from .cross_attention import compiled_tiles, matched_view
 from .distributed import gather_padded, gather_without_grad, world_size_and_rank
 from .encoders import GRUTextEncoder, PretrainedTextEncoder, RegionEncoder, build_text_encoder
 from .gallery_scoring import block_sizes, caption_length_groups, generic_pair_bytes, tile_budget, tile_shape
@@ -174,8 +174,23 @@ class MatcherPreTrainedModel(GalleryScoring, PreTrainedModel):
     ) -> list[MatchedAttention]:
         """The backbone's attention on the matched pairs (image i, caption i), one view per attention
         direction it has, as the constraints see it. constrained_words `(batch, n_tokens)` bool marks
-        the words the constraints may use as queries."""
-        raise NotImplementedError(f"{type(self).__name__} must implement matched_attention")
+        the words the constraints may use as queries.
+
+        Default: one view in `attention_direction` under the backbone's `attention_rule`; a backbone with
+        no such rule (no cross-attention) or with several views overrides this."""
+        rule = getattr(self, "attention_rule", None)
+        if rule is None:
+            raise NotImplementedError(f"{type(self).__name__} must implement matched_attention")
+        view = matched_view(
+            image_embeds,
+            region_mask,
+            text_embeds,
+            word_mask,
+            self.attention_direction,
+            rule,
+            constrained_words,
+        )
+        return [view]
 
     # -- shared ---------------------------------------------------------------------------------
     def get_image_features(self, region_features: torch.Tensor, region_mask: torch.Tensor) -> torch.Tensor:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from .configuration_scan import ScanConfig
-from .constraints import AttentionRule, MatchedAttention
-from .cross_attention import matched_view, scan_all_pairs, scan_rule
+from .constraints import AttentionRule
+from .cross_attention import scan_all_pairs, scan_rule
 from .gallery_scoring import tiled_pair_bytes
 from .modeling_matcher import MatcherPreTrainedModel
 
@@ -55,23 +55,3 @@ class ScanModel(MatcherPreTrainedModel):
             lambda_lse=config.lambda_lse,
             norm=config.attention_norm,
         )
-
-    def matched_attention(
-        self,
-        image_embeds: torch.Tensor,
-        region_mask: torch.Tensor,
-        text_embeds: torch.Tensor,
-        word_mask: torch.Tensor,
-        constrained_words: torch.Tensor | None = None,
-    ) -> list[MatchedAttention]:
-        return [
-            matched_view(
-                image_embeds,
-                region_mask,
-                text_embeds,
-                word_mask,
-                self.config.direction,
-                self.attention_rule,
-                constrained_words,
-            )
-        ]

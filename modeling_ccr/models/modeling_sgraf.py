@@ -14,8 +14,8 @@ from torch import nn
 from transformers import initialization as init
 
 from .configuration_sgraf import SafConfig, SgrafConfig, SgrConfig
-from .constraints import AttentionRule, MatchedAttention
-from .cross_attention import matched_view, scan_rule
+from .constraints import AttentionRule
+from .cross_attention import scan_rule
 from .encoders import NORM_EPS, l2_normalize
 from .modeling_matcher import MatcherPreTrainedModel
 
@@ -185,27 +185,6 @@ class SgrafPreTrainedModel(MatcherPreTrainedModel):
         content = l2_normalize(torch.einsum("icmn,ind->icmd", attention, image_embeds))
         local = l2_normalize(self.local_similarity((content - text_embeds.unsqueeze(0)).pow(2)))
         return local * word_mask[None, :, :, None].to(local.dtype)
-
-    def matched_attention(
-        self,
-        image_embeds: torch.Tensor,
-        region_mask: torch.Tensor,
-        text_embeds: torch.Tensor,
-        word_mask: torch.Tensor,
-        constrained_words: torch.Tensor | None = None,
-    ) -> list[MatchedAttention]:
-        """The t2i attention (words over regions) of the matched pairs; relevance is cos(q_t, c_t)."""
-        return [
-            matched_view(
-                image_embeds,
-                region_mask,
-                text_embeds,
-                word_mask,
-                "t2i",
-                self.attention_rule,
-                constrained_words,
-            )
-        ]
 
     def _check_region_slots(self, image_embeds: torch.Tensor) -> None:
         n_slots, expected = image_embeds.shape[1], self.config.n_regions
