@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from modeling_ccr.metrics import attention as metrics
-from modeling_ccr.metrics.attention import AttendedSetRule, attended_regions
+from modeling_ccr.metrics.attention import AttendedSetSpec, attended_regions
 from modeling_ccr.models import constraints
 from modeling_ccr.models.constraints import MatchedAttention, attended_set, ccs_loss
 
@@ -60,7 +60,7 @@ def ccs_attended(matched: MatchedAttention, rule: str, top_k: int, monkeypatch) 
 
 def test_metrics_use_the_models_implementation():
     assert metrics.attended_set is constraints.attended_set
-    assert metrics.ATTENDED_RULES is constraints.ATTENDED_RULES
+    assert metrics.ATTENDED_SET_NAMES is constraints.ATTENDED_SET_NAMES
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -71,7 +71,7 @@ def test_metric_attended_set_equals_the_constraints_on_padded_random_attention(
     matched = padded_batch(seed)
     from_ccs = ccs_attended(matched, rule, int(value) or 3, monkeypatch)
     key_mask = matched.key_mask.unsqueeze(1).expand_as(matched.attention)
-    from_metric = attended_regions(matched.attention, key_mask, AttendedSetRule(rule, value))
+    from_metric = attended_regions(matched.attention, key_mask, AttendedSetSpec(rule, value))
     assert torch.equal(from_metric, from_ccs)
     rows = matched.query_mask  # padded queries have all-zero rows, where top-k ties are arbitrary
     expected = reference(matched.attention, matched.key_mask, rule, value)
@@ -83,7 +83,7 @@ def test_metric_attended_set_equals_the_constraints_on_padded_random_attention(
 def test_threshold_rule_on_padded_random_attention(seed):
     matched = padded_batch(seed)
     key_mask = matched.key_mask.unsqueeze(1).expand_as(matched.attention)
-    attended = attended_regions(matched.attention, key_mask, AttendedSetRule("threshold", 0.2))
+    attended = attended_regions(matched.attention, key_mask, AttendedSetSpec("threshold", 0.2))
     assert torch.equal(attended, reference(matched.attention, matched.key_mask, "threshold", 0.2))
 
 
@@ -93,7 +93,7 @@ def test_a_row_with_no_valid_key_attends_to_nothing(rule, value):
     key_mask = torch.tensor([[True, True, True], [False, False, False]])  # pair 1 has no valid key
     from_models = attended_set(attention, key_mask.unsqueeze(1), rule, value)
     from_metric = attended_regions(
-        attention, key_mask.unsqueeze(1).expand_as(attention), AttendedSetRule(rule, value)
+        attention, key_mask.unsqueeze(1).expand_as(attention), AttendedSetSpec(rule, value)
     )
     assert torch.equal(from_models, from_metric)
     assert not from_models[1].any()
@@ -116,11 +116,11 @@ def test_unknown_rule_is_refused():
 
 
 @pytest.mark.parametrize("name", ["scan", "bfan", "sgr", "saf", "dvsa", "damsm"])
-def test_every_cross_attention_backbone_exposes_attention_rule_as_a_property(name):
+def test_every_cross_attention_backbone_exposes_attention_function_as_a_property(name):
     from modeling_ccr.models.backbones import SINGLE_BACKBONES
 
     config_class, model_class = SINGLE_BACKBONES[name]
-    assert isinstance(getattr(model_class, "attention_rule", None), property)
+    assert isinstance(getattr(model_class, "attention_function", None), property)
     extra = {"n_regions": 3} if name in ("sgr", "saf") else {}
     model = model_class(config_class(feature_dim=8, embed_dim=16, vocab_size=30, word_dim=4, **extra)).eval()
     regions = torch.randn(2, 3, 16)
@@ -129,5 +129,5 @@ def test_every_cross_attention_backbone_exposes_attention_rule_as_a_property(nam
     word_mask = torch.tensor([[True, True, True, True], [True, True, False, False]])
     for view in model.matched_attention(regions, region_mask, words, word_mask):
         logits = view.queries @ view.keys.transpose(-1, -2)
-        expected = model.attention_rule(logits, view.query_mask, view.key_mask)
+        expected = model.attention_function(logits, view.query_mask, view.key_mask)
         torch.testing.assert_close(view.attention, expected)

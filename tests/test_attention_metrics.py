@@ -5,7 +5,7 @@ import torch
 
 from modeling_ccr.evaluation.gallery import word_region_attended
 from modeling_ccr.metrics.attention import (
-    AttendedSetRule,
+    AttendedSetSpec,
     attended_regions,
     box_iou,
     gold_regions,
@@ -40,18 +40,18 @@ def test_gold_regions_use_iou_at_least_one_half_with_any_box_of_the_phrase():
 def test_attended_set_inverse_n_threshold_and_top_k():
     attention = torch.tensor([[0.5, 0.25, 0.15, 0.1, 0.0]])
     mask = torch.ones(1, 5, dtype=torch.bool)
-    assert attended_regions(attention, mask, AttendedSetRule()).tolist() == [
+    assert attended_regions(attention, mask, AttendedSetSpec()).tolist() == [
         [True, True, False, False, False]
     ]
     three_valid = mask.clone()
     three_valid[0, 3:] = False  # 1/3 threshold over the valid keys only
-    assert attended_regions(attention, three_valid, AttendedSetRule()).tolist() == [
+    assert attended_regions(attention, three_valid, AttendedSetSpec()).tolist() == [
         [True, False, False, False, False]
     ]
-    assert attended_regions(attention, mask, AttendedSetRule("threshold", 0.12)).tolist() == [
+    assert attended_regions(attention, mask, AttendedSetSpec("threshold", 0.12)).tolist() == [
         [True, True, True, False, False]
     ]
-    assert attended_regions(attention, mask, AttendedSetRule("top_k", 3)).tolist() == [
+    assert attended_regions(attention, mask, AttendedSetSpec("top_k", 3)).tolist() == [
         [True, True, True, False, False]
     ]
 
@@ -85,13 +85,13 @@ def test_i2t_attention_is_read_as_the_regions_that_attend_each_word():
     attentions = torch.tensor([[[0.2, 0.7, 0.1], [0.1, 0.2, 0.7]]])
     region_mask = torch.ones(1, 2, dtype=torch.bool)
     word_mask = torch.ones(1, 3, dtype=torch.bool)
-    attended = word_region_attended(attentions, region_mask, word_mask, "i2t", AttendedSetRule())
+    attended = word_region_attended(attentions, region_mask, word_mask, "i2t", AttendedSetSpec())
     assert attended.shape == (1, 3, 2)
     assert attended[0].tolist() == [[False, False], [True, False], [False, True]]
 
 
 def test_invalid_rules_are_rejected():
     with pytest.raises(ValueError, match="rule"):
-        AttendedSetRule("best")
+        AttendedSetSpec("best")
     with pytest.raises(ValueError, match="top_k"):
-        AttendedSetRule("top_k", 0.5)
+        AttendedSetSpec("top_k", 0.5)

@@ -79,7 +79,7 @@ def explicit_swapped_content(view, attended):
             swap = attended[b, t]
             keys = torch.where(swap[:, None], donor_keys[b], view.keys[b])
             key_mask = torch.where(swap, donor_mask[b], view.key_mask[b])
-            attention = view.attention_rule(view.queries[b] @ keys.T, view.query_mask[b], key_mask)
+            attention = view.attention_function(view.queries[b] @ keys.T, view.query_mask[b], key_mask)
             content[b, t] = attention[t] @ keys
     return content
 

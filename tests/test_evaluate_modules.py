@@ -14,7 +14,7 @@ evaluate = pytest.importorskip("evaluate")
 
 import modeling_ccr.metrics  # noqa: E402
 from modeling_ccr.metrics.attention import (  # noqa: E402
-    AttendedSetRule,
+    AttendedSetSpec,
     attended_regions,
     gold_regions,
     summarize_precision_recall,
@@ -131,11 +131,11 @@ def test_attention_module_gives_hand_computed_precision_and_recall(attention_prf
     assert results["attention_precision"] == pytest.approx(0.5)
     assert results["attention_recall"] == pytest.approx(0.75)
     assert results["attention_f1"] == pytest.approx(2 * 0.5 * 0.75 / 1.25)
-    assert results["attended_set_rule"] == AttendedSetRule().to_dict()
+    assert results["attended_set_rule"] == AttendedSetSpec().to_dict()
 
 
 @pytest.mark.parametrize(
-    "rule", [AttendedSetRule(), AttendedSetRule("threshold", 0.3), AttendedSetRule("top_k", 2, 0.4)]
+    "rule", [AttendedSetSpec(), AttendedSetSpec("threshold", 0.3), AttendedSetSpec("top_k", 2, 0.4)]
 )
 def test_attention_module_equals_the_plain_functions_word_by_word(attention_prf, rule):
     rng = np.random.default_rng(2)

@@ -10,7 +10,7 @@ from references import reference_scores
 
 from modeling_ccr import ScanConfig, ScanModel
 from modeling_ccr.models.configuration_bfan import BfanConfig
-from modeling_ccr.models.cross_attention import CrossAttentionRule, cross_attention_scores
+from modeling_ccr.models.cross_attention import CrossAttentionSpec, cross_attention_scores
 from modeling_ccr.models.gallery_scoring import caption_length_groups, tile_budget, tile_shape
 from modeling_ccr.models.modeling_bfan import BfanModel
 
@@ -80,7 +80,7 @@ def test_scores_are_exact_with_and_without_the_fixed_softmax_shift(lambda_softma
 @pytest.mark.parametrize("directions", [("t2i",), ("i2t",), ("t2i", "i2t")])
 def test_tile_size_does_not_change_the_scores(tile_elements, directions):
     inputs = gallery(n_images=3, n_captions=5)
-    rule = CrossAttentionRule(20.0, "clipped_l2norm", focal="prob")
+    rule = CrossAttentionSpec(20.0, "clipped_l2norm", focal="prob")
     one_tile = cross_attention_scores(*inputs, directions, rule, tile_elements=10**9)
     tiled = cross_attention_scores(*inputs, directions, rule, tile_elements=tile_elements)
     torch.testing.assert_close(tiled, one_tile, rtol=0, atol=1e-6)

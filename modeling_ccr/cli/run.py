@@ -127,7 +127,7 @@ def command_evaluate(args: argparse.Namespace) -> None:
     from ..data.corpora import load_evaluation_split
     from ..data.flickr30k_entities import attach_entities
     from ..evaluation.gallery import attention_metrics, evaluate_matchers
-    from ..metrics.attention import AttendedSetRule
+    from ..metrics.attention import AttendedSetSpec
 
     if args.push:
         from ..hub.push import check_model_repo
@@ -158,7 +158,7 @@ def command_evaluate(args: argparse.Namespace) -> None:
         eccv_subset=args.eccv_subset,
     )
     if args.attention:
-        rule = AttendedSetRule(args.attended_rule, args.attended_value, args.iou_threshold)
+        rule = AttendedSetSpec(args.attended_rule, args.attended_value, args.iou_threshold)
         metrics["attention"] = [
             attention_metrics(m, t, dataset, rule, progress=True)
             for m, t in zip(models, tokenizers, strict=True)

@@ -17,7 +17,7 @@ from transformers import PreTrainedTokenizerBase
 from ..data.collator import pad_regions, tokenize_captions
 from ..data.pairs import ImageFeatures, caption_table
 from ..metrics.attention import (
-    AttendedSetRule,
+    AttendedSetSpec,
     attended_regions,
     gold_regions,
     summarize_precision_recall,
@@ -175,7 +175,7 @@ def word_region_attended(
     region_mask: torch.Tensor,
     word_mask: torch.Tensor,
     direction: str,
-    rule: AttendedSetRule,
+    rule: AttendedSetSpec,
 ) -> torch.Tensor:
     """Attended sets as `(batch, n_tokens, n_regions)` bool, whatever the attention direction.
 
@@ -318,7 +318,7 @@ def attention_metrics(
     model: MatcherPreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     dataset: datasets.Dataset,
-    rule: AttendedSetRule | None = None,
+    rule: AttendedSetSpec | None = None,
     batch_size: int = 64,
     progress: bool = False,
     word_combine: str = DEFAULT_WORD_COMBINE,
@@ -330,7 +330,7 @@ def attention_metrics(
     """
     if not model.config.has_cross_attention:
         raise ValueError(f"{type(model).__name__} has no cross-attention: attention metrics do not apply")
-    rule = rule or AttendedSetRule()
+    rule = rule or AttendedSetSpec()
     direction = model.attention_direction
     precisions, recalls = [], []
     with eval_mode(model):

@@ -24,7 +24,7 @@ from transformers import PreTrainedTokenizerBase
 
 from ..artifacts.loading import load_matcher
 from ..errors import InvalidValueError
-from ..metrics.attention import AttendedSetRule, attended_regions, gold_regions, word_precision_recall
+from ..metrics.attention import AttendedSetSpec, attended_regions, gold_regions, word_precision_recall
 from ..models.modeling_matcher import MatcherPreTrainedModel, eval_mode
 from ..text.tokenization import split_words
 from ..text.word_alignment import DEFAULT_WORD_COMBINE, word_token_positions
@@ -94,7 +94,7 @@ def _word_attention(
     words = word_level_attention(attentions[0], positions, direction, DEFAULT_WORD_COMBINE)
     weights = words[word_index] if direction == "t2i" else words[:, word_index]
     word_mask = torch.tensor([[bool(tokens) for tokens in positions]])
-    attended = word_region_attended(words[None], region_mask, word_mask, direction, AttendedSetRule())
+    attended = word_region_attended(words[None], region_mask, word_mask, direction, AttendedSetSpec())
     return weights, attended[0, word_index]
 
 
@@ -181,7 +181,7 @@ def panel_attended(panel: Panel) -> torch.Tensor:
     if panel.get("attended") is not None:
         return torch.as_tensor(panel["attended"], dtype=torch.bool)
     weights = torch.as_tensor(panel["weights"], dtype=torch.float32)
-    return attended_regions(weights, torch.ones_like(weights, dtype=torch.bool), AttendedSetRule())
+    return attended_regions(weights, torch.ones_like(weights, dtype=torch.bool), AttendedSetSpec())
 
 
 def _draw_panel(axis, panel: Panel, gold: torch.Tensor | None, colourmap, norm) -> None:

@@ -14,11 +14,11 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from ..models.constraints import ATTENDED_RULES, attended_set
+from ..models.constraints import ATTENDED_SET_NAMES, attended_set
 
 
 @dataclass(frozen=True)
-class AttendedSetRule:
+class AttendedSetSpec:
     """Which regions count as attended. `inverse_n`: a >= 1/n_valid_keys (the default);
     `threshold`: a >= value; `top_k`: the k largest weights (ties broken by index)."""
 
@@ -27,8 +27,8 @@ class AttendedSetRule:
     iou_threshold: float = 0.5
 
     def __post_init__(self):
-        if self.rule not in ATTENDED_RULES:
-            raise ValueError(f"attended-set rule must be one of {ATTENDED_RULES}, got {self.rule!r}")
+        if self.rule not in ATTENDED_SET_NAMES:
+            raise ValueError(f"attended-set rule must be one of {ATTENDED_SET_NAMES}, got {self.rule!r}")
         if self.rule == "top_k" and (self.value < 1 or self.value != int(self.value)):
             raise ValueError(f"top_k rule needs an integer value >= 1, got {self.value!r}")
         if self.rule == "threshold" and not 0 < self.value <= 1:
@@ -60,7 +60,7 @@ def gold_regions(
     return (box_iou(region_boxes, phrase_boxes) >= iou_threshold).any(dim=1)
 
 
-def attended_regions(attention: torch.Tensor, key_mask: torch.Tensor, rule: AttendedSetRule) -> torch.Tensor:
+def attended_regions(attention: torch.Tensor, key_mask: torch.Tensor, rule: AttendedSetSpec) -> torch.Tensor:
     """Attended set of each query: attention `(..., n)` over keys with mask `(..., n)` -> `(..., n)` bool.
 
     The same formula CCS uses (`modeling_ccr.models.constraints.attended_set`).

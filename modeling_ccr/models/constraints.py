@@ -5,7 +5,7 @@ exact equations were not available to us. This module implements the formulation
 docs/spec.md section 3 and docs/constraints.md, with every choice configurable.
 
 A constraint sees a backbone only through `MatchedAttention`: the queries, keys and attention of the
-matched (image i, caption i) pairs, their masks, and the backbone's own rule for turning query-key
+matched (image i, caption i) pairs, their masks, and the backbone's own attention function for turning query-key
 logits into attention (used when CCS recomputes attention over swapped keys).
 
 Reduction: each term is a mean over the valid queries of a pair, SUMMED over the pairs of the batch,
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from .encoders import NORM_EPS
 
-AttentionRule = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+AttentionFunction = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -32,7 +32,7 @@ class MatchedAttention:
     queries: `(batch, m, D)`; query_mask: `(batch, m)` bool (False for padding); keys: `(batch, n, D)`;
         key_mask: `(batch, n)` bool;
     attention: `(batch, m, n)`, rows of valid queries sum to 1 over valid keys;
-    attention_rule: `(logits (..., m, n), query_mask (..., m), key_mask (..., n)) -> attention`, the
+    attention_function: `(logits (..., m, n), query_mask (..., m), key_mask (..., n)) -> attention`, the
         backbone's own normalisation, e.g. SCAN's normalisation over queries then softmax over keys.
     constrained_queries: `(batch, m)` bool, the queries the constraints score (valid queries minus
         skipped words such as function words); None means every valid query.
@@ -43,7 +43,7 @@ class MatchedAttention:
     keys: torch.Tensor
     key_mask: torch.Tensor
     attention: torch.Tensor
-    attention_rule: AttentionRule
+    attention_function: AttentionFunction
     constrained_queries: torch.Tensor | None = None
 
     @property
@@ -68,7 +68,7 @@ def relevance(queries: torch.Tensor, contents: torch.Tensor) -> torch.Tensor:
     return F.cosine_similarity(queries, contents, dim=-1, eps=NORM_EPS)
 
 
-ATTENDED_RULES = ("inverse_n", "threshold", "top_k")
+ATTENDED_SET_NAMES = ("inverse_n", "threshold", "top_k")
 
 
 def attended_set(
@@ -93,7 +93,7 @@ def attended_set(
     elif rule == "inverse_n":
         threshold = 1.0 / valid.sum(dim=-1, keepdim=True).clamp_min(1).to(attention.dtype)
     else:
-        raise ValueError(f"attended-set rule must be one of {ATTENDED_RULES}, got {rule!r}")
+        raise ValueError(f"attended-set rule must be one of {ATTENDED_SET_NAMES}, got {rule!r}")
     return (attention >= threshold) & valid
 
 
@@ -137,7 +137,7 @@ def ccs_loss(matched: MatchedAttention, margin: float, mode: str, rule: str, top
     The contrast comes from the previous sample of the batch (pair i uses pair (i - 1) mod batch, a roll
     by one, so pair 0 takes the last pair):
     - swap_keys (default): the keys query t attends to are replaced by the keys at the same positions
-      of the other sample; attention is recomputed over the swapped key set with the backbone's rule,
+      of the other sample; attention is recomputed over the swapped key set with the backbone's attention function,
       normalising over ALL of the pair's queries (per-query recomputation would flatten SCAN's
       attention); contrast = R(q_t, c~_t).
     - swap_query: contrast = R(q'_t, c_t), q'_t the other sample's query at the same position.
@@ -169,7 +169,7 @@ def swapped_content(matched: MatchedAttention, attended: torch.Tensor) -> torch.
 
     Query t's key set is the pair's keys with the positions in `attended[:, t]` `(batch, m, n)` taken
     from the other sample; a swapped-in position that is padding there becomes padding (its content is
-    removed). For each t the backbone's rule runs over ALL queries of the pair against key set t and row
+    removed). For each t the backbone's attention function runs over ALL queries of the pair against key set t and row
     t is kept, so normalisations over queries see the whole caption as in the unswapped attention.
     Swapped key sets are never built: their logits are picked from the own and the donor logits, and the
     content is split into its own and its donor part.
@@ -180,7 +180,7 @@ def swapped_content(matched: MatchedAttention, attended: torch.Tensor) -> torch.
     swap = attended.unsqueeze(2)  # (batch, t, 1, n): key set t, all queries q
     logits = torch.where(swap, donor_logits.unsqueeze(1), own_logits.unsqueeze(1))  # (batch, t, q, n)
     key_mask = torch.where(attended, donor_mask.unsqueeze(1), matched.key_mask.unsqueeze(1))  # (batch, t, n)
-    attention = matched.attention_rule(logits, matched.query_mask.unsqueeze(1), key_mask)
+    attention = matched.attention_function(logits, matched.query_mask.unsqueeze(1), key_mask)
     own_rows = attention.diagonal(dim1=1, dim2=2).permute(0, 2, 1)  # (batch, m, n): row t of set t
     from_donor = own_rows * attended
     return from_donor @ donor_keys + (own_rows - from_donor) @ matched.keys
@@ -189,7 +189,7 @@ def swapped_content(matched: MatchedAttention, attended: torch.Tensor) -> torch.
 def recomputed_content(matched: MatchedAttention, keys: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
     """Content `(batch, m, D)` of every query over one replacement key set `(batch, n, D)` per pair."""
     logits = matched.queries @ keys.transpose(-1, -2)
-    attention = matched.attention_rule(logits, matched.query_mask, key_mask)
+    attention = matched.attention_function(logits, matched.query_mask, key_mask)
     return attention @ keys
 
 

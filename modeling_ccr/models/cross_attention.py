@@ -25,7 +25,7 @@ from functools import cache, partial
 import torch
 import torch.nn.functional as F
 
-from .constraints import AttentionRule, MatchedAttention
+from .constraints import AttentionFunction, MatchedAttention
 from .encoders import NORM_EPS
 from .gallery_scoring import tile_budget, tile_shape
 
@@ -179,7 +179,7 @@ def gram(items: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class CrossAttentionRule:
+class CrossAttentionSpec:
     """How a query attends and how its relevances pool: SCAN's attention (BFAN's with `focal`).
 
     lambda_softmax: lambda1; norm: normalisation over queries ("clipped_l2norm", "l2norm", "softmax",
@@ -223,7 +223,7 @@ def cross_attention_scores(
     text_embeds: torch.Tensor,
     word_mask: torch.Tensor,
     directions: Sequence[str],
-    rule: CrossAttentionRule,
+    spec: CrossAttentionSpec,
     tile_elements: int | None = None,
 ) -> torch.Tensor:
     """Score of every image against every caption, summed over `directions` ("t2i", "i2t"):
@@ -267,7 +267,7 @@ def cross_attention_scores(
                     },
                     {side: g[tile_images if side == "images" else tile_texts] for side, g in grams.items()},
                     directions,
-                    rule,
+                    spec,
                     compute,
                 )
             )
@@ -279,7 +279,7 @@ def tile_scores(
     sides: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
     grams: dict[str, torch.Tensor],
     directions: Sequence[str],
-    rule: CrossAttentionRule,
+    spec: CrossAttentionSpec,
     compute: torch.dtype,
 ) -> torch.Tensor:
     """Scores of one tile `(tile_images, tile_captions)`: one GEMM, then each direction's per-pair steps.
@@ -296,7 +296,7 @@ def tile_scores(
     if "t2i" in directions:
         logits = torch.mm(images.reshape(-1, dim), texts.reshape(-1, dim).T)
         logits = logits.view(n_images, n_regions, n_captions, n_words).to(compute)
-        total = total + direction_scores(logits, region_mask, word_mask, grams["images"], text_norms, rule)
+        total = total + direction_scores(logits, region_mask, word_mask, grams["images"], text_norms, spec)
     if "i2t" in directions:
         if "t2i" in directions:
             transposed = logits.permute(2, 3, 0, 1).contiguous()
@@ -304,7 +304,7 @@ def tile_scores(
             transposed = torch.mm(texts.reshape(-1, dim), images.reshape(-1, dim).T)
             transposed = transposed.view(n_captions, n_words, n_images, n_regions).to(compute)
         total = (
-            total + direction_scores(transposed, word_mask, region_mask, grams["texts"], image_norms, rule).T
+            total + direction_scores(transposed, word_mask, region_mask, grams["texts"], image_norms, spec).T
         )
     return total
 
@@ -315,18 +315,18 @@ def direction_scores(
     query_mask: torch.Tensor,
     key_gram: torch.Tensor,
     query_norms: torch.Tensor,
-    rule: CrossAttentionRule,
+    spec: CrossAttentionSpec,
 ) -> torch.Tensor:
     """Scores `(key_items, query_items)` from logits `(key_items, n_keys, query_items, n_queries)` whose
     padded queries are zero; key_mask `(key_items, n_keys)`, query_mask `(query_items, n_queries)`."""
     # Only the softmax over queries needs the query mask; the l2 norms see zero logits at padded queries.
-    mask = query_mask[None, None] if rule.norm == "softmax" else None
+    mask = query_mask[None, None] if spec.norm == "softmax" else None
     key_mask_4d = key_mask[:, :, None, None]
-    weights = attention_weights(logits, mask, key_mask_4d, rule.lambda_softmax, rule.norm)
-    if rule.focal is not None:
-        weights = focal_weights(weights, key_mask_4d, rule.focal)
+    weights = attention_weights(logits, mask, key_mask_4d, spec.lambda_softmax, spec.norm)
+    if spec.focal is not None:
+        weights = focal_weights(weights, key_mask_4d, spec.focal)
     relevance = cosine_relevance(weights, logits, key_gram, query_norms)
-    return aggregate_relevance(relevance, query_mask.unsqueeze(0), rule.aggregation, rule.lambda_lse)
+    return aggregate_relevance(relevance, query_mask.unsqueeze(0), spec.aggregation, spec.lambda_lse)
 
 
 def scan_all_pairs(
@@ -343,8 +343,8 @@ def scan_all_pairs(
 ) -> torch.Tensor:
     """SCAN score of every image against every caption in one direction: `(n_images, n_captions)` (inputs
     as in `cross_attention_scores`)."""
-    rule = CrossAttentionRule(lambda_softmax, norm, aggregation=aggregation, lambda_lse=lambda_lse)
-    return cross_attention_scores(image_embeds, region_mask, text_embeds, word_mask, (direction,), rule)
+    spec = CrossAttentionSpec(lambda_softmax, norm, aggregation=aggregation, lambda_lse=lambda_lse)
+    return cross_attention_scores(image_embeds, region_mask, text_embeds, word_mask, (direction,), spec)
 
 
 def matched_view(
@@ -353,7 +353,7 @@ def matched_view(
     text_embeds: torch.Tensor,
     word_mask: torch.Tensor,
     direction: str,
-    attention_rule: AttentionRule,
+    attention_function: AttentionFunction,
     constrained_words: torch.Tensor | None = None,
 ) -> MatchedAttention:
     """A backbone's attention on the matched pairs (image i, caption i) in one direction, for the
@@ -369,12 +369,12 @@ def matched_view(
         query_mask=query_mask,
         keys=keys,
         key_mask=key_mask,
-        attention=attention_rule(logits, query_mask, key_mask),
-        attention_rule=attention_rule,
+        attention=attention_function(logits, query_mask, key_mask),
+        attention_function=attention_function,
         constrained_queries=constrained_words if direction == "t2i" else None,
     )
 
 
-def scan_rule(lambda_softmax: float, norm: str, focal: str | None = None) -> AttentionRule:
-    """SCAN's (or with `focal`, BFAN's) attention rule on matched pairs, as the constraints see it."""
+def scan_attention_function(lambda_softmax: float, norm: str, focal: str | None = None) -> AttentionFunction:
+    """SCAN's (or with `focal`, BFAN's) attention function on matched pairs, as the constraints see it."""
     return partial(scan_attention, lambda_softmax=lambda_softmax, norm=norm, focal=focal)

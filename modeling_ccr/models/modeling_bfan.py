@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from .configuration_bfan import BfanConfig
-from .constraints import AttentionRule, MatchedAttention
-from .cross_attention import CrossAttentionRule, cross_attention_scores, matched_view, scan_rule
+from .constraints import AttentionFunction, MatchedAttention
+from .cross_attention import CrossAttentionSpec, cross_attention_scores, matched_view, scan_attention_function
 from .gallery_scoring import tiled_pair_bytes
 from .modeling_matcher import MatcherPreTrainedModel
 
@@ -26,9 +26,11 @@ class BfanModel(MatcherPreTrainedModel):
         return self.config.directions[0]
 
     @property
-    def attention_rule(self) -> AttentionRule:
+    def attention_function(self) -> AttentionFunction:
         """Focal attention on matched pairs (`cross_attention.scan_attention` with `focal`)."""
-        return scan_rule(self.config.lambda_softmax, self.config.attention_norm, self.config.focal)
+        return scan_attention_function(
+            self.config.lambda_softmax, self.config.attention_norm, self.config.focal
+        )
 
     def pair_scoring_bytes(self, n_regions: int, n_words: int, embed_dim: int) -> int:
         return tiled_pair_bytes(n_regions, n_words)
@@ -41,10 +43,10 @@ class BfanModel(MatcherPreTrainedModel):
         word_mask: torch.Tensor,
     ) -> torch.Tensor:
         config = self.config
-        rule = CrossAttentionRule(config.lambda_softmax, config.attention_norm, focal=config.focal)
+        spec = CrossAttentionSpec(config.lambda_softmax, config.attention_norm, focal=config.focal)
         # Both directions share each tile's GEMM of regions against words.
         return cross_attention_scores(
-            image_embeds, region_mask, text_embeds, word_mask, config.directions, rule
+            image_embeds, region_mask, text_embeds, word_mask, config.directions, spec
         )
 
     def matched_attention(
@@ -62,7 +64,7 @@ class BfanModel(MatcherPreTrainedModel):
                 text_embeds,
                 word_mask,
                 direction,
-                self.attention_rule,
+                self.attention_function,
                 constrained_words,
             )
             for direction in self.config.directions

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 
 from .configuration_damsm import DamsmConfig
-from .constraints import AttentionRule
-from .cross_attention import scan_all_pairs, scan_rule
+from .constraints import AttentionFunction
+from .cross_attention import scan_all_pairs, scan_attention_function
 from .modeling_matcher import MatcherPreTrainedModel
 
 
@@ -25,9 +25,9 @@ class DamsmModel(MatcherPreTrainedModel):
         self.post_init()
 
     @property
-    def attention_rule(self) -> AttentionRule:
+    def attention_function(self) -> AttentionFunction:
         """t2i attention with the softmax normalisation over words, inverse temperature gamma1."""
-        return scan_rule(self.config.gamma1, "softmax")
+        return scan_attention_function(self.config.gamma1, "softmax")
 
     def score_pairs(
         self,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .configuration_dvsa import DvsaConfig
-from .constraints import AttentionRule
+from .constraints import AttentionFunction
 from .cross_attention import aggregate_relevance
 from .modeling_matcher import MatcherPreTrainedModel
 
@@ -36,7 +36,7 @@ class DvsaModel(MatcherPreTrainedModel):
         self.post_init()
 
     @property
-    def attention_rule(self) -> AttentionRule:
+    def attention_function(self) -> AttentionFunction:
         """The hard alignment (`best_region_attention`), the attention the constraints see."""
         return best_region_attention
 

@@ -2,7 +2,7 @@
 
 A backbone subclasses `MatcherPreTrainedModel` and supplies two things: `score_pairs` (every image
 against every caption of two small sets) and `matched_attention` (its attention on matched pairs).
-A cross-attention backbone also exposes its attention rule as the property `attention_rule`
+A cross-attention backbone also exposes its attention function as the property `attention_function`
 (`(logits, query_mask, key_mask) -> attention`, what the constraints recompute attention with).
 """
 
@@ -176,10 +176,10 @@ class MatcherPreTrainedModel(GalleryScoring, PreTrainedModel):
         direction it has, as the constraints see it. constrained_words `(batch, n_tokens)` bool marks
         the words the constraints may use as queries.
 
-        Default: one view in `attention_direction` under the backbone's `attention_rule`; a backbone with
-        no such rule (no cross-attention) or with several views overrides this."""
-        rule = getattr(self, "attention_rule", None)
-        if rule is None:
+        Default: one view in `attention_direction` under the backbone's `attention_function`; a backbone with
+        no such function (no cross-attention) or with several views overrides this."""
+        attention_function = getattr(self, "attention_function", None)
+        if attention_function is None:
             raise NotImplementedError(f"{type(self).__name__} must implement matched_attention")
         view = matched_view(
             image_embeds,
@@ -187,7 +187,7 @@ class MatcherPreTrainedModel(GalleryScoring, PreTrainedModel):
             text_embeds,
             word_mask,
             self.attention_direction,
-            rule,
+            attention_function,
             constrained_words,
         )
         return [view]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from .configuration_scan import ScanConfig
-from .constraints import AttentionRule
-from .cross_attention import scan_all_pairs, scan_rule
+from .constraints import AttentionFunction
+from .cross_attention import scan_all_pairs, scan_attention_function
 from .gallery_scoring import tiled_pair_bytes
 from .modeling_matcher import MatcherPreTrainedModel
 
@@ -29,9 +29,9 @@ class ScanModel(MatcherPreTrainedModel):
         return self.config.direction
 
     @property
-    def attention_rule(self) -> AttentionRule:
+    def attention_function(self) -> AttentionFunction:
         """SCAN attention on matched pairs, as the constraints recompute it."""
-        return scan_rule(self.config.lambda_softmax, self.config.attention_norm)
+        return scan_attention_function(self.config.lambda_softmax, self.config.attention_norm)
 
     def pair_scoring_bytes(self, n_regions: int, n_words: int, embed_dim: int) -> int:
         return tiled_pair_bytes(n_regions, n_words)

@@ -14,8 +14,8 @@ from torch import nn
 from transformers import initialization as init
 
 from .configuration_sgraf import SafConfig, SgrafConfig, SgrConfig
-from .constraints import AttentionRule
-from .cross_attention import scan_rule
+from .constraints import AttentionFunction
+from .cross_attention import scan_attention_function
 from .encoders import NORM_EPS, l2_normalize
 from .modeling_matcher import MatcherPreTrainedModel
 
@@ -132,9 +132,9 @@ class SgrafPreTrainedModel(MatcherPreTrainedModel):
         raise NotImplementedError(f"{type(self).__name__} must implement aggregate")
 
     @property
-    def attention_rule(self) -> AttentionRule:
-        """The t2i SCAN attention rule, shared by scoring and by the constraints' recomputation."""
-        return scan_rule(self.config.lambda_softmax, self.config.attention_norm)
+    def attention_function(self) -> AttentionFunction:
+        """The t2i SCAN attention function, shared by scoring and by the constraints' recomputation."""
+        return scan_attention_function(self.config.lambda_softmax, self.config.attention_norm)
 
     def score_pairs(
         self,
@@ -181,7 +181,7 @@ class SgrafPreTrainedModel(MatcherPreTrainedModel):
         """s_t = l2norm(W_l (c_t - q_t)^2) of every pair and word `(n_images, n_captions, n_words, sim_dim)`,
         c_t the l2-normalised content word t attends to (t2i); zero at padded words."""
         logits = torch.einsum("cmd,ind->icmn", text_embeds, image_embeds)
-        attention = self.attention_rule(logits, word_mask.unsqueeze(0), region_mask.unsqueeze(1))
+        attention = self.attention_function(logits, word_mask.unsqueeze(0), region_mask.unsqueeze(1))
         content = l2_normalize(torch.einsum("icmn,ind->icmd", attention, image_embeds))
         local = l2_normalize(self.local_similarity((content - text_embeds.unsqueeze(0)).pow(2)))
         return local * word_mask[None, :, :, None].to(local.dtype)

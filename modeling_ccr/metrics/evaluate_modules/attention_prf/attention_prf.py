@@ -18,7 +18,7 @@ import evaluate
 import torch
 
 from modeling_ccr.metrics.attention import (
-    AttendedSetRule,
+    AttendedSetSpec,
     attended_regions,
     gold_regions,
     summarize_precision_recall,
@@ -100,7 +100,7 @@ def _boxes_tensor(boxes: list) -> torch.Tensor:
 
 
 def word_precision_recall_from_rows(
-    attention: list, region_boxes: list, phrase_boxes: list, rule: AttendedSetRule
+    attention: list, region_boxes: list, phrase_boxes: list, rule: AttendedSetSpec
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """P and R of every scored word from per-word rows, via the library's functions.
 
@@ -181,7 +181,7 @@ class AttentionPRF(evaluate.Metric):
         iou_threshold: float = 0.5,
     ) -> dict:
         """Mean P, mean R and F1 of the means over the scored words (`summarize_precision_recall`)."""
-        attended_set_rule = AttendedSetRule(rule=rule, value=value, iou_threshold=iou_threshold)
+        attended_set_rule = AttendedSetSpec(rule=rule, value=value, iou_threshold=iou_threshold)
         precision, recall = word_precision_recall_from_rows(
             attention, region_boxes, phrase_boxes, attended_set_rule
         )
