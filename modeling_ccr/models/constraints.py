@@ -69,6 +69,7 @@ def relevance(queries: torch.Tensor, contents: torch.Tensor) -> torch.Tensor:
 
 
 ATTENDED_SET_NAMES = ("inverse_n", "threshold", "top_k")
+CCS_MODES = ("swap_keys", "swap_query", "swap_image", "swap_within")
 
 
 def attended_set(
@@ -142,8 +143,11 @@ def ccs_loss(matched: MatchedAttention, margin: float, mode: str, rule: str, top
       attention); contrast = R(q_t, c~_t).
     - swap_query: contrast = R(q'_t, c_t), q'_t the other sample's query at the same position.
     - swap_image: contrast = R(q_t, c_t over the other sample's whole key set).
+    - swap_within (ours, not the paper's): the contrast stays inside the matched pair: contrast =
+      R(q_t, c_u), c_u the content attended by the next constrained query u of the same caption
+      (cyclically), so each word's content must be more relevant to it than another word's content.
     """
-    if matched.queries.shape[0] < 2:
+    if mode != "swap_within" and matched.queries.shape[0] < 2:
         raise ValueError("CCS needs at least two pairs in a batch to swap content between them")
     content = matched.attention @ matched.keys
     matched_relevance = relevance(matched.queries, content)
@@ -154,10 +158,29 @@ def ccs_loss(matched: MatchedAttention, margin: float, mode: str, rule: str, top
         mask = mask & matched.query_mask.roll(1, dims=0)
     elif mode == "swap_image":
         contrast = relevance(matched.queries, recomputed_content(matched, *other_keys(matched)))
+    elif mode == "swap_within":
+        partner, has_partner = next_scored_query(mask)
+        other_content = content.gather(1, partner.unsqueeze(-1).expand_as(content))
+        contrast = relevance(matched.queries, other_content)
+        mask = mask & has_partner
     else:
         attended = attended_set(matched.attention, matched.key_mask.unsqueeze(1), rule, top_k)
         contrast = relevance(matched.queries, swapped_content(matched, attended))
     return hinge_term(matched_relevance, contrast, mask, margin)
+
+
+def next_scored_query(scored: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each query of `scored` `(batch, m)` bool, the index `(batch, m)` of the next scored query of
+    its pair, wrapping around, and `(batch, m)` True where the pair has at least two scored queries."""
+    m = scored.shape[1]
+    positions = torch.arange(m, device=scored.device)
+    # Scored positions first, each group in position order: sorted_positions[b, r] is the r-th scored query.
+    sorted_positions = torch.where(scored, positions, positions + m).argsort(dim=1)
+    count = scored.sum(dim=1, keepdim=True)
+    rank = scored.long().cumsum(dim=1) - 1
+    next_rank = torch.remainder(rank + 1, count.clamp_min(1))
+    partner = sorted_positions.gather(1, next_rank.clamp_min(0))
+    return partner, scored & (count > 1)
 
 
 def other_keys(matched: MatchedAttention) -> tuple[torch.Tensor, torch.Tensor]:
