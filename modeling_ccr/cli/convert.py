@@ -45,6 +45,12 @@ def command_butd_tsv(args: argparse.Namespace) -> None:
 def _options(args: argparse.Namespace):
     from ..data.formats.convert import ConversionOptions
 
+    # Checked here so the message names the flag; 0 would keep no caption, -1 would drop the last one.
+    if args.captions_per_image < 1:
+        raise InvalidValueError(
+            f"--captions-per-image must be a positive integer (captions kept per image), found "
+            f"{args.captions_per_image}"
+        )
     return ConversionOptions(
         entities_dir=args.entities,
         float16=args.float16,
@@ -61,7 +67,12 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--skip-bad", action="store_true", help="leave bad images out and list them, instead of stopping"
     )
-    parser.add_argument("--captions-per-image", type=int, default=5)
+    parser.add_argument(
+        "--captions-per-image",
+        type=int,
+        default=5,
+        help="captions kept per image, a positive integer (default 5)",
+    )
 
 
 def add_commands(commands) -> None:

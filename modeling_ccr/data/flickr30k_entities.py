@@ -42,6 +42,7 @@ import datasets
 from ..errors import UserError
 from ..text.tokenization import split_words
 from .schema import phrase_feature
+from .text_files import iter_lines, read_text
 
 Box = list[float]  # (x1, y1, x2, y2) 0-based float pixel edges
 
@@ -181,24 +182,23 @@ def parse_sentence_line(
     return caption, phrases
 
 
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise EntitiesFormatError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise EntitiesFormatError(f"{path}: cannot read the file ({error})") from None
-
-
 def parse_sentences(path: str | Path) -> tuple[list[str], list[list[dict[str, Any]]]]:
-    """Parse a `Sentences/<id>.txt` file -> (captions, phrases per caption); blank lines are skipped."""
+    """Parse a `Sentences/<id>.txt` file -> (captions, phrases per caption); blank lines are skipped.
+
+    Read by the shared text rules (`data/text_files.py`): a byte-order mark is dropped before the spans
+    are computed (it would otherwise be a word of its own and shift every span of the first caption),
+    LF / CR LF / CR all end a line, and a non-UTF-8 byte names its line. The last line may lack its
+    newline: a line cut inside a phrase is refused (an unclosed bracket), and one cut between phrases is
+    caught where the converters compare each sentence with the corpus caption.
+    """
     path = Path(path)
     captions: list[str] = []
     phrases_per_caption: list[list[dict[str, Any]]] = []
-    for line_number, line in enumerate(_read_text(path).splitlines(), start=1):
-        if not line.strip():
+    lines = iter_lines(path, error=EntitiesFormatError, final_newline=False, what="Entities sentences file")
+    for line in lines:
+        if not line.text.strip():
             continue
-        caption, phrases = parse_sentence_line(line, path, line_number)
+        caption, phrases = parse_sentence_line(line.text, path, line.number)
         captions.append(caption)
         phrases_per_caption.append(phrases)
     return captions, phrases_per_caption
@@ -260,7 +260,7 @@ def parse_annotation(
     """
     path = Path(path)
     try:
-        root = ET.fromstring(_read_text(path))
+        root = ET.fromstring(read_text(path, error=EntitiesFormatError, what="Entities annotation file"))
     except ET.ParseError as error:
         line, column = error.position
         raise EntitiesFormatError(

@@ -19,6 +19,7 @@ import datasets
 import numpy as np
 
 from ..data.schema import corpus_features, validate_corpus
+from ..data.text_files import iter_lines, read_json
 from ..errors import UserError
 from .extractor import ImageRegions, RegionFeatureExtractor
 from .processor import ImageReadError
@@ -89,29 +90,38 @@ def _read_karpathy(path: Path, payload: dict) -> dict[str, CaptionedImage]:
 
 def _read_csv(path: Path) -> dict[str, CaptionedImage]:
     images: dict[str, CaptionedImage] = {}
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        missing = {"image", "caption"} - set(reader.fieldnames or [])
+    # Every CSV writer ends each row with a line ending, so a last row without one is a file cut off
+    # mid-row (its caption would be stored short): refused by the shared text rules.
+    lines = iter_lines(path, error=CaptionsError, what="captions CSV")
+    reader = csv.DictReader(line.text for line in lines)
+    try:
+        fieldnames = reader.fieldnames
+        missing = {"image", "caption"} - set(fieldnames or [])
         if missing:
             raise CaptionsError(
-                f"{path}: the CSV header needs columns 'image' and 'caption', found {reader.fieldnames}"
+                f"{path}, line 1: the CSV header needs columns 'image' and 'caption', found {fieldnames}"
             )
-        for line, row in enumerate(reader, start=2):
-            where = f"{path}, line {line}"
+        for row in reader:
+            where = f"{path}, line {reader.line_num}"
             _add(images, row["image"], _split_name(row.get("split"), where), [row["caption"]], where)
+    except csv.Error as err:
+        raise CaptionsError(f"{path}, line {reader.line_num}: not a readable CSV row ({err})") from None
     return images
 
 
 def _read_jsonl(path: Path) -> dict[str, CaptionedImage]:
     images: dict[str, CaptionedImage] = {}
-    for line, text in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not text.strip():
+    # A JSONL line cut off mid-way is not valid JSON, so the last line may lack its newline.
+    for line in iter_lines(path, error=CaptionsError, final_newline=False, what="captions JSONL"):
+        if not line.text.strip():
             continue
-        where = f"{path}, line {line}"
+        where = f"{path}, line {line.number}"
         try:
-            item = json.loads(text)
+            item = json.loads(line.text)
         except json.JSONDecodeError as err:
-            raise CaptionsError(f"{where}: not valid JSON ({err})") from err
+            raise CaptionsError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
+        except RecursionError:
+            raise CaptionsError(f"{where}: JSON nested too deeply") from None
         if not isinstance(item, dict) or ("caption" in item) == ("captions" in item):
             raise CaptionsError(
                 f"{where}: expected an object with 'image' and either 'caption' or 'captions'"
@@ -124,16 +134,16 @@ def _read_jsonl(path: Path) -> dict[str, CaptionedImage]:
 
 
 def read_captions(path: str | Path) -> list[CaptionedImage]:
-    """The images of a captions file (Karpathy JSON, CSV or JSONL, told apart by the suffix), in file order."""
+    """The images of a captions file (Karpathy JSON, CSV or JSONL, told apart by the suffix), in file order.
+
+    Text rules of `data/text_files.py` (byte-order mark dropped, LF / CR LF / CR line endings, a
+    non-UTF-8 byte named by line); every error names the file and the line (JSON: the entry)."""
     path = Path(path)
     if not path.is_file():
         raise CaptionsError(f"{path}: captions file not found")
     suffix = path.suffix.lower()
     if suffix == ".json":
-        try:
-            payload = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise CaptionsError(f"{path}: not valid JSON ({err})") from err
+        payload = read_json(path, error=CaptionsError, what="captions file")
         images = _read_karpathy(path, payload if isinstance(payload, dict) else {})
     elif suffix == ".csv":
         images = _read_csv(path)

@@ -4,8 +4,8 @@ Each line is one image, six tab-separated fields, no header:
 `image_id, image_w, image_h, num_boxes, boxes, features`, where `boxes` and `features` are base64 of
 raw float32 arrays: `(num_boxes, 4)` pixel boxes `(x1, y1, x2, y2)` in the image's frame and
 `(num_boxes, feature_dim)` region features (2048 for the ResNet-101 detector). The features of one image
-are ~400 KB of base64 at 36 regions, well past Python's default csv field limit of 128 KB, so the limit
-is raised. Extractions are often spread over several files (one per GPU); `read_tsv_rows` reads them
+are ~400 KB of base64 at 36 regions; lines are read by the shared text rules (`data/text_files.py`) and
+split at tabs (the files use no quoting). Extractions are often spread over several files (one per GPU); `read_tsv_rows` reads them
 in order.
 
 A row that cannot be used comes back with `problem` set rather than raising, so that the caller decides
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import csv
 import dataclasses
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -25,12 +24,12 @@ import numpy as np
 
 from ...errors import UserError
 from ..schema import first_non_finite
+from ..text_files import iter_lines
 
 TSV_FIELDS: tuple[str, ...] = ("image_id", "image_w", "image_h", "num_boxes", "boxes", "features")
 # Boxes are clipped to the image by the extractor (to w - 1, h - 1); one pixel of slack absorbs rounding
 # and the edge convention, anything further out is a box from another image or a corrupt row.
 BOX_SLACK_PIXELS = 1.0
-_FIELD_SIZE_LIMIT = 2**31 - 1  # the largest value every platform's csv module accepts
 
 
 class TsvFormatError(UserError, ValueError):
@@ -135,25 +134,21 @@ def read_tsv_rows(paths: Sequence[str | Path], feature_dim: int | None = None) -
     """Every row of the TSV files in order. `feature_dim` (when None: the first good row's) is what every
     row's features must have. Rows with a problem are yielded with `problem` set (and `image_id` when it
     could be read); a missing or unreadable file raises `TsvFormatError`."""
-    csv.field_size_limit(max(csv.field_size_limit(), _FIELD_SIZE_LIMIT))
     for path in map(Path, paths):
         if not path.is_file():
             raise TsvFormatError(f"{path}: file not found (bottom-up-attention TSV)")
-        try:
-            with path.open(newline="", encoding="utf-8") as handle:
-                reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
-                for fields in reader:
-                    line = reader.line_num
-                    if not fields:
-                        continue  # a blank line (e.g. after the last row) holds no image
-                    try:
-                        row = _parse(fields, f"{path}, line {line}", feature_dim)
-                    except ValueError as error:
-                        image_id = fields[0].strip() or None
-                        yield TsvRow(path, line, image_id, problem=str(error))
-                        continue
-                    row.path, row.line = path, line
-                    feature_dim = row.features.shape[1]
-                    yield row
-        except (OSError, UnicodeDecodeError, csv.Error) as error:
-            raise TsvFormatError(f"{path}: cannot read the file ({error})") from None
+        # Lines by the shared text rules; generate_tsv.py ends every row with CR LF, so a last row without
+        # a line ending is a file cut off mid-row and stops the conversion (it is not one bad row).
+        for line in iter_lines(path, error=TsvFormatError, what="bottom-up-attention TSV"):
+            if not line.text:
+                continue  # a blank line (e.g. after the last row) holds no image
+            fields = line.text.split("\t")  # no quoting in these files (QUOTE_NONE): a tab always separates
+            try:
+                row = _parse(fields, f"{path}, line {line.number}", feature_dim)
+            except ValueError as error:
+                image_id = fields[0].strip() or None
+                yield TsvRow(path, line.number, image_id, problem=str(error))
+                continue
+            row.path, row.line = path, line.number
+            feature_dim = row.features.shape[1]
+            yield row

@@ -17,11 +17,11 @@ Flickr30K, so that is the `image_id` this reader returns. Caption ids are the `s
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
 from ...errors import UserError
+from ..text_files import read_json
 
 KARPATHY_SPLITS: tuple[str, ...] = ("train", "val", "test", "restval")
 # Karpathy split -> corpus split. `restval` trains, as in SCAN and VSE++ (113,287 COCO training images).
@@ -87,28 +87,50 @@ def _image(entry: Any, index: int, path: Path) -> KarpathyImage:
 
 def read_karpathy(path: str | Path) -> list[KarpathyImage]:
     """Every image of a Karpathy split file, in file order; raises `KarpathyFormatError` on a missing or
-    ill-typed field (naming the file, the image's index and file name, and the field) or a repeated id."""
+    ill-typed field (naming the file, the image's index and file name, and the field), a repeated image
+    id, file name or `sentid`, invalid JSON (naming the line) or a non-UTF-8 byte. A leading byte-order
+    mark is dropped (`data/text_files.py`)."""
     path = Path(path)
-    try:
-        with path.open(encoding="utf-8") as handle:
-            raw = json.load(handle, object_hook=_drop_tokens)
-    except FileNotFoundError:
-        raise KarpathyFormatError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise KarpathyFormatError(f"{path}: not a readable JSON file ({error})") from None
+    raw = read_json(path, error=KarpathyFormatError, what="Karpathy split file", object_hook=_drop_tokens)
     if not isinstance(raw, dict) or not isinstance(raw.get("images"), list):
         raise KarpathyFormatError(
             f"{path}: expected a JSON object with an 'images' list (Karpathy split file)"
         )
     images = [_image(entry, index, path) for index, entry in enumerate(raw["images"])]
-    seen: dict[str, int] = {}
-    for index, image in enumerate(images):
-        if image.image_id in seen:
-            raise KarpathyFormatError(
-                f"{path}: images[{index}] repeats image id {image.image_id!r} of images[{seen[image.image_id]}]"
-            )
-        seen[image.image_id] = index
+    _check_unique(images, path)
     return images
+
+
+def _check_unique(images: list[KarpathyImage], path: Path) -> None:
+    """Image ids, file names and sentence ids are unique in the file: the release numbers every sentence
+    once (`sentid`), and caption ids are how the corpus refers back to it."""
+    seen_ids: dict[str, int] = {}
+    seen_files: dict[str, int] = {}
+    seen_sentids: dict[str, int] = {}
+    for index, image in enumerate(images):
+        if image.image_id in seen_ids:
+            raise KarpathyFormatError(
+                f"{path}: images[{index}] repeats image id {image.image_id!r} of images[{seen_ids[image.image_id]}]"
+            )
+        seen_ids[image.image_id] = index
+        if image.filename in seen_files:
+            raise KarpathyFormatError(
+                f"{path}: images[{index}] repeats filename {image.filename!r} of images[{seen_files[image.filename]}]"
+            )
+        seen_files[image.filename] = index
+        for number, sentid in enumerate(image.caption_ids):
+            if sentid in seen_sentids:
+                first = seen_sentids[sentid]
+                owner = (
+                    "the same image"
+                    if first == index
+                    else f"images[{first}] (image id {images[first].image_id!r})"
+                )
+                raise KarpathyFormatError(
+                    f"{path}: images[{index}] (image id {image.image_id!r}), sentences[{number}]: sentid {sentid} "
+                    f"is already used by {owner}; sentence ids are unique in a Karpathy file"
+                )
+            seen_sentids[sentid] = index
 
 
 def images_by_split(images: list[KarpathyImage]) -> dict[str, list[KarpathyImage]]:

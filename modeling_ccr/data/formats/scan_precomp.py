@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import UserError
+from ..text_files import read_lines
 
 PRECOMP_SPLITS: tuple[str, ...] = ("train", "dev", "test", "testall")
 # Bytes of features read per window: large enough to amortise the reads, small against the 2 GB budget.
@@ -133,23 +134,10 @@ class PrecompSplit:
         return None
 
 
-def _read_lines(path: Path) -> list[str]:
-    """The lines of a text file, stripped as SCAN strips them; only "\\n" ends a line (str.splitlines
-    would also split on form feeds and Unicode separators and shift every caption after them)."""
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise PrecompFormatError(f"{path}: cannot read the file ({error})") from None
-    lines = data.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()  # the newline that ends the last line
-    decoded = []
-    for number, line in enumerate(lines, start=1):
-        try:
-            decoded.append(line.decode("utf-8").strip())
-        except UnicodeDecodeError as error:
-            raise PrecompFormatError(f"{path}, line {number}: not UTF-8 text ({error})") from None
-    return decoded
+def _read_lines(path: Path, what: str) -> list[str]:
+    """The lines of a captions or ids file (`data/text_files.py`: BOM dropped, LF / CR LF / CR endings, a
+    last line without its newline refused as cut off), each stripped as SCAN strips them."""
+    return [line.text.strip() for line in read_lines(path, error=PrecompFormatError, what=what)]
 
 
 def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
@@ -174,7 +162,7 @@ def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
 
 
 def _image_ids(path: Path, n_images: int, captions_per_image: int) -> list[str]:
-    ids = _read_lines(path)
+    ids = _read_lines(path, "ids file")
     if len(ids) == n_images * captions_per_image and captions_per_image > 1:
         for image in range(n_images):
             group = ids[image * captions_per_image : (image + 1) * captions_per_image]
@@ -203,13 +191,21 @@ def open_precomp_split(
     `ids_path` overrides `{split}_ids.txt` (read when present). Raises `PrecompFormatError` naming the
     files and counts when the captions do not fill whole images or the feature rows fit neither layout.
     """
+    if (
+        isinstance(captions_per_image, bool)
+        or not isinstance(captions_per_image, int)
+        or captions_per_image < 1
+    ):
+        raise PrecompFormatError(
+            f"captions_per_image must be a positive integer, found {captions_per_image!r}"
+        )
     directory = Path(directory)
     ims_path, caps_path = directory / f"{split}_ims.npy", directory / f"{split}_caps.txt"
     for path in (ims_path, caps_path):
         if not path.is_file():
             raise PrecompFormatError(f"{path}: file not found (precomp split {split!r})")
     (n_rows, n_regions, feature_dim), dtype, offset = _npy_header(ims_path)
-    captions = _read_lines(caps_path)
+    captions = _read_lines(caps_path, "captions file")
     if not captions or len(captions) % captions_per_image:
         raise PrecompFormatError(
             f"{caps_path}: {len(captions)} caption lines, expected a positive multiple of {captions_per_image} "
