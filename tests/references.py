@@ -4,6 +4,7 @@ caption `(n_words, D)` with its word mask, and uses only the valid rows."""
 
 import torch
 import torch.nn.functional as F
+from test_pooling import reference_gpo
 from test_sgraf import reference_score as reference_sgraf
 
 
@@ -92,6 +93,14 @@ def damsm(model, image, region_mask, caption, word_mask):
     return torch.log(torch.exp(config.gamma2 * r).sum()) / config.gamma2
 
 
+def vse_infty(model, image, region_mask, caption, word_mask):
+    """VSE-infinity: cosine of the GPO-pooled region and word embeddings (GPO reference in test_pooling)."""
+    return cos(
+        reference_gpo(model.region_pooling, image, region_mask),
+        reference_gpo(model.word_pooling, caption, word_mask),
+    )
+
+
 def ensemble(model, image, region_mask, caption, word_mask):
     scores = []
     images = image.split([m.config.embed_dim for m in model.members], dim=-1)
@@ -110,6 +119,7 @@ REFERENCES = {
     "vsepp": vsepp,
     "dvsa": dvsa,
     "damsm": damsm,
+    "vse_infty": vse_infty,
     "ensemble": ensemble,
 }
 

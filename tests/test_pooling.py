@@ -56,7 +56,7 @@ def reference_gpo(pool, items, mask):
     ).flip(0)
     states = (forward + backward) / 2
     logits = states @ pool.linear.weight.detach().double()[0]
-    theta = torch.softmax(logits / 0.1, dim=0)
+    theta = torch.softmax(logits / pool.temperature, dim=0)
     ordered = torch.stack(
         [torch.sort(real[:, d], descending=True).values for d in range(real.shape[1])], dim=1
     )

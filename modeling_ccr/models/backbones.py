@@ -11,12 +11,14 @@ from .configuration_damsm import DamsmConfig
 from .configuration_dvsa import DvsaConfig
 from .configuration_scan import ScanConfig
 from .configuration_sgraf import SafConfig, SgrConfig
+from .configuration_vse_infty import VseInftyConfig
 from .configuration_vsepp import VseppConfig
 from .modeling_bfan import BfanModel
 from .modeling_damsm import DamsmModel
 from .modeling_dvsa import DvsaModel
 from .modeling_scan import ScanModel
 from .modeling_sgraf import SafModel, SgrModel
+from .modeling_vse_infty import VseInftyModel
 from .modeling_vsepp import VseppModel
 
 SINGLE_BACKBONES = {
@@ -27,4 +29,5 @@ SINGLE_BACKBONES = {
     "vsepp": (VseppConfig, VseppModel),
     "dvsa": (DvsaConfig, DvsaModel),
     "damsm": (DamsmConfig, DamsmModel),
+    "vse_infty": (VseInftyConfig, VseInftyModel),
 }
