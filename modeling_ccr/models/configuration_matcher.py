@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
+import types
+import typing
+
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
@@ -28,6 +33,115 @@ _TRANSFORMERS_KWARGS = frozenset(
         "use_cache",
     }
 )
+
+
+# The `vision_tower` sub-config (models/vision_tower.py): every key with its default. A tower is named by
+# its timm architecture; everything else has a default, and the stored dict always holds every key.
+VISION_TOWER_DEFAULTS: dict[str, object] = {
+    "architecture": None,  # a timm model name, e.g. "efficientnet_lite0" (required)
+    "image_size": None,  # input side (int) or [height, width]; None: the architecture's pretrained size
+    "regions": "grid",  # "grid": feature-map cells; "boxes": RoIAlign over boxes given with the image
+    "grid": None,  # "grid" regions pooled to grid x grid cells; None: every cell of the map
+    "feature_level": -1,  # -1: the model's final features; k >= 0: the output of feature stage k
+    "weights": None,  # local state-dict file for a NEW model's first weights (None: packaged, if any)
+    "freeze_steps": 0,  # training steps with the tower frozen (no gradient, eval mode)
+    "learning_rate": None,  # the tower's own learning rate (optimiser param group); None: the run's
+    "freeze_batchnorm": False,  # keep BatchNorm running statistics fixed while the tower trains
+    "gradient_checkpointing": False,  # recompute the tower's activations in backward (memory for time)
+}
+VISION_TOWER_REGIONS = ("grid", "boxes")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def validate_vision_tower(spec: object) -> dict[str, object] | None:
+    """The `vision_tower` sub-config with every key (defaults filled in), or a one-line ValueError naming
+    the key, what it must be and what was found."""
+    if spec is None:
+        return None
+    if not isinstance(spec, dict):
+        raise ValueError(f"config field 'vision_tower' must be a mapping, found {type(spec).__name__}")
+    unknown = sorted(set(spec) - set(VISION_TOWER_DEFAULTS))
+    if unknown:
+        raise ValueError(
+            f"unknown vision_tower option(s) {unknown}; valid options are {sorted(VISION_TOWER_DEFAULTS)}"
+        )
+    spec = {**VISION_TOWER_DEFAULTS, **spec}
+
+    def bad(key: str, expected: str) -> ValueError:
+        return ValueError(f"config field 'vision_tower.{key}' must be {expected}, found {spec[key]!r}")
+
+    if not isinstance(spec["architecture"], str) or not spec["architecture"].strip():
+        raise bad("architecture", "a timm model name (e.g. 'efficientnet_lite0')")
+    size = spec["image_size"]
+    if isinstance(size, (list, tuple)):
+        if len(size) != 2 or not all(_is_int(v) and v >= 8 for v in size):
+            raise bad("image_size", "an int >= 8 or [height, width]")
+        spec["image_size"] = [int(v) for v in size]
+    elif size is not None and not (_is_int(size) and size >= 8):
+        raise bad("image_size", "an int >= 8 or [height, width]")
+    check_choice("vision_tower.regions", spec["regions"], VISION_TOWER_REGIONS)
+    if spec["grid"] is not None and not (_is_int(spec["grid"]) and spec["grid"] >= 1):
+        raise bad("grid", "a positive int or null (every cell)")
+    if not _is_int(spec["feature_level"]) or spec["feature_level"] < -1:
+        raise bad("feature_level", "-1 (final features) or a stage index >= 0")
+    if spec["weights"] is not None and not isinstance(spec["weights"], str):
+        raise bad("weights", "a path to a local state-dict file, or null")
+    if not _is_int(spec["freeze_steps"]) or spec["freeze_steps"] < 0:
+        raise bad("freeze_steps", "an int >= 0")
+    rate = spec["learning_rate"]
+    if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0):
+        raise bad("learning_rate", "a number > 0, or null (the run's learning rate)")
+    for key in ("freeze_batchnorm", "gradient_checkpointing"):
+        if not isinstance(spec[key], bool):
+            raise bad(key, "true or false")
+    return spec
+
+
+def _accepts(annotation: object, value: object) -> bool:
+    """Whether `value` fits a field annotation of the simple kinds configs use (int, float, bool, str,
+    list, dict, and `X | None`); other annotations are left to their own validation."""
+    if annotation is typing.Any:
+        return True
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return any(_accepts(a, value) for a in args)
+    if annotation is type(None):
+        return value is None
+    origin = typing.get_origin(annotation) or annotation
+    if origin is bool:
+        return isinstance(value, bool)
+    if origin is int:
+        return _is_int(value)
+    if origin is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if origin in (str, list, dict):
+        return isinstance(value, origin)
+    return True
+
+
+def check_field_types(config: PreTrainedConfig) -> None:
+    """A one-line ValueError naming the first field whose value has the wrong type (e.g. a non-numeric
+    `embed_dim` in a hand-edited config.json), before any validator compares it with a number."""
+    hints: dict[str, tuple[object, str]] = {}
+    for klass in reversed(type(config).__mro__[: type(config).__mro__.index(PreTrainedConfig)]):
+        namespace = vars(sys.modules[klass.__module__])
+        for name, annotation in vars(klass).get("__annotations__", {}).items():
+            with contextlib.suppress(Exception):  # only our fields' simple annotations are checked
+                evaluated = eval(annotation, namespace) if isinstance(annotation, str) else annotation
+                hints[name] = (evaluated, annotation if isinstance(annotation, str) else str(annotation))
+    for name in config.__dataclass_fields__:
+        if name in PreTrainedConfig.__dataclass_fields__ or name not in hints:
+            continue
+        value = getattr(config, name)
+        annotation, expected = hints[name]
+        if not _accepts(annotation, value):
+            raise ValueError(
+                f"config field {name!r} of {type(config).__name__} must be {expected}, found {value!r} "
+                f"({type(value).__name__})"
+            )
 
 
 def reject_unknown_options(config: PreTrainedConfig, kwargs: dict) -> None:
@@ -79,6 +193,9 @@ class MatcherConfig(PreTrainedConfig):
         the top-k weights.
     constraint_skip_token_ids: token ids never used as constraint queries (e.g. function words and
         <start>/<end>, for "content words only"); None constrains every word.
+    vision_tower: a timm backbone inside the model that turns `pixel_values` into region features
+        (`VISION_TOWER_DEFAULTS` lists its keys; models/vision_tower.py); None reads precomputed region
+        features. With a tower, `feature_dim` is the tower's feature size (set when the model is built).
     """
 
     model_type = "xmatch_matcher"
@@ -114,9 +231,14 @@ class MatcherConfig(PreTrainedConfig):
     constraint_attended_set: str = "inverse_n"
     constraint_top_k: int = 3
     constraint_skip_token_ids: list[int] | None = None
+    vision_tower: dict | None = None
 
     def __post_init__(self, **kwargs):
         reject_unknown_options(self, kwargs)
+        # Checked here, not in validate_architecture, so the error stays one line (validators' errors are
+        # wrapped in a multi-line StrictDataclassClassValidationError).
+        check_field_types(self)
+        self.vision_tower = validate_vision_tower(self.vision_tower)
         super().__post_init__(**kwargs)
 
     def validate_architecture(self):
@@ -151,6 +273,10 @@ class MatcherConfig(PreTrainedConfig):
             )
         if self.text_encoder_learning_rate is not None:
             check_positive("text_encoder_learning_rate", self.text_encoder_learning_rate)
+
+    @property
+    def uses_vision_tower(self) -> bool:
+        return self.vision_tower is not None
 
     @property
     def uses_gru(self) -> bool:

