@@ -101,6 +101,27 @@ def vse_infty(model, image, region_mask, caption, word_mask):
     )
 
 
+def chan_pool(values, pooling, tau):
+    """CHAN's poolings of the per-query best similarities (lib/coding.py of its code): LSE is not rescaled."""
+    if pooling == "lse":
+        return torch.log(torch.exp(values / tau).sum())
+    if pooling == "softmax":
+        return (torch.softmax(values / tau, dim=0) * values).sum()
+    return pool(values, {"mean": "avg"}.get(pooling, pooling))
+
+
+def chan(model, image, region_mask, caption, word_mask):
+    """CHAN: each word's best region (t2i) and/or each region's best word (i2t), pooled."""
+    config = model.config
+    regions, words = image[region_mask], caption[word_mask]
+    total = 0.0
+    for direction in config.directions:
+        queries, keys = (words, regions) if direction == "t2i" else (regions, words)
+        best = torch.stack([max(query @ key for key in keys) for query in queries])
+        total = total + chan_pool(best, config.pooling, config.pooling_temperature)
+    return total
+
+
 def ensemble(model, image, region_mask, caption, word_mask):
     scores = []
     images = image.split([m.config.embed_dim for m in model.members], dim=-1)
@@ -120,6 +141,7 @@ REFERENCES = {
     "dvsa": dvsa,
     "damsm": damsm,
     "vse_infty": vse_infty,
+    "chan": chan,
     "ensemble": ensemble,
 }
 

@@ -7,6 +7,7 @@ without the package installed.
 from __future__ import annotations
 
 from .configuration_bfan import BfanConfig
+from .configuration_chan import ChanConfig
 from .configuration_damsm import DamsmConfig
 from .configuration_dvsa import DvsaConfig
 from .configuration_scan import ScanConfig
@@ -14,6 +15,7 @@ from .configuration_sgraf import SafConfig, SgrConfig
 from .configuration_vse_infty import VseInftyConfig
 from .configuration_vsepp import VseppConfig
 from .modeling_bfan import BfanModel
+from .modeling_chan import ChanModel
 from .modeling_damsm import DamsmModel
 from .modeling_dvsa import DvsaModel
 from .modeling_scan import ScanModel
@@ -30,4 +32,5 @@ SINGLE_BACKBONES = {
     "dvsa": (DvsaConfig, DvsaModel),
     "damsm": (DamsmConfig, DamsmModel),
     "vse_infty": (VseInftyConfig, VseInftyModel),
+    "chan": (ChanConfig, ChanModel),
 }
