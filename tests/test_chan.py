@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from huggingface_hub.errors import StrictDataclassClassValidationError
 from references import chan_pool
+from test_vse_infty import raw_batch
 
 from modeling_ccr.models.configuration_chan import ChanConfig
 from modeling_ccr.models.modeling_chan import ChanModel, hard_assignment, soft_assignment
@@ -19,19 +20,6 @@ TINY = dict(feature_dim=10, embed_dim=8, vocab_size=30, word_dim=6, self_attenti
 def tiny_model(**overrides):
     torch.manual_seed(0)
     return ChanModel(ChanConfig(**{**TINY, **overrides})).double().eval()
-
-
-def raw_batch(seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    features = torch.randn(3, 5, 10, generator=generator, dtype=torch.float64)
-    region_mask = torch.ones(3, 5, dtype=torch.bool)
-    region_mask[1, 3:] = False
-    region_mask[2, 1] = False
-    input_ids = torch.randint(3, 30, (3, 6), generator=generator)
-    attention_mask = torch.ones(3, 6, dtype=torch.long)
-    attention_mask[0, 4:] = 0
-    attention_mask[2, 2:] = 0
-    return features * region_mask[..., None], region_mask, input_ids * attention_mask, attention_mask
 
 
 def reference_regions(model, features):
