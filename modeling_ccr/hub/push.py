@@ -7,9 +7,15 @@
 result files the repo then holds. `push_dataset` writes a `save_to_disk` corpus as Parquet shards with a
 dataset card whose metadata lets `datasets.load_dataset(repo_id)` load it back.
 
-Safety: pickles (`*.bin`, `*.pt`, `*.pth`, `*.pkl`, `*.pickle`) are never uploaded, and a folder holding
-one is refused (the Trainer's own `training_args.bin` is the one pickle left behind silently: its contents
-are in `training_config.yaml` and `run_info.json`). Every push is a single `HfApi.create_commit` whose
+Safety: a push publishes exactly the model folder. Its entries must be its own regular files (a symbolic
+link, hard link, sub-folder or device is refused, naming it), each one of the kinds a model folder holds
+(weights, config, tokenizer, processor config, the checkpoint's code, results, run records, attention
+pictures; `KEPT_LOCAL` files stay behind), `*.py` at most `MAX_CODE_BYTES` and exactly the modules
+`auto_map` reaches, `*.png` a PNG of at most `MAX_PICTURE_BYTES`; and the folder must load (config,
+weights, tokenizer) before any request is made. `push_dataset` holds corpus folders to the same rules
+(`_check_corpus_folder`) and loads them first. Pickles (`*.bin`, `*.pt`, `*.pth`, `*.pkl`, `*.pickle`)
+are never uploaded, and a folder holding one is refused (the Trainer's own `training_args.bin` is the one
+pickle left behind silently: its contents are in `training_config.yaml` and `run_info.json`). Every push is a single `HfApi.create_commit` whose
 parent is the head read before the upload: large files are uploaded first and the branch moves only when
 the commit succeeds, so an interrupted push leaves the repo at its previous commit (and the error says so).
 
@@ -18,10 +24,12 @@ Library-side module: the checkpoint code (configuration_*, modeling_*, encoders,
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import json
 import math
 import re
+import stat
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -41,15 +49,43 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle")
 # Written by `Trainer.save_model` next to every checkpoint: a pickled TrainingArguments. Not uploaded.
 TRAINER_PICKLE = "training_args.bin"
 WEIGHT_FILES = re.compile(r"^model(-\d{5}-of-\d{5})?\.safetensors$|^model\.safetensors\.index\.json$")
+# What a model folder may hold (docs/reliability.md, "What ccr push publishes"); anything else is refused.
 TOKENIZER_FILES = frozenset(
-    {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json"}
+    {
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "added_tokens.json",
+        "vocab.json",
+        "vocab.txt",
+        "merges.txt",
+        "tokenizer.model",
+        "chat_template.jinja",
+    }
 )
 RUN_FILES = frozenset(
     {"config.json", "generation_config.json", "training_config.yaml", "run_info.json", "conversion.json"}
 )
+# Written by an image processor / processor's save_pretrained (the vision extra).
+PROCESSOR_FILES = frozenset({"preprocessor_config.json", "processor_config.json"})
 CARD_FILE = "README.md"
+# Allowed in the folder but never uploaded: the card is rendered from the results instead, the Trainer's
+# pickle is refused by the Hub policy above, and ensemble_members.json records the members' local paths.
+KEPT_LOCAL = frozenset({CARD_FILE, TRAINER_PICKLE, "ensemble_members.json"})
+# The checkpoint's modules are 2-18 kB; an attention picture is a few hundred kB. Far larger files of
+# these kinds are not what `ccr train` writes.
+MAX_CODE_BYTES = 256 * 1024
+MAX_PICTURE_BYTES = 8 * 1024 * 1024
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 DATA_DIR = "data"
 MAX_SHARD_BYTES = 500 * 1024 * 1024
+# A save_to_disk corpus folder: the DatasetDict's index and what the converters and ccr extract write
+# beside it at the top, and in each split folder the Arrow shards, their metadata, and datasets' caches.
+CORPUS_FILES = frozenset({"dataset_dict.json", "conversion_report.json", "extraction.json", CARD_FILE})
+SPLIT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+SPLIT_FILES = re.compile(
+    r"^data-\d{5}-of-\d{5}\.arrow$|^dataset_info\.json$|^state\.json$|^cache-[0-9a-f]+\.arrow$"
+)
 
 
 class PushError(UserError, RuntimeError):
@@ -88,6 +124,7 @@ def is_managed(path: str) -> bool:
         WEIGHT_FILES.match(path) is not None
         or path in TOKENIZER_FILES
         or path in RUN_FILES
+        or path in PROCESSOR_FILES
         or RESULT_FILE.match(path) is not None
         or path.endswith((".py", ".png"))
     )
@@ -102,9 +139,135 @@ class ModelFiles:
     skipped: list[str]
 
 
+def _file_kind(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    return "a special file (socket, FIFO or device)"
+
+
+def regular_file_problem(path: Path) -> str | None:
+    """Why `path` is not the folder's own regular file (a link, a folder, a device, a hard link), or None.
+
+    Reads the entry itself (`lstat`), never what a link points to."""
+    info = path.lstat()
+    if stat.S_ISLNK(info.st_mode):
+        return f"expected a regular file, found a symbolic link (to {path.resolve()})"
+    if not stat.S_ISREG(info.st_mode):
+        return f"expected a regular file, found {_file_kind(info.st_mode)}"
+    if info.st_nlink > 1:
+        # A hard link is the same file as another name elsewhere: its bytes are not the folder's own.
+        return (
+            f"expected a file of its own, found a hard link shared by {info.st_nlink} names (copy it with cp)"
+        )
+    return None
+
+
+def _check_model_entries(folder: Path, names: list[str]) -> None:
+    """Regular files only, no pickles, only the files a model folder holds, code and pictures within limits."""
+    for name in names:
+        problem = regular_file_problem(folder / name)
+        if problem:
+            raise PushError(
+                f"refusing to push {folder / name}: {problem}; ccr push publishes only the folder's own files"
+            )
+    pickles = [n for n in names if n.lower().endswith(PICKLE_SUFFIXES) and n != TRAINER_PICKLE]
+    if pickles:
+        raise PushError(
+            f"refusing to push {folder}: it holds pickle file(s) {pickles}. Loading a pickle runs arbitrary "
+            "code, so ccr push uploads safetensors only: remove them (weights belong in model.safetensors)"
+        )
+    for name in names:
+        path = folder / name
+        if not (is_managed(name) or name in KEPT_LOCAL):
+            raise PushError(
+                f"refusing to push {path}: not a file of a model folder (config, safetensors weights, "
+                "tokenizer, processor config, checkpoint code *.py, eval_results_*.json, run records, "
+                "attention pictures *.png, README.md); remove it or move it out of the folder"
+            )
+        size = path.stat().st_size
+        if name.endswith(".py") and size > MAX_CODE_BYTES:
+            raise PushError(
+                f"refusing to push {path}: {size} bytes of code, more than the {MAX_CODE_BYTES // 1024} KiB "
+                "a checkpoint module may have"
+            )
+        if name.endswith(".png"):
+            if size > MAX_PICTURE_BYTES:
+                raise PushError(
+                    f"refusing to push {path}: a {size}-byte picture, more than the "
+                    f"{MAX_PICTURE_BYTES // 2**20} MiB an attention picture may have"
+                )
+            with path.open("rb") as handle:
+                if handle.read(len(PNG_SIGNATURE)) != PNG_SIGNATURE:
+                    raise PushError(f"refusing to push {path}: expected a PNG picture, found other bytes")
+
+
+def _relative_imports(path: Path) -> set[str]:
+    """The sibling modules a checkpoint file imports (`from .x import y`, `from . import x`)."""
+    try:
+        tree = ast.parse(path.read_bytes(), filename=str(path))
+    except (SyntaxError, ValueError) as err:
+        raise PushError(f"refusing to push {path}: not Python code ({first_line(err)})") from err
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            if node.module:
+                found.add(node.module.split(".")[0])
+            else:
+                found.update(alias.name for alias in node.names)
+    return found
+
+
+def _check_code(folder: Path, config_path: Path, names: list[str]) -> None:
+    """The folder's *.py files are exactly the checkpoint's code: the modules config.json's auto_map names
+    and the sibling modules they import, transitively (what transformers copies when it saves a model,
+    and what trust_remote_code loads)."""
+    auto_map = json.loads(config_path.read_text()).get("auto_map") or {}
+    pending = [
+        reference.split("--")[-1].rsplit(".", 1)[0]
+        for references in auto_map.values()
+        for reference in (references if isinstance(references, list) else [references])
+        if isinstance(reference, str)
+    ]
+    code: set[str] = set()
+    while pending:
+        module = pending.pop()
+        if module in code:
+            continue
+        code.add(module)
+        for imported in _relative_imports(folder / f"{module}.py"):
+            if f"{imported}.py" not in names:
+                raise PushError(
+                    f"refusing to push {folder}: {module}.py imports .{imported}, which is not in the folder "
+                    "(the repo would not load with trust_remote_code)"
+                )
+            pending.append(imported)
+    for name in names:
+        if name.endswith(".py") and name[:-3] not in code:
+            raise PushError(
+                f"refusing to push {folder / name}: not part of the checkpoint's code (the modules config.json's "
+                f"auto_map names and what they import: {', '.join(sorted(code))}); remove it"
+            )
+
+
+def _check_loads(folder: Path) -> None:
+    """Load the folder as `ccr evaluate` would (config, weights, tokenizer) before anything is sent."""
+    from ..artifacts.loading import load_matcher
+    from ..errors import ModelLoadError
+
+    try:
+        load_matcher(folder)
+    except ModelLoadError as err:
+        raise PushError(f"refusing to push: the folder does not load: {err}") from err
+
+
 def select_model_files(model_dir: str | Path) -> ModelFiles:
-    """Choose what `ccr push` uploads from a model folder, refusing folders that are not pushable:
-    missing folder, config.json or auto_map, weights other than safetensors, pickles, no results."""
+    """Choose what `ccr push` uploads from a model folder, refusing folders that are not pushable: missing
+    folder, config.json or auto_map; links, folders or other non-regular entries; pickles; files a model
+    folder does not hold; code or pictures over their limits; *.py files that are not the checkpoint's
+    code; weights other than safetensors; no results; results of other weights; a folder that does not
+    load (config, weights and tokenizer, through `artifacts.loading.load_matcher`)."""
     folder = Path(model_dir)
     if not folder.is_dir():
         raise PushError(f"model folder not found: {folder}")
@@ -112,19 +275,9 @@ def select_model_files(model_dir: str | Path) -> ModelFiles:
     if not config_path.is_file():
         raise PushError(f"{folder} has no config.json: not a model folder saved with save_pretrained")
     names = sorted(p.name for p in folder.iterdir())
-    links = [n for n in names if (folder / n).is_symlink()]
-    if links:
-        raise PushError(
-            f"refusing to push {folder / links[0]}: expected a regular file, found a symbolic link "
-            f"(to {(folder / links[0]).resolve()}); ccr push publishes only the folder's own files"
-        )
-    pickles = [n for n in names if n.lower().endswith(PICKLE_SUFFIXES) and n != TRAINER_PICKLE]
-    if pickles:
-        raise PushError(
-            f"refusing to push {folder}: it holds pickle file(s) {pickles}. Loading a pickle runs arbitrary "
-            "code, so ccr push uploads safetensors only: remove them (weights belong in model.safetensors)"
-        )
+    _check_model_entries(folder, names)
     _check_auto_map(config_path, set(names))
+    _check_code(folder, config_path, names)
     if not any(WEIGHT_FILES.match(n) and n.endswith(".safetensors") for n in names):
         raise PushError(f"{folder} has no model.safetensors: ccr push uploads safetensors weights only")
     if not any(RESULT_FILE.match(n) for n in names):
@@ -132,7 +285,8 @@ def select_model_files(model_dir: str | Path) -> ModelFiles:
             f"{folder} has no evaluation results (eval_results_*.json): run `ccr evaluate {folder}` first"
         )
     _check_weights_integrity(folder, names)
-    upload = {n: folder / n for n in names if (folder / n).is_file() and is_managed(n)}
+    _check_loads(folder)
+    upload = {n: folder / n for n in names if is_managed(n)}
     skipped = [n for n in names if n not in upload]
     return ModelFiles(folder, upload, skipped)
 
@@ -437,15 +591,91 @@ def push_results(
 
 
 # ---------------------------------------------------------------------------- datasets
+def _check_corpus_folder(folder: Path) -> None:
+    """A save_to_disk DatasetDict folder holding only its own regular files: `dataset_dict.json` naming
+    plain split folders, each with the Arrow shards its `state.json` lists (plain names, present), its
+    `dataset_info.json` and datasets' cache files. Nothing else, no links, so that what is read and
+    published is the folder's own data."""
+    if not folder.is_dir():
+        raise PushError(f"dataset folder not found: {folder}")
+    index = folder / "dataset_dict.json"
+    if not index.is_file() and (folder / "state.json").is_file():
+        raise PushError(
+            f"{folder} holds a single Dataset; expected a DatasetDict with named splits "
+            "(e.g. DatasetDict({'train': ..., 'test': ...}).save_to_disk(path))"
+        )
+    problem = (index.is_symlink() or index.exists()) and regular_file_problem(index)
+    if problem:
+        raise PushError(
+            f"refusing to push {index}: {problem}; ccr push-dataset reads only the folder's own files"
+        )
+    splits = _json_field(index, "splits", list)
+    for name in splits:
+        if not isinstance(name, str) or not SPLIT_NAME.match(name):
+            raise PushError(
+                f"{index}: split names are plain folder names (letters, digits, '_', '.', '-'), found {name!r}"
+            )
+    for entry in sorted(folder.iterdir()):
+        if entry.name in splits and entry.is_dir() and not entry.is_symlink():
+            _check_split_folder(entry)
+            continue
+        problem = regular_file_problem(entry)
+        if problem:
+            raise PushError(
+                f"refusing to push {entry}: {problem}; ccr push-dataset reads only the folder's own files"
+            )
+        if entry.name not in CORPUS_FILES:
+            raise PushError(
+                f"refusing to push {entry}: not a file of a corpus folder ({', '.join(sorted(CORPUS_FILES))} "
+                "and one folder per split); remove it or move it out of the folder"
+            )
+    for name in splits:
+        if not (folder / name).is_dir():
+            raise PushError(f"{index} names split {name!r}, but {folder / name} is not a folder")
+
+
+def _check_split_folder(split_dir: Path) -> None:
+    for entry in sorted(split_dir.iterdir()):
+        problem = regular_file_problem(entry)
+        if problem:
+            raise PushError(
+                f"refusing to push {entry}: {problem}; ccr push-dataset reads only the folder's own files"
+            )
+        if not SPLIT_FILES.match(entry.name):
+            raise PushError(
+                f"refusing to push {entry}: not a file of a saved split (data-NNNNN-of-NNNNN.arrow, "
+                "dataset_info.json, state.json, cache-*.arrow); remove it or move it out of the folder"
+            )
+    state = split_dir / "state.json"
+    for data_file in _json_field(state, "_data_files", list):
+        name = data_file.get("filename") if isinstance(data_file, dict) else None
+        if not isinstance(name, str) or not SPLIT_FILES.match(name) or not (split_dir / name).is_file():
+            raise PushError(
+                f"{state}: _data_files names {name!r}; expected a data-NNNNN-of-NNNNN.arrow file of {split_dir}"
+            )
+
+
+def _json_field(path: Path, key: str, kind: type):
+    """`key` of the JSON object in `path`, checked to be a `kind`; a PushError naming the file otherwise."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8")).get(key)
+    except FileNotFoundError:
+        raise PushError(f"{path} is missing: not a DatasetDict folder saved with save_to_disk") from None
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as err:
+        raise PushError(f"{path}: not a JSON object ({first_line(err)})") from None
+    if not isinstance(value, kind):
+        raise PushError(f"{path}: expected {key!r} as a {kind.__name__}, found {value!r}")
+    return value
+
+
 def _load_corpus_folder(dataset_dir: Path):
     import datasets
 
-    if not dataset_dir.is_dir():
-        raise PushError(f"dataset folder not found: {dataset_dir}")
+    _check_corpus_folder(dataset_dir)
     try:
         corpus = datasets.load_from_disk(str(dataset_dir))
     except Exception as err:
-        raise PushError(f"{dataset_dir} is not a dataset saved with save_to_disk: {err}") from err
+        raise PushError(f"{dataset_dir} is not a dataset saved with save_to_disk: {first_line(err)}") from err
     if not isinstance(corpus, datasets.DatasetDict):
         raise PushError(
             f"{dataset_dir} holds a single Dataset; expected a DatasetDict with named splits "
