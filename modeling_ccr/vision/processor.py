@@ -1,8 +1,10 @@
 """Read images and turn them into normalised pixel tensors for a timm backbone.
 
-The whole image is resized (aspect ratio not kept) to the backbone's input size, never cropped: a
-feature-map cell then covers the same fraction of the original image along each axis, which is what
-lets region boxes be given in the original image's pixels.
+Images are read as viewers show them (`models/image_processing_matcher.decode_image`: EXIF orientation
+first, 16-bit pixels scaled, a pixel limit against decompression bombs). The whole image is resized
+(aspect ratio not kept) to the backbone's input size, never cropped: a feature-map cell then covers the
+same fraction of the original image along each axis, which is what lets region boxes be given in the
+original image's pixels.
 """
 
 from __future__ import annotations
@@ -11,11 +13,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from ..errors import UserError
+from ..models.image_processing_matcher import ImageDecodeError, MatcherImageProcessor, decode_image
 
 
 class ImageReadError(UserError, OSError):
@@ -23,18 +25,11 @@ class ImageReadError(UserError, OSError):
 
 
 def read_image(path: str | Path) -> Image.Image:
-    """Decode an image file fully (a truncated file fails here, not later) as RGB."""
-    path = Path(path)
+    """Decode an image file fully (a truncated file fails here, not later) as the RGB image a viewer shows."""
     try:
-        with Image.open(path) as image:
-            image.load()  # decodes every byte: PIL raises on a truncated file only when it reads the data
-            return image.convert("RGB")
-    except FileNotFoundError as err:
-        raise ImageReadError(f"{path}: image file not found") from err
-    except UnidentifiedImageError as err:
-        raise ImageReadError(f"{path}: not an image file PIL can read") from err
-    except (OSError, SyntaxError, ValueError) as err:
-        raise ImageReadError(f"{path}: cannot decode the image ({err})") from err
+        return decode_image(Path(path))
+    except ImageDecodeError as err:
+        raise ImageReadError(str(err)) from err
 
 
 @dataclass
@@ -66,15 +61,20 @@ class RegionImageProcessor:
             interpolation=pretrained_cfg.get("interpolation", cls.interpolation),
         )
 
+    def matcher_processor(self) -> MatcherImageProcessor:
+        """The same resize and normalisation as the image processor a vision-tower checkpoint carries."""
+        height, width = self.image_size
+        return MatcherImageProcessor(
+            size={"height": height, "width": width},
+            image_mean=self.mean,
+            image_std=self.std,
+            resample=self.interpolation,
+        )
+
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         """`(3, height, width)` float32 normalised pixels of one RGB image."""
-        resample = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
-        height, width = self.image_size
-        resized = image.convert("RGB").resize((width, height), resample[self.interpolation])
-        pixels = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)
-        mean = torch.tensor(self.mean).view(3, 1, 1)
-        std = torch.tensor(self.std).view(3, 1, 1)
-        return (pixels - mean) / std
+        processor = self.matcher_processor()
+        return processor.normalize_pixels(processor.resize(image.convert("RGB")))
 
     def __call__(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """`(batch, 3, height, width)` pixels of RGB images of any sizes."""
