@@ -70,6 +70,18 @@ def test_a_request_without_an_image_is_a_one_line_error_in_the_page(served):
         client.predict(None, None, "a caption", "", api_name="/rank_captions")
 
 
+def test_a_non_image_upload_is_a_one_line_message_saying_what_was_expected(served, tmp_path):
+    _, client = served
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a photo\n")
+    with pytest.raises(
+        Exception, match=r"the upload is not a picture: expected a photo .*found 'notes.txt': text"
+    ):
+        client.predict(
+            gradio_client.handle_file(str(notes)), None, "a caption", "", api_name="/rank_captions"
+        )
+
+
 def test_a_model_of_the_built_in_corpus_searches_its_test_split_drawn_as_region_boxes(tmp_path):
     from modeling_ccr.apps.gradio_app import build_app, parse_args
     from modeling_ccr.training.experiment import parse_experiment_config, run_experiment

@@ -33,7 +33,7 @@ import yaml
 from transformers import PreTrainedTokenizerBase
 
 from ..artifacts.loading import load_matcher
-from ..errors import UserError
+from ..errors import UserError, first_line
 from ..evaluation.gallery import encode_captions, encode_images
 from ..evaluation.pictures import check_boxes, draw_attention, find_word, word_attention_over_regions
 from ..models.modeling_matcher import MatcherPreTrainedModel
@@ -354,6 +354,61 @@ class MatchingApp:
         return as_array(layout_picture(boxes, self.gallery.image_size(image_id), out, image_id))
 
 
+PHOTO_KINDS = "a photo (JPEG, PNG, WebP, BMP, GIF or TIFF)"
+
+
+def describe_upload(name: str | None, path: str | Path) -> str:
+    """What an uploaded file is, for a message: its name, size and what its first bytes look like."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as handle:
+            head = handle.read(512)
+    except OSError:
+        return f"{name or path.name!r} (unreadable)"
+    if not head:
+        kind = "an empty file"
+    elif head.startswith(b"%PDF"):
+        kind = "a PDF document"
+    elif head.startswith((b"PK\x03\x04", b"\x1f\x8b")):
+        kind = "an archive (zip or gzip)"
+    elif b"\x00" not in head and head.decode("utf-8", errors="replace").count("\ufffd") == 0:
+        kind = "text"
+    else:
+        kind = "binary data of no image format Pillow reads"
+    return f"{name or path.name!r}: {kind}, {size} bytes"
+
+
+def photo_upload_problem(name: str | None, path: str | Path, error: BaseException) -> str:
+    """The one-line message for an upload the photo input cannot open (what was expected, what was found)."""
+    return (
+        f"the upload is not a picture: expected {PHOTO_KINDS}, found {describe_upload(name, path)} "
+        f"({first_line(error)})"
+    )
+
+
+def checked_photo_input(component):
+    """Make a `gr.Image` input turn an upload it cannot open into a one-line message in the page.
+
+    gradio opens the upload with Pillow before any handler runs, so a text or PDF file would otherwise
+    end in its generic "Error"; the wrapped `preprocess` names what was expected and what was found."""
+    import gradio as gr
+
+    preprocess = component.preprocess
+
+    def checked(payload):
+        try:
+            return preprocess(payload)
+        except gr.Error:
+            raise
+        except Exception as err:  # Pillow: UnidentifiedImageError, DecompressionBombError, OSError, ...
+            name = getattr(payload, "orig_name", None)
+            raise gr.Error(photo_upload_problem(name, getattr(payload, "path", "") or "", err)) from None
+
+    component.preprocess = checked
+    return component
+
+
 def _shown(function):
     """Run an event handler; a user error becomes a one-line message in the page (gr.Error)."""
 
@@ -384,11 +439,13 @@ def build_demo(app: MatchingApp):
         with gr.Tab("Rank captions for an image"):
             with gr.Row():
                 with gr.Column():
-                    photo = gr.Image(
-                        type="filepath",
-                        label="Upload a photo",
-                        elem_id="photo",
-                        interactive=app.photos is not None,
+                    photo = checked_photo_input(
+                        gr.Image(
+                            type="filepath",
+                            label="Upload a photo",
+                            elem_id="photo",
+                            interactive=app.photos is not None,
+                        )
                     )
                     picked = gr.Dropdown(
                         image_ids, value=None, label="...or pick an image of the corpus", elem_id="pick"
