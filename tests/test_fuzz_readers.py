@@ -298,3 +298,137 @@ def test_the_image_reader_of_ccr_extract_raises_only_named_user_errors(workdir, 
     path = workdir / "photo.png"
     path.write_bytes(data)
     only_user_errors(lambda: read_image(path), path)
+
+
+# ------------------------------------------------------------------------------ text hygiene, every text reader
+# Each reader gets its clean file with a byte-order mark or not, its line endings rewritten (LF, CR LF, lone
+# CR, or a mix line by line) and at most one fault: a non-UTF-8 byte, or its last line cut inside (the
+# newline and possibly more gone). Without a fault it must read exactly the clean file's records; with one,
+# it may only read the clean records or refuse with a one-line UserError naming the file, and the readers
+# whose format ends every line with a newline must refuse a cut last line (data/text_files.py).
+BOM = b"\xef\xbb\xbf"
+ENDINGS = {"lf": b"\n", "crlf": b"\r\n", "cr": b"\r"}
+NOT_UTF8 = [b"\xff", b"\xfe", b"\xc3", b"\x80", b"\xed\xa0\x80"]
+
+
+@st.composite
+def hygiene(draw, clean: bytes) -> tuple[bytes, str]:
+    """(data, fault): `clean` (every line ended by "\\n") re-encoded as above; fault is "", "bytes" or "cut"."""
+    lines = clean.split(b"\n")
+    assert lines[-1] == b"", "clean files end with a newline"
+    lines = lines[:-1]
+    style = draw(st.sampled_from([*ENDINGS, "mixed"]))
+    ends = [
+        ENDINGS[style] if style != "mixed" else draw(st.sampled_from(list(ENDINGS.values()))) for _ in lines
+    ]
+    fault = draw(st.sampled_from(["", "", "bytes", "cut"]))
+    if fault == "cut":
+        last = lines[-1]
+        lines[-1], ends[-1] = last[: draw(st.integers(1, len(last)))], b""
+    data = b"".join(line + end for line, end in zip(lines, ends, strict=True))
+    if fault == "bytes":
+        at = draw(st.integers(0, len(data)))
+        data = data[:at] + draw(st.sampled_from(NOT_UTF8)) + data[at:]
+    return (BOM if draw(st.booleans()) else b"") + data, fault
+
+
+def _entities_as_converted(path: Path):
+    """The Entities sentences of image 123 checked against the corpus captions, as the converters do."""
+    from modeling_ccr.data.formats.convert import ConversionReport, ground_with_entities
+
+    try:
+        return ground_with_entities(path.parent.parent, "123", [CAPTION, CAPTION], None)
+    except ValueError as error:
+        ConversionReport("corpus").skip("test", "123", str(error), skip_bad=False)
+
+
+def _precomp(folder: Path):
+    split = open_precomp_split(folder, "train", captions_per_image=5)
+    return split.captions, split.image_ids
+
+
+def _tsv(path: Path):
+    return [
+        (r.image_id, r.problem, None if r.features is None else r.features.tobytes())
+        for r in read_tsv_rows([path])
+    ]
+
+
+def _captions(path: Path):
+    from modeling_ccr.vision.corpus import read_captions
+
+    return read_captions(path)
+
+
+CAPTIONS_CSV = (
+    b'image,caption,split\na.jpg,"a red dog, running",train\nb.jpg,a blue boat,test\na.jpg,a dog,train\n'
+)
+CAPTIONS_JSONL = b'{"image": "a.jpg", "caption": "a red dog"}\n{"image": "b.jpg", "captions": ["x", "y"], "split": "val"}\n'
+KARPATHY_LINES = (json.dumps(json.loads(VALID_KARPATHY), indent=1) + "\n").encode()
+# (file to rewrite, clean bytes, read(path) -> records, a cut last line must be refused)
+TEXT_READERS = {
+    "precomp-captions": ("precomp/train_caps.txt", None, lambda p: _precomp(p.parent), True),
+    "precomp-ids": ("precomp/train_ids.txt", None, lambda p: _precomp(p.parent), True),
+    "butd-tsv": ("features.tsv", VALID_TSV, _tsv, True),
+    "karpathy": ("dataset_flickr30k.json", KARPATHY_LINES, read_karpathy, False),
+    "entities-sentences": ("entities/Sentences/123.txt", SENTENCES, _entities_as_converted, False),
+    "entities-annotation": ("entities/Annotations/123.xml", ANNOTATION, parse_annotation, False),
+    "extract-csv": ("captions.csv", CAPTIONS_CSV, _captions, True),
+    "extract-jsonl": ("captions.jsonl", CAPTIONS_JSONL, _captions, False),
+    "extract-karpathy": ("captions.json", KARPATHY_LINES, _captions, False),
+    "scan-vocabulary": ("f30k_precomp_vocab.json", VALID_VOCAB + b"\n", read_scan_vocabulary, False),
+    "run-config": ("run_config.yaml", VALID_YAML, load_experiment_config, False),
+}
+
+
+@pytest.fixture(scope="module")
+def text_files(workdir) -> Path:
+    root = workdir / "text"
+    _precomp_folder(root / "precomp")
+    (root / "entities" / "Sentences").mkdir(parents=True)
+    (root / "entities" / "Annotations").mkdir(parents=True)
+    (root / "entities" / "Annotations" / "123.xml").write_bytes(ANNOTATION)
+    return root
+
+
+@pytest.mark.parametrize(
+    "reader",
+    [
+        pytest.param(
+            name,
+            marks=pytest.mark.xfail(
+                strict=True, reason="read_scan_vocabulary (text/tokenization.py) refuses a byte-order mark"
+            ),
+        )
+        if name == "scan-vocabulary"
+        else name
+        for name in sorted(TEXT_READERS)
+    ],
+)
+@given(edit=st.data())
+def test_every_text_reader_reads_boms_and_line_endings_as_the_clean_file_or_refuses_in_one_line(
+    text_files, reader, edit
+):
+    name, clean, read, cut_refused = TEXT_READERS[reader]
+    path = text_files / name
+    if clean is None:  # the precomp files as _precomp_folder wrote them
+        clean = {
+            "train_caps.txt": "".join(f"a dog number {i}\n" for i in range(10)),
+            "train_ids.txt": "11\n12\n",
+        }[path.name].encode()
+    path.write_bytes(clean)
+    expected = read(path)
+    data, fault = edit.draw(hygiene(clean))
+    path.write_bytes(data)
+    try:
+        records = read(path)
+    except UserError as err:
+        message = str(err)
+        assert fault, f"a clean file with a BOM or other line endings was refused: {message}"
+        assert path.name in message and "\n" not in message.strip(), message
+        return
+    finally:
+        path.write_bytes(clean)
+    assert fault != "bytes", "a non-UTF-8 byte was read without a word"
+    assert not (fault == "cut" and cut_refused), "a last line cut off was read without a word"
+    assert records == expected, f"{fault or 'clean'} input read as other records"
