@@ -1,5 +1,5 @@
-"""Checkpoints in the layouts of the original SCAN, BFAN and SGRAF code convert into model folders whose
-scores equal the original formulas computed here, independently, from the original tensors."""
+"""Checkpoints in the layouts of the original SCAN, BFAN, SGRAF, VSE-infinity and CHAN code convert into model
+folders whose scores equal the original formulas computed here, independently, from the original tensors."""
 
 from __future__ import annotations
 
@@ -113,6 +113,94 @@ def similarity_state(gen, module_name, steps=3):
     return state
 
 
+GPO_DIM = 32  # VSE-infinity's GPO(32, 32)
+N_WORDS = len(SPECIALS) + len(WORDS)
+
+
+def gru_state(gen, prefix, in_dim, hidden):
+    gru = torch.nn.GRU(in_dim, hidden, 1, batch_first=True, bidirectional=True)
+    for weight in gru.parameters():
+        weight.data = torch.randn(weight.shape, generator=gen) * 0.3
+    return {f"{prefix}{k}": v.clone() for k, v in gru.state_dict().items()}
+
+
+def gpo_state(gen):
+    return gru_state(gen, "gpool.gru.", GPO_DIM, GPO_DIM) | {
+        "gpool.linear.weight": torch.randn(1, GPO_DIM, generator=gen) * 0.5
+    }
+
+
+def with_mask_row(state, gen):
+    """VSE-infinity's and CHAN's train.py append '<mask>' to the vocabulary: one embedding row more."""
+    state["embed.weight"] = torch.cat([state["embed.weight"], torch.randn(1, WORD_DIM, generator=gen)])
+    return state
+
+
+def vse_infty_states(gen, options):
+    image = linear(EMBED_DIM, FEATURE_DIM, gen, "fc.")
+    image |= linear(EMBED_DIM // 2, FEATURE_DIM, gen, "mlp.layers.0.")
+    image |= linear(EMBED_DIM, EMBED_DIM // 2, gen, "mlp.layers.1.")
+    image |= batch_norm(EMBED_DIM // 2, gen, "mlp.bns.0.")
+    image |= batch_norm(EMBED_DIM, gen, "mlp.bns.1.")  # created by its MLP, never applied
+    image |= gpo_state(gen)
+    text = with_mask_row(text_state(gen, "rnn", True), gen) | gpo_state(gen)
+    return [image, text]
+
+
+def chan_states(gen, options):
+    image = linear(EMBED_DIM, FEATURE_DIM, gen, "fc.")
+    if options["precomp_enc_type"] == "selfattention":
+        image |= {
+            "feedforward.ln.weight": 1 + 0.2 * torch.randn(EMBED_DIM, generator=gen),
+            "feedforward.ln.bias": 0.1 * torch.randn(EMBED_DIM, generator=gen),
+        }
+        image |= linear(3 * EMBED_DIM, EMBED_DIM, gen, "feedforward.attn.in_proj_")
+        image |= linear(EMBED_DIM, EMBED_DIM, gen, "feedforward.attn.out_proj.")
+    # Its BiGRU encoder builds an fc layer it never applies.
+    text = with_mask_row(text_state(gen, "rnn", True), gen) | linear(EMBED_DIM, EMBED_DIM, gen, "fc.")
+    return [image, text, {}, {}]
+
+
+# Options the VSE-infinity (bigru branch) and CHAN train.py record beside the model's own.
+VSE_INFTY_OPTIONS = {
+    "num_layers": 1,
+    "precomp_enc_type": "basic",
+    "vse_mean_warmup_epochs": 1,
+    "optim": "adam",
+    "backbone_source": "detector",
+    "backbone_path": "",
+    "backbone_warmup_epochs": 5,
+    "embedding_warmup_epochs": 2,
+    "backbone_lr_factor": 0.01,
+    "input_scale_factor": 1,
+    "drop": True,
+    "reset_start_epoch": False,
+    "vocab_size": N_WORDS + 1,
+    "learning_rate": 0.0005,
+    "num_epochs": 25,
+}
+CHAN_OPTIONS = {
+    "num_layers": 1,
+    "text_enc_type": "bigru",
+    "wemb_type": "glove",
+    "vse_mean_warmup_epochs": 1,
+    "embedding_warmup_epochs": 2,
+    "drop": True,
+    "obj_drop_rate": 0.2,
+    "criterion": "ContrastiveLoss",
+    "margin": 0.05,
+    "temperature": 0.01,
+    "alpha": 0.1,
+    "belta": 0.1,
+    "seed": 2022,
+    "optim": "adam",
+    "word2idx": {w: i for i, w in enumerate(SPECIALS + WORDS)},
+    "vocab_size": N_WORDS + 1,
+    "batch_size": 384,
+    "learning_rate": 0.0005,
+    "num_epochs": 25,
+}
+
 CASES = {
     "scan_t2i_avg_bigru": ("scan", {"cross_attn": "t2i", "agg_func": "Mean", "raw_feature_norm": "clipped_l2norm",
                                     "lambda_softmax": 9.0, "lambda_lse": 6.0, "bi_gru": True, "num_layers": 1,
@@ -131,6 +219,11 @@ CASES = {
     "bfan_prob": ("bfan", {"lambda_softmax": 20.0, "focal_type": "prob", "num_layers": 1, "precomp_enc_type": "basic"}),
     "sgr_bigru": ("sgraf", {"module_name": "SGR", "sgr_step": 3, "sim_dim": SIM_DIM, "bi_gru": True, "num_layers": 1}),
     "saf_gru": ("sgraf", {"module_name": "SAF", "sgr_step": 3, "sim_dim": SIM_DIM, "bi_gru": False, "num_layers": 1}),
+    "vse_infty_bigru": ("vse_infty", VSE_INFTY_OPTIONS),
+    "chan_vha_lse_selfattention": ("chan", {**CHAN_OPTIONS, "coding_type": "VHACoding", "pooling_type": "LSEPooling",
+                                            "precomp_enc_type": "selfattention"}),
+    "chan_tha_mean_basic": ("chan", {**CHAN_OPTIONS, "coding_type": "THACoding", "pooling_type": "MeanPooling",
+                                     "precomp_enc_type": "basic"}),
 }  # fmt: skip
 
 
@@ -140,7 +233,11 @@ def original_checkpoint(arch, model_options, seed=0):
     options = {**COMMON_OPTIONS, **model_options}
     bidirectional = options.get("bi_gru", True)  # BFAN's text encoder is always a bi-GRU
     image = image_state(gen, options.get("precomp_enc_type") == "weight_norm")
-    if arch == "sgraf":
+    if arch == "vse_infty":
+        states = vse_infty_states(gen, options)
+    elif arch == "chan":
+        states = chan_states(gen, options)
+    elif arch == "sgraf":
         states = [
             image,
             text_state(gen, "cap_rnn", bidirectional, options["num_layers"]),
@@ -278,8 +375,83 @@ def sgraf_score(image, caption, o, state):
     return torch.sigmoid(lin(vector, state, "sim_eval_w."))[0]
 
 
+def positions(n, dim):
+    return torch.tensor(
+        [[math.sin(p / 10000 ** (i / dim)) if i % 2 == 0 else math.cos(p / 10000 ** ((i - 1) / dim))
+          for i in range(dim)] for p in range(n)]
+    )  # fmt: skip
+
+
+def bi_gru_mean(state, prefix, inputs, hidden):
+    gru = torch.nn.GRU(inputs.shape[-1], hidden, 1, batch_first=True, bidirectional=True)
+    gru.load_state_dict({k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)})
+    out = gru(inputs[None])[0][0]
+    return (out[:, :hidden] + out[:, hidden:]) / 2
+
+
+def original_gpo(state, features):
+    """VSE-infinity's GPO on one set (n, D): weights from a bi-GRU over positional encodings, softmax / 0.1."""
+    states = bi_gru_mean(state, "gpool.gru.", positions(len(features), GPO_DIM), GPO_DIM)
+    weights = torch.softmax(states @ state["gpool.linear.weight"][0] / 0.1, dim=0)
+    return (features.sort(dim=0, descending=True).values * weights[:, None]).sum(0)
+
+
+def vse_infty_scores(states, features, ids):
+    image_state, text_state_ = states
+    images = []
+    for x in features:
+        hidden = torch.relu(bn_eval(lin(x, image_state, "mlp.layers.0."), image_state, "mlp.bns.0.", 1))
+        regions = lin(x, image_state, "fc.") + lin(hidden, image_state, "mlp.layers.1.")
+        images.append(l2norm(original_gpo(image_state, regions)))
+    captions = []
+    for caption in ids:
+        words = bi_gru_mean(
+            text_state_, "rnn.", text_state_["embed.weight"][torch.tensor(caption)], EMBED_DIM
+        )
+        captions.append(l2norm(original_gpo(text_state_, words)))
+    return torch.stack(images) @ torch.stack(captions).T
+
+
+def chan_scores(states, options, features, ids):
+    image_state, text_state_ = states[:2]
+    images = []
+    for x in features:
+        regions = lin(x, image_state, "fc.")
+        if options["precomp_enc_type"] == "selfattention":
+            attention = torch.nn.MultiheadAttention(EMBED_DIM, 8, batch_first=True)
+            attention.load_state_dict(
+                {k.removeprefix("feedforward.attn."): v for k, v in image_state.items() if "attn" in k}
+            )
+            normed = F.layer_norm(
+                regions,
+                (EMBED_DIM,),
+                image_state["feedforward.ln.weight"],
+                image_state["feedforward.ln.bias"],
+            )
+            regions = regions + attention(normed[None], normed[None], normed[None])[0][0]
+        images.append(l2norm(regions))
+    captions = [
+        l2norm(bi_gru_mean(text_state_, "rnn.", text_state_["embed.weight"][torch.tensor(c)], EMBED_DIM))
+        for c in ids
+    ]
+    scores = torch.empty(len(images), len(captions))
+    for i, image in enumerate(images):
+        for c, caption in enumerate(captions):
+            sims = image @ caption.T  # (regions, words)
+            best = sims.max(dim=0).values if options["coding_type"] == "VHACoding" else sims.max(dim=1).values
+            if options["pooling_type"] == "LSEPooling":
+                scores[i, c] = torch.logsumexp(best / options["belta"], dim=0)
+            else:
+                scores[i, c] = best.mean()
+    return scores
+
+
 def original_scores(arch, checkpoint, options, features, ids):
     states = checkpoint["model"]
+    if arch == "vse_infty":
+        return vse_infty_scores(states, features, ids)
+    if arch == "chan":
+        return chan_scores(states, options, features, ids)
     images = original_images(states[0], features, not options["no_imgnorm"])
     captions = original_captions(states[1], "cap_rnn" if arch == "sgraf" else "rnn", ids, options)
     scores = torch.empty(len(images), len(captions))
@@ -383,6 +555,15 @@ def test_legacy_non_zip_checkpoints_convert(tmp_path):
         ("scan_t2i_avg_bigru", "cross_attn", "both"),
         ("bfan_equal", "focal_type", "soft"),
         ("sgr_bigru", "module_name", "AVE"),
+        ("vse_infty_bigru", "precomp_enc_type", "backbone"),
+        ("vse_infty_bigru", "no_imgnorm", True),
+        ("chan_vha_lse_selfattention", "coding_type", "VSACoding"),
+        ("chan_vha_lse_selfattention", "pooling_type", "GPOPooling"),
+        ("chan_vha_lse_selfattention", "precomp_enc_type", "transformer"),
+        ("chan_vha_lse_selfattention", "criterion", "InfoNCELoss"),
+        ("scan_t2i_avg_bigru", "margin", "0.2"),
+        ("chan_tha_mean_basic", "belta", None),
+        ("bfan_equal", "max_violation", "yes"),
     ],
 )
 def test_an_option_value_we_do_not_implement_is_refused_naming_it(tmp_path, case, option, value):
@@ -474,3 +655,43 @@ def test_the_model_card_says_the_weights_were_converted_and_from_what(tmp_path):
     assert "not trained by modeling-ccr" in card
     assert f"`model_best.pth.tar` (sha256 `{sha}`; epoch 17" in card
     assert "Paranioar/SGRAF" in card
+
+
+def test_tensors_the_original_code_never_reads_are_dropped_with_a_note(tmp_path):
+    for case, dropped in (
+        ("vse_infty_bigru", "model[0].mlp.bns.1.running_mean"),
+        ("chan_vha_lse_selfattention", "model[1].fc.weight"),
+    ):
+        checkpoint, _ = original_checkpoint(*CASES[case])
+        torch.save(checkpoint, tmp_path / f"{case}.pth")
+        vocab_path, _ = vocab_file(tmp_path)
+        notes = convert_checkpoint(tmp_path / f"{case}.pth", vocab_path).provenance["notes"]
+        assert any(dropped in note for note in notes), notes
+        assert any("'<mask>'" in note for note in notes), notes
+
+
+def test_a_nan_weight_is_refused_naming_the_tensor(tmp_path):
+    checkpoint, _ = original_checkpoint(*CASES["chan_vha_lse_selfattention"])
+    checkpoint["model"][0]["feedforward.attn.in_proj_weight"][0, 0] = float("nan")
+    torch.save(checkpoint, tmp_path / "model_best.pth")
+    vocab_path, _ = vocab_file(tmp_path)
+    with pytest.raises(
+        ConversionError, match=re.escape("model[0].feedforward.attn.in_proj_weight has 1 NaN")
+    ):
+        convert_checkpoint(tmp_path / "model_best.pth", vocab_path)
+
+
+class Unlisted:
+    """An arbitrary class: a legacy pickle of it names `test_original_checkpoints.Unlisted` as a global."""
+
+
+def test_a_legacy_checkpoint_with_a_forbidden_global_names_it_and_never_advises_weights_only_false(tmp_path):
+    checkpoint, _ = original_checkpoint(*CASES["vse_infty_bigru"])
+    checkpoint["opt"].extra = Unlisted()
+    torch.save(checkpoint, tmp_path / "old.pth", _use_new_zipfile_serialization=False)
+    vocab_path, _ = vocab_file(tmp_path)
+    with pytest.raises(ConversionError) as caught:
+        convert_checkpoint(tmp_path / "old.pth", vocab_path)
+    message = str(caught.value)
+    assert "Unlisted" in message and "refusing to load" in message
+    assert "weights_only" not in message and "\n" not in message

@@ -1,8 +1,9 @@
-"""Checkpoints trained with the original SCAN, BFAN and SGRAF code, converted into model folders.
+"""Checkpoints trained with the original SCAN, BFAN, SGRAF, VSE-infinity and CHAN code, converted into model folders.
 
-The original training scripts (kuanghuei/SCAN, CrossmodalGroup/BFAN, Paranioar/SGRAF) save a pickled
-dict: `model` (a list of state dicts: image encoder, text encoder and, for SGRAF, the similarity
-encoder), `opt` (the `argparse.Namespace` of training options), `epoch`, `best_rsum`, `Eiters`.
+The original training scripts (kuanghuei/SCAN, CrossmodalGroup/BFAN, Paranioar/SGRAF, woodfrog/vse_infty,
+ppanzx/CHAN) save a pickled dict: `model` (a list of state dicts: image encoder, text encoder and, for
+SGRAF, the similarity encoder; CHAN adds its parameter-free similarity encoder and criterion), `opt` (the
+`argparse.Namespace` of training options), `epoch`, `best_rsum`, `Eiters`.
 
 1. Reading: `torch.load(weights_only=True)` with `argparse.Namespace` allowed for this one call. Any other
    global in the pickle is refused, naming it, before anything is unpickled (a pickle's globals are how it
@@ -10,7 +11,9 @@ encoder), `opt` (the `argparse.Namespace` of training options), `epoch`, `best_r
 2. Options -> config: every option that shapes the model is mapped onto our config or refused with the
    option and its value; sizes are read from the tensors and checked against the options.
 3. Weights -> modules: each original key has one place in our modules; every source tensor is used once
-   and every target filled, or the error lists what is left over on either side.
+   and every target filled, or the error lists what is left over on either side. The few tensors the
+   original code creates but never reads in its forward pass are dropped by name, with a note. A NaN or
+   infinite weight is refused, naming the tensor.
 4. Output: an ordinary model folder (safetensors, config.json with auto_map and the modeling code, the
    tokenizer of SCAN's vocabulary file with SCAN's word rule) plus `conversion.json` (provenance).
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import pickle
 import re
 import zipfile
@@ -32,22 +36,54 @@ from transformers import PreTrainedTokenizerFast
 
 from ..errors import UserError, first_line
 from ..models.configuration_bfan import BfanConfig
+from ..models.configuration_chan import ChanConfig
 from ..models.configuration_scan import ScanConfig
 from ..models.configuration_sgraf import SafConfig, SgrConfig
+from ..models.configuration_vse_infty import VseInftyConfig
 from ..models.modeling_bfan import BfanModel
+from ..models.modeling_chan import ChanModel
 from ..models.modeling_matcher import MatcherPreTrainedModel
 from ..models.modeling_scan import ScanModel
 from ..models.modeling_sgraf import SafModel, SgrModel
+from ..models.modeling_vse_infty import VseInftyModel
 from ..text.tokenization import scan_word_tokenizer
 from .integrity import sha256_file
 
-ARCHITECTURES = ("scan", "bfan", "sgraf")
+ARCHITECTURES = ("scan", "bfan", "sgraf", "vse_infty", "chan")
 CONVERSION_FILE = "conversion.json"
 # The one global a checkpoint may reference besides tensors and plain containers: the options object.
 ALLOWED_GLOBALS = {"argparse.Namespace": argparse.Namespace}
 
 # Where the code that saves each layout is published.
-ORIGINAL_CODE = {"scan": "kuanghuei/SCAN", "bfan": "CrossmodalGroup/BFAN", "sgraf": "Paranioar/SGRAF"}
+ORIGINAL_CODE = {
+    "scan": "kuanghuei/SCAN",
+    "bfan": "CrossmodalGroup/BFAN",
+    "sgraf": "Paranioar/SGRAF",
+    "vse_infty": "woodfrog/vse_infty",
+    "chan": "ppanzx/CHAN",
+}
+# The image encoders each code can save (opt.precomp_enc_type) that are a projection of precomputed
+# region features we implement; VSE-infinity's "backbone" (a CNN on pixels) and CHAN's "transformer" are not.
+ENCODER_TYPES = {
+    "scan": ("basic", "weight_norm"),
+    "bfan": ("basic", "weight_norm"),
+    "sgraf": ("basic", "weight_norm"),
+    "vse_infty": ("basic",),
+    "chan": ("basic", "selfattention"),
+}
+# CHAN's option values -> ours; its self-attention block has a fixed number of heads in its code.
+CHAN_CODINGS = {"VHACoding": "t2i", "THACoding": "i2t"}
+CHAN_POOLINGS = {
+    "LSEPooling": "lse",
+    "MeanPooling": "mean",
+    "MaxPooling": "max",
+    "SumPooling": "sum",
+    "SoftmaxPooling": "softmax",
+}
+CHAN_SELF_ATTENTION_HEADS = 8
+# VSE-infinity's and CHAN's train.py append '<mask>' to the SCAN vocabulary (for cloze tests), one
+# embedding row more than the vocabulary file; retrieval never uses it.
+MASK_WORD_ARCHITECTURES = ("vse_infty", "chan")
 
 # SCAN's option values -> ours.
 SCAN_AGGREGATIONS = {"LogSumExp": "lse", "Mean": "avg", "Max": "max", "Sum": "sum"}
@@ -83,8 +119,22 @@ KEY_RULES: tuple[tuple[str, str], ...] = (
     (r"2:SGR_module\.(\d+)\.sim_graph_w\.(.+)", r"reasoning.\1.update.\2"),
     (r"2:SAF_module\.attn_sim_w\.(.+)", r"filtration.gate.\1"),
     (r"2:SAF_module\.bn\.(.+)", r"filtration.norm.\1"),
+    # VSE-infinity: GPO on each side, the residual MLP of the region encoder.
+    (r"0:gpool\.(.+)", r"region_pooling.\1"),
+    (r"1:gpool\.(.+)", r"word_pooling.\1"),
+    (r"0:mlp\.layers\.0\.(.+)", r"region_mlp.hidden.\1"),
+    (r"0:mlp\.bns\.0\.(.+)", r"region_mlp.norm.\1"),
+    (r"0:mlp\.layers\.1\.(.+)", r"region_mlp.output.\1"),
+    # CHAN: the region self-attention block (x + MHA(LayerNorm(x))).
+    (r"0:feedforward\.ln\.(.+)", r"region_attention.norm.\1"),
+    (r"0:feedforward\.attn\.(.+)", r"region_attention.attention.\1"),
 )
-STATE_DICT_NAMES = ("image encoder", "text encoder", "similarity encoder")
+# Tensors an original code creates but never reads in its forward pass: dropped, with the reason.
+DROPPED_TENSORS: dict[str, tuple[tuple[str, str], ...]] = {
+    "vse_infty": ((r"0:mlp\.bns\.1\..+", "VSE-infinity's MLP applies no batch norm after its last layer"),),
+    "chan": ((r"1:fc\.(weight|bias)", "CHAN's BiGRU text encoder never applies its fc layer"),),
+}
+STATE_DICT_NAMES = ("image encoder", "text encoder", "similarity encoder", "criterion")
 
 
 class ConversionError(UserError, ValueError):
@@ -146,10 +196,23 @@ def read_original_checkpoint(path: str | Path) -> OriginalCheckpoint:
         match = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
         if match:
             raise _refusal(path, [match.group(1)]) from err
-        raise ConversionError(f"{path}: not a readable checkpoint ({first_line(err)})") from err
+        raise ConversionError(f"{path}: not a readable checkpoint ({_unpickler_reason(err)})") from err
     except (RuntimeError, EOFError, ValueError, OSError) as err:
         raise ConversionError(f"{path}: not a PyTorch checkpoint ({first_line(err)})") from err
     return _checked(path, raw)
+
+
+def _unpickler_reason(err: Exception) -> str:
+    """Why the weights-only unpickler refused a file, without torch's advice around it: that advice is to
+    reload with weights_only=False, which runs whatever code the pickle names and must never be followed."""
+    match = re.search(r"WeightsUnpickler error: ([^\n]*)", str(err))
+    reason = match.group(1) if match else first_line(err)
+    reason = re.split(
+        r"\s(?:Please|Check the documentation|Re-running|To load|Weights only load failed)", reason
+    )[0]
+    return (
+        "the weights-only unpickler refused it" if "weights_only" in reason or not reason.strip() else reason
+    )
 
 
 def _refusal(path: Path, names: list[str]) -> ConversionError:
@@ -166,9 +229,10 @@ def _checked(path: Path, raw: Any) -> OriginalCheckpoint:
             f"{path}: expected a dict with 'model' and 'opt' (original layout), found {found}"
         )
     states, options = raw["model"], raw["opt"]
-    if not isinstance(states, list | tuple) or len(states) not in (2, 3):
+    if not isinstance(states, list | tuple) or len(states) not in (2, 3, 4):
         raise ConversionError(
-            f"{path}: field 'model' must be a list of 2 or 3 state dicts (image, text[, similarity] encoders), "
+            f"{path}: field 'model' must be a list of 2 to 4 state dicts (image, text[, similarity] encoders"
+            f"[, criterion]), "
             f"found {type(states).__name__} of length {len(states) if hasattr(states, '__len__') else '?'}"
         )
     for index, state in enumerate(states):
@@ -195,6 +259,10 @@ def _checked(path: Path, raw: Any) -> OriginalCheckpoint:
 def guess_architecture(checkpoint: OriginalCheckpoint) -> tuple[str, str]:
     """("scan" | "bfan" | "sgraf", why) from what only that code saves."""
     options = checkpoint.options
+    if "coding_type" in options:
+        return "chan", "opt has coding_type (CHAN's train.py)"
+    if any(key.startswith("gpool.") for key in checkpoint.state_dicts[0]):
+        return "vse_infty", "model[0] holds GPO weights (gpool.*: VSE-infinity's image encoder)"
     if len(checkpoint.state_dicts) == 3 or "module_name" in options:
         return "sgraf", "it holds a similarity-encoder state dict and opt.module_name (SGRAF's train.py)"
     if "focal_type" in options:
@@ -202,7 +270,8 @@ def guess_architecture(checkpoint: OriginalCheckpoint) -> tuple[str, str]:
     if "cross_attn" in options:
         return "scan", "opt has cross_attn and no focal_type (SCAN's train.py)"
     raise ConversionError(
-        f"{checkpoint.path}: cannot tell which code saved it (no module_name, focal_type or cross_attn in opt): "
+        f"{checkpoint.path}: cannot tell which code saved it (no coding_type, module_name, focal_type or "
+        f"cross_attn in opt, no gpool weights): "
         f"pass --arch {{{','.join(ARCHITECTURES)}}}"
     )
 
@@ -229,14 +298,33 @@ class _Options:
             )
         return mapping[value]
 
+    def number(self, name: str, default: Any = ...) -> float:
+        """A numeric option as a float; a string, a bool or None is refused naming the option."""
+        value = self.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ConversionError(f"{self.path}: opt.{name}={value!r} must be a finite number")
+        return float(value)
+
+    def flag(self, name: str, default: bool = False) -> bool:
+        """A store_true option; anything but True/False is refused naming the option."""
+        value = self.get(name, default)
+        if not isinstance(value, bool):
+            raise ConversionError(f"{self.path}: opt.{name}={value!r} must be True or False")
+        return value
+
     def matches(self, name: str, found: Any, where: str) -> None:
         """An option that the tensors also tell: they must agree."""
         if name in self.values and self.values[name] != found:
             raise ConversionError(f"{self.path}: opt.{name}={self.values[name]!r} but {where} says {found!r}")
 
 
-def encoder_options(checkpoint: OriginalCheckpoint, vocab_size: int) -> dict[str, Any]:
-    """Shared encoder and loss options, sizes read from the tensors and checked against `opt`."""
+def encoder_options(
+    checkpoint: OriginalCheckpoint, vocab_size: int, architecture: str = "scan", extra_rows: int = 0
+) -> dict[str, Any]:
+    """Shared encoder and loss options, sizes read from the tensors and checked against `opt`.
+
+    extra_rows: embedding rows beyond the vocabulary file that the original code appended ('<mask>').
+    """
     options = _Options(checkpoint)
     image, text = checkpoint.state_dicts[0], checkpoint.state_dicts[1]
     projection = image.get("fc.weight", image.get("fc.weight_v"))
@@ -256,16 +344,17 @@ def encoder_options(checkpoint: OriginalCheckpoint, vocab_size: int) -> dict[str
     options.matches("vocab_size", embeddings.shape[0], f"embed.weight {tuple(embeddings.shape)}")
     options.matches("num_layers", layers, "the GRU weights")
     options.matches("bi_gru", bidirectional, "the GRU weights (_reverse keys)")
-    if embeddings.shape[0] != vocab_size:
+    if embeddings.shape[0] != vocab_size + extra_rows:
         raise ConversionError(
             f"{checkpoint.path}: embed.weight has {embeddings.shape[0]} rows but the vocabulary file has "
             f"{vocab_size} words: pass the vocabulary the model was trained with"
         )
     encoder_type = options.get("precomp_enc_type", "basic")
-    if encoder_type not in ("basic", "weight_norm"):
+    supported = ENCODER_TYPES[architecture]
+    if encoder_type not in supported:
         raise ConversionError(
             f"{checkpoint.path}: opt.precomp_enc_type={encoder_type!r} is not supported; supported: "
-            "['basic', 'weight_norm'] (a linear projection of precomputed region features)"
+            f"{list(supported)} (a projection of precomputed region features)"
         )
     return {
         "feature_dim": int(feature_dim),
@@ -274,11 +363,11 @@ def encoder_options(checkpoint: OriginalCheckpoint, vocab_size: int) -> dict[str
         "word_dim": int(embeddings.shape[1]),
         "num_gru_layers": layers,
         "bidirectional_gru": bidirectional,
-        "normalize_regions": not options.get("no_imgnorm"),
-        "normalize_words": not options.get("no_txtnorm"),
+        "normalize_regions": not options.flag("no_imgnorm"),
+        "normalize_words": not options.flag("no_txtnorm"),
         "loss": "hinge",
-        "margin": float(options.get("margin")),
-        "max_violation": bool(options.get("max_violation")),
+        "margin": options.number("margin"),
+        "max_violation": options.flag("max_violation"),
         "pad_token_id": 0,
         "bos_token_id": 1,
         "eos_token_id": 2,
@@ -290,8 +379,8 @@ def scan_config(checkpoint: OriginalCheckpoint, shared: dict[str, Any]) -> ScanC
     return ScanConfig(
         direction=options.choice("cross_attn", {"t2i": "t2i", "i2t": "i2t"}),
         aggregation=options.choice("agg_func", SCAN_AGGREGATIONS),
-        lambda_softmax=float(options.get("lambda_softmax")),
-        lambda_lse=float(options.get("lambda_lse")),
+        lambda_softmax=options.number("lambda_softmax"),
+        lambda_lse=options.number("lambda_lse"),
         attention_norm=options.choice(
             "raw_feature_norm",
             SCAN_ATTENTION_NORMS,
@@ -310,7 +399,7 @@ def bfan_config(checkpoint: OriginalCheckpoint, shared: dict[str, Any]) -> BfanC
     return BfanConfig(
         focal=options.choice("focal_type", {"equal": "equal", "prob": "prob"}),
         direction="both",
-        lambda_softmax=float(options.get("lambda_softmax")),
+        lambda_softmax=options.number("lambda_softmax"),
         attention_norm="clipped_l2norm",  # fixed in BFAN's code
         **shared,
     )
@@ -347,34 +436,112 @@ def sgraf_config(checkpoint: OriginalCheckpoint, shared: dict[str, Any]) -> SgrC
     return SgrConfig(sgr_steps=steps, **common)
 
 
+def gpo_sizes(checkpoint: OriginalCheckpoint, index: int) -> tuple[int, int]:
+    """(position_dim, hidden_dim) of the GPO in model[index], read from its GRU."""
+    state = checkpoint.state_dicts[index]
+    weight_ih, weight_hh = state.get("gpool.gru.weight_ih_l0"), state.get("gpool.gru.weight_hh_l0")
+    if weight_ih is None or weight_hh is None:
+        raise ConversionError(
+            f"{checkpoint.path}: model[{index}] ({STATE_DICT_NAMES[index]}) needs VSE-infinity's GPO weights "
+            f"gpool.gru.weight_ih_l0 and gpool.gru.weight_hh_l0"
+        )
+    return int(weight_ih.shape[1]), int(weight_hh.shape[1])
+
+
+def vse_infty_config(checkpoint: OriginalCheckpoint, shared: dict[str, Any]) -> VseInftyConfig:
+    options = _Options(checkpoint)
+    image_gpo, text_gpo = gpo_sizes(checkpoint, 0), gpo_sizes(checkpoint, 1)
+    if image_gpo != text_gpo:
+        raise ConversionError(
+            f"{checkpoint.path}: the image and text GPOs differ in size ({image_gpo} vs {text_gpo}); "
+            "VSE-infinity builds both as GPO(32, 32)"
+        )
+    for name, side in (("no_imgnorm", "image"), ("no_txtnorm", "caption")):
+        if options.flag(name):
+            raise ConversionError(
+                f"{checkpoint.path}: opt.{name}=True is not supported: the {side} vector is always "
+                "l2-normalised here (the score is a cosine)"
+            )
+    # VSE-infinity normalises the pooled vectors, never the regions or words before pooling.
+    shared = {**shared, "normalize_regions": False, "normalize_words": False}
+    return VseInftyConfig(
+        region_mlp=options.get("precomp_enc_type", "basic") == "basic",
+        gpo_position_dim=image_gpo[0],
+        gpo_hidden_dim=image_gpo[1],
+        **shared,
+    )
+
+
+def chan_config(checkpoint: OriginalCheckpoint, shared: dict[str, Any]) -> ChanConfig:
+    options = _Options(checkpoint)
+    options.choice(
+        "criterion",
+        {"ContrastiveLoss": "hinge"},
+        " (CHAN's InfoNCELoss puts the margin inside and averages: not our infonce)",
+    )
+    alpha = options.get("alpha", None)
+    return ChanConfig(
+        direction=options.choice(
+            "coding_type",
+            CHAN_CODINGS,
+            " (VSACoding is CHAN's soft, SCAN-like coding, not its hard assignment)",
+        ),
+        pooling=options.choice("pooling_type", CHAN_POOLINGS),
+        pooling_temperature=options.number("belta"),
+        region_self_attention=options.get("precomp_enc_type", "basic") == "selfattention",
+        self_attention_heads=CHAN_SELF_ATTENTION_HEADS,
+        # alpha is the temperature of CHAN's soft coding: ours for the soft constraint assignment.
+        **({} if alpha is None else {"assignment_temperature": options.number("alpha")}),
+        **shared,
+    )
+
+
 CONFIG_BUILDERS: dict[str, Callable[[OriginalCheckpoint, dict[str, Any]], Any]] = {
     "scan": scan_config,
     "bfan": bfan_config,
     "sgraf": sgraf_config,
+    "vse_infty": vse_infty_config,
+    "chan": chan_config,
 }
 MODEL_CLASSES = {
     ScanConfig: ScanModel,
     BfanConfig: BfanModel,
     SgrConfig: SgrModel,
     SafConfig: SafModel,
+    VseInftyConfig: VseInftyModel,
+    ChanConfig: ChanModel,
 }
 
 
 # ---------------------------------------------------------------------------- weights -> modules
 def mapped_state_dict(
-    checkpoint: OriginalCheckpoint, target: dict[str, torch.Tensor]
+    checkpoint: OriginalCheckpoint, target: dict[str, torch.Tensor], architecture: str = "scan"
 ) -> tuple[dict, list[str]]:
     """Our state dict from the original tensors, and notes on what was transformed.
 
     Every source tensor is used exactly once and every target tensor is filled (same shape), or the
-    error lists the leftovers on each side.
+    error lists the leftovers on each side; tensors the original forward never reads
+    (`DROPPED_TENSORS`) are dropped with a note; a non-finite value is refused, naming the tensor.
     """
     sources = {
         f"{index}:{key}": tensor
         for index, state in enumerate(checkpoint.state_dicts)
         for key, tensor in state.items()
     }
+    for source_key, tensor in sources.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise ConversionError(
+                f"{checkpoint.path}: {_source_name(source_key)} has {bad} NaN or infinite value(s) of "
+                f"{tensor.numel()}: the checkpoint is damaged or was saved after training diverged"
+            )
     notes = []
+    for pattern, reason in DROPPED_TENSORS.get(architecture, ()):
+        dropped = [key for key in sources if re.fullmatch(pattern, key)]
+        for key in dropped:
+            del sources[key]
+        if dropped:
+            notes.append(f"dropped {[_source_name(k) for k in dropped]}: {reason}")
     if "0:fc.weight_g" in sources and "0:fc.weight_v" in sources:
         sources["0:fc.weight"] = _fold_weight_norm(
             checkpoint.path, sources.pop("0:fc.weight_g"), sources.pop("0:fc.weight_v")
@@ -438,7 +605,16 @@ def convert_checkpoint(
     else:
         reason = "given with --arch"
     tokenizer = scan_word_tokenizer(vocab_path)
-    shared = encoder_options(checkpoint, len(tokenizer))
+    notes = []
+    extra_rows = mask_word_rows(checkpoint, architecture, len(tokenizer))
+    shared = encoder_options(checkpoint, len(tokenizer), architecture, extra_rows)
+    if extra_rows:
+        embeddings = checkpoint.state_dicts[1]["embed.weight"]
+        checkpoint.state_dicts[1]["embed.weight"] = embeddings[: len(tokenizer)]
+        notes.append(
+            f"dropped embed.weight row {len(tokenizer)} ('<mask>', appended to the vocabulary by the original "
+            "train.py for cloze tests; retrieval never uses it)"
+        )
     try:
         config = CONFIG_BUILDERS[architecture](checkpoint, shared)
     except (ValueError, TypeError) as err:
@@ -448,7 +624,8 @@ def convert_checkpoint(
             f"{checkpoint.path}: options give an invalid {architecture} config: {err}"
         ) from err
     model = MODEL_CLASSES[type(config)](config)
-    weights, notes = mapped_state_dict(checkpoint, model.state_dict())
+    weights, weight_notes = mapped_state_dict(checkpoint, model.state_dict(), architecture)
+    notes += weight_notes
     model.load_state_dict(weights, strict=True)
     model.eval()
     provenance = {
@@ -467,6 +644,18 @@ def convert_checkpoint(
         "options": checkpoint.options,
     }
     return Conversion(model, tokenizer, architecture, reason, json.loads(json.dumps(provenance, default=str)))
+
+
+def mask_word_rows(checkpoint: OriginalCheckpoint, architecture: str, vocab_size: int) -> int:
+    """1 when the text embedding has the '<mask>' row VSE-infinity's and CHAN's train.py append, else 0."""
+    embeddings = checkpoint.state_dicts[1].get("embed.weight")
+    if (
+        architecture in MASK_WORD_ARCHITECTURES
+        and embeddings is not None
+        and embeddings.shape[0] == vocab_size + 1
+    ):
+        return 1
+    return 0
 
 
 def write_conversion(conversion: Conversion, output_dir: str | Path) -> Path:

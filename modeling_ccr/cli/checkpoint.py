@@ -1,4 +1,4 @@
-"""`ccr convert-checkpoint`: a checkpoint of the original SCAN, BFAN or SGRAF code -> a model folder."""
+"""`ccr convert-checkpoint`: a checkpoint of the original SCAN, BFAN, SGRAF, VSE-infinity or CHAN code -> a model folder."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def add_commands(commands) -> None:
 
     convert = commands.add_parser(
         "convert-checkpoint",
-        help="convert a model_best.pth.tar of the original SCAN, BFAN or SGRAF code into a model folder",
+        help="convert a model_best.pth(.tar) of the original SCAN, BFAN, SGRAF, VSE-infinity or CHAN code into a model folder",
     )
     convert.add_argument("checkpoint", type=Path, metavar="PATH", help="the original checkpoint file")
     convert.add_argument(
