@@ -122,13 +122,18 @@ def test_a_frozen_tower_gets_no_gradient_and_frozen_batchnorm_keeps_its_statisti
     assert model.region_encoder.projection.weight.grad is not None
 
 
-def test_a_tower_model_refuses_region_features_and_a_feature_model_refuses_pixels():
-    with pytest.raises(ValueError, match="pass pixel_values"):
-        tiny_model()(
-            torch.randn(2, 4, 256),
-            torch.ones(2, 4, dtype=torch.bool),
-            **{k: v for k, v in batch(2).items() if k != "pixel_values"},
-        )
+def test_a_tower_model_scores_its_own_tower_features_as_it_scores_the_pixels():
+    model = tiny_model(grid=2).eval()
+    inputs = batch(2)
+    with torch.no_grad():
+        features, mask, _ = model.tower_features(inputs["pixel_values"])
+        from_pixels = model(**inputs).logits_per_image
+        text = {k: v for k, v in inputs.items() if k != "pixel_values"}
+        from_features = model(features, mask, **text).logits_per_image
+    torch.testing.assert_close(from_features, from_pixels)
+
+
+def test_a_feature_model_refuses_pixels():
     plain = BACKBONES["scan"][0](vocab_size=20, embed_dim=16, word_dim=8, feature_dim=8)
     with pytest.raises(ValueError, match="no vision_tower"):
         BACKBONES["scan"][1](plain)(**batch(2))

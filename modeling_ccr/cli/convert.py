@@ -1,4 +1,5 @@
-"""`ccr convert scan-precomp` and `ccr convert butd-tsv`: real corpora from the files researchers have."""
+"""`ccr convert scan-precomp`, `ccr convert butd-tsv` and `ccr convert images`: real corpora from the files
+researchers have, or from a folder of photos."""
 
 from __future__ import annotations
 
@@ -42,6 +43,42 @@ def command_butd_tsv(args: argparse.Namespace) -> None:
     _print(report)
 
 
+def command_images(args: argparse.Namespace) -> None:
+    from ..vision.corpus import read_boxes, read_captions
+    from ..vision.image_corpus import build_image_corpus
+
+    captioned = read_captions(args.captions)
+    boxes = read_boxes(args.boxes) if args.boxes else None
+    corpus, report = build_image_corpus(args.images_dir, captioned, boxes, skip_bad=args.skip_bad)
+    corpus.save_to_disk(str(args.out))
+    splits = ", ".join(f"{split} {n}" for split, n in report.images_per_split.items())
+    regions = "with region boxes" if boxes else "regions from the vision tower's grid"
+    print(f"Wrote {args.out}: {splits} images ({regions}), for a model with a vision_tower")
+    for line in report.skipped:
+        print(f"skipped: {line}")
+    print(f"Train on it with: ccr train CONFIG --set data.source={args.out}")
+
+
+def _add_images_command(formats) -> None:
+    images = formats.add_parser(
+        "images", help="a folder of images with a captions file -> an image corpus (for a vision tower)"
+    )
+    images.add_argument("images_dir", type=Path, help="folder of images, named as in the captions file")
+    images.add_argument(
+        "--captions", type=Path, required=True, help="Karpathy JSON, CSV (image,caption[,split]) or JSONL"
+    )
+    images.add_argument("--out", type=Path, required=True, help="folder for the DatasetDict (save_to_disk)")
+    images.add_argument(
+        "--boxes", type=Path, default=None, help="JSON {image: [[x1, y1, x2, y2], ...]}: region boxes"
+    )
+    images.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="leave unreadable images out and list them, instead of stopping",
+    )
+    images.set_defaults(handler=command_images)
+
+
 def _options(args: argparse.Namespace):
     from ..data.formats.convert import ConversionOptions
 
@@ -76,7 +113,9 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_commands(commands) -> None:
-    convert = commands.add_parser("convert", help="convert precomp folders or bottom-up-attention TSVs")
+    convert = commands.add_parser(
+        "convert", help="convert precomp folders, bottom-up-attention TSVs or image folders"
+    )
     formats = convert.add_subparsers(dest="format", required=True)
 
     precomp = formats.add_parser(
@@ -125,3 +164,5 @@ def add_commands(commands) -> None:
     )
     _common_options(tsv)
     tsv.set_defaults(handler=command_butd_tsv)
+
+    _add_images_command(formats)

@@ -138,3 +138,79 @@ class RegionCaptionCollator:
             "attention_mask": attention_mask,
             "image_index": torch.tensor(image_indices, dtype=torch.long),
         }
+
+
+@dataclass
+class ImageCaptionCollator:
+    """Collate image-corpus items (`data/image_corpus.py`) into a vision-tower model's inputs, in the
+    DataLoader workers: decode (as a viewer shows the image), augment (optional, boxes moved with the
+    pixels), resize as a whole and normalise with the model's image processor.
+
+    Each item has `image` (encoded bytes or a path), `image_index`, optional `boxes` `(n, 4)` in the
+    original image's pixels and, unless `tokenizer` is None, `caption`. Returns:
+        pixel_values: `(batch, 3, height, width)` float32;
+        image_sizes: `(batch, 2)` long (width, height) of the decoded originals;
+        region_boxes / region_mask: `(batch, max_n, 4)` boxes in pixel_values' frame and `(batch, max_n)`
+            bool (only with `use_boxes`: a tower with "boxes" regions); a box an augmentation cropped away
+            is masked out;
+        input_ids / attention_mask: `(batch, max_tokens)` long (with a tokenizer);
+        image_index: `(batch,)` long.
+    """
+
+    tokenizer: PreTrainedTokenizerBase | None
+    image_processor: Any
+    max_words: int | None = None
+    use_boxes: bool = False
+    augmentation: Any = None
+
+    @classmethod
+    def for_model(cls, model, tokenizer, max_words=None, augmentation=None) -> ImageCaptionCollator:
+        """The collator of a model with a vision tower: its image processor, boxes when it pools boxes."""
+        from ..models.image_processing_matcher import image_processor_for
+
+        tower = getattr(model, "vision_tower", None)
+        if tower is None:
+            raise ValueError(f"{type(model).__name__} has no vision tower: use RegionCaptionCollator")
+        uses_boxes = tower.spec["regions"] == "boxes"
+        return cls(tokenizer, image_processor_for(tower), max_words, uses_boxes, augmentation)
+
+    def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        from ..models.image_processing_matcher import decode_image, pad_boxes, scale_boxes
+
+        if len(items) == 0:
+            raise ValueError("ImageCaptionCollator got an empty batch")
+        image_indices = [int(item["image_index"]) for item in items]
+        rng = np.random.default_rng(int(torch.randint(2**62, ()).item()))  # the worker's seeded torch RNG
+        pixels, sizes, boxes, kept = [], [], [], []
+        for position, item in enumerate(items):
+            where = f"{_where(position, image_indices)}{' (image_id ' + repr(item['image_id']) + ')' if 'image_id' in item else ''}"
+            image = decode_image(item["image"], name=where)
+            sizes.append(image.size)
+            item_boxes = item.get("boxes") if self.use_boxes else None
+            if self.use_boxes and (item_boxes is None or len(item_boxes) == 0):
+                raise ValueError(f"{where}: this model pools given boxes, but the row has none")
+            item_boxes = (
+                np.zeros((0, 4), np.float32) if item_boxes is None else np.asarray(item_boxes, np.float32)
+            )
+            item_kept = np.ones(len(item_boxes), dtype=bool)
+            if self.augmentation is not None:
+                image, item_boxes, item_kept = self.augmentation(image, item_boxes, rng)
+            pixels.append(self.image_processor.normalize_pixels(self.image_processor.resize(image)))
+            boxes.append(scale_boxes(item_boxes, image.size, self.image_processor.input_size))
+            kept.append(item_kept)
+        batch = {
+            "pixel_values": torch.stack(pixels),
+            "image_sizes": torch.tensor(sizes, dtype=torch.long),
+            "image_index": torch.tensor(image_indices, dtype=torch.long),
+        }
+        if self.use_boxes:
+            batch["region_boxes"], padding = pad_boxes(boxes)
+            mask = torch.zeros_like(padding)
+            for i, item_kept in enumerate(kept):
+                mask[i, : len(item_kept)] = torch.from_numpy(item_kept)
+            batch["region_mask"] = mask
+        if self.tokenizer is not None:
+            batch["input_ids"], batch["attention_mask"] = tokenize_captions(
+                self.tokenizer, [item["caption"] for item in items], self.max_words, image_indices
+            )
+        return batch

@@ -22,6 +22,13 @@ One row per image:
     - `boxes`: list of `(x1, y1, x2, y2)` float32 pixel gold boxes. An entity may have several (its
       ground truth is their union) or none (no-box / not-visual phrases, skipped by the metrics).
 
+An IMAGE corpus has the same columns with `image` (`datasets.Image()`: the encoded file's bytes, decoded
+by `modeling_ccr.models.image_processing_matcher.decode_image`, EXIF orientation applied) in place of
+`features`: a model with a vision tower computes the region features from the pixels
+(`image_corpus_features`, `data/image_corpus.py`). There, the optional `boxes` are the regions a tower with
+"boxes" regions pools (any number per row, in the displayed image's pixels); `image_size` is the displayed
+(width, height).
+
 Word-index convention: word `i` of `split_words(caption)` is token `i + 1` of the encoded caption,
 because the tokenizer prepends `<start>` (`modeling_ccr.text.tokenization.word_token_index`). Phrase spans
 are stored in WORD indices; converting them to token indices is the consumer's job.
@@ -42,6 +49,9 @@ from ..errors import UserError
 from ..text.tokenization import split_words
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("image_id", "features", "captions")
+# An image corpus carries `image` instead of `features`.
+IMAGE_COLUMN = "image"
+IMAGE_CORPUS_REQUIRED_COLUMNS: tuple[str, ...] = ("image_id", IMAGE_COLUMN, "image_size", "captions")
 FEATURE_DTYPES: tuple[str, ...] = ("float32", "float16")
 
 # Rows per chunk when scanning features: large enough to vectorise, small enough to stay in cache-ish memory
@@ -119,6 +129,26 @@ def corpus_features(
     if with_phrases:
         columns["phrases"] = datasets.List(datasets.List(phrase_feature()))
     return datasets.Features(columns)
+
+
+def image_corpus_features(
+    with_boxes: bool = False, with_phrases: bool = False, with_caption_ids: bool = False
+) -> datasets.Features:
+    """The `datasets.Features` of an image corpus: `corpus_features` with `image` (`datasets.Image()`)
+    in place of `features`, in the same column order."""
+    columns = dict(
+        corpus_features(
+            1, with_boxes=with_boxes, with_phrases=with_phrases, with_caption_ids=with_caption_ids
+        )
+    )
+    ordered = {"image_id": columns.pop("image_id"), IMAGE_COLUMN: datasets.Image()}
+    columns.pop("features")
+    return datasets.Features({**ordered, **columns})
+
+
+def is_image_corpus(dataset: datasets.Dataset) -> bool:
+    """Whether a split carries images (`image`) rather than region features (`features`)."""
+    return IMAGE_COLUMN in dataset.column_names and "features" not in dataset.column_names
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -408,6 +438,25 @@ def _check_phrase_boxes(
         )
 
 
+def _check_images(dataset: datasets.Dataset, split_name: str, image_ids: list[str]) -> None:
+    """Every row holds an encoded image (bytes or a path) and a positive (width, height); decoding is left
+    to the DataLoader workers, which name the row of an undecodable image."""
+    images = _arrow_column(dataset, IMAGE_COLUMN)
+    present = pc.or_(pc.is_valid(images.field("bytes")), pc.is_valid(images.field("path")))
+    present = pc.and_(pc.is_valid(images), present).to_numpy(zero_copy_only=False)
+    if not present.all():
+        row = int(np.flatnonzero(~present)[0])
+        raise CorpusValidationError(
+            f"{_where(split_name, IMAGE_COLUMN, row, image_ids)}: no image (bytes or path)"
+        )
+    sizes = _image_sizes(dataset)
+    if sizes is None or (sizes <= 0).any():
+        row = 0 if sizes is None else int(np.flatnonzero((sizes <= 0).any(axis=1))[0])
+        raise CorpusValidationError(
+            f"{_where(split_name, 'image_size', row, image_ids)}: expected the image's (width, height) > 0"
+        )
+
+
 def _check_unique_ids(split_name: str, image_ids: list[str]) -> None:
     first_row: dict[str, int] = {}
     for row, image_id in enumerate(image_ids):
@@ -442,15 +491,31 @@ def validate_corpus(
     optional `phrases` have one list per caption and word spans that lie inside the caption and cover the
     phrase's words. Reads columns through Arrow/numpy, not Python rows: ~3000 rows take well under 2 s.
     """
-    missing = [c for c in REQUIRED_COLUMNS if c not in dataset.column_names]
+    required = IMAGE_CORPUS_REQUIRED_COLUMNS if is_image_corpus(dataset) else REQUIRED_COLUMNS
+    missing = [c for c in required if c not in dataset.column_names]
     if missing:
         raise CorpusValidationError(
             f"split {split_name!r} is missing required column(s) {missing}; "
-            f"expected {list(REQUIRED_COLUMNS)}, found {dataset.column_names}"
+            f"expected {list(required)} (or {IMAGE_COLUMN!r} in place of 'features'), found {dataset.column_names}"
         )
     image_ids = _image_ids(dataset)
     _check_unique_ids(split_name, image_ids)
-    n_regions = _check_features(dataset, split_name, expected_feature_dim, image_ids, max_feature_magnitude)
+    if is_image_corpus(dataset):
+        _check_images(dataset, split_name, image_ids)
+        # The boxes ARE the regions of an image corpus: any number per row, checked against the image size.
+        n_regions = (
+            _list_lengths(_arrow_column(dataset, "boxes")) if "boxes" in dataset.column_names else None
+        )
+        if n_regions is not None and (n_regions == 0).any():
+            row = int(np.flatnonzero(n_regions == 0)[0])
+            raise CorpusValidationError(
+                f"{_where(split_name, 'boxes', row, image_ids)}: 0 boxes; a row with a boxes column needs at "
+                "least one region box"
+            )
+    else:
+        n_regions = _check_features(
+            dataset, split_name, expected_feature_dim, image_ids, max_feature_magnitude
+        )
     caption_counts, captions = _check_captions(dataset, split_name, captions_per_image, image_ids)
     if "boxes" in dataset.column_names:
         _check_boxes(dataset, split_name, n_regions, image_ids)

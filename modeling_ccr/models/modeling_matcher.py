@@ -217,32 +217,38 @@ class MatcherPreTrainedModel(GalleryScoring, PreTrainedModel):
     ) -> torch.Tensor:
         """Region embeddings `(batch, n_regions, embed_dim)` of features `(batch, n_regions, feature_dim)`,
         or, for a model with a vision tower, of `pixel_values` `(batch, 3, height, width)` (with
-        region_boxes `(batch, n_regions, 4)` and region_mask for "boxes" regions; see `get_image_regions`)."""
-        if pixel_values is not None or self.vision_tower is not None:
-            return self.get_image_regions(pixel_values, region_boxes, region_mask, region_features)[0]
+        region_boxes `(batch, n_regions, 4)` and region_mask for "boxes" regions; see `get_image_regions`).
+        A tower model also takes its tower's own features (`tower_features`, computed once per image for
+        evaluation): the same embeddings as from the pixels."""
+        if pixel_values is not None:
+            return self.get_image_regions(pixel_values, region_boxes, region_mask)[0]
         self._check_region_features(region_features, region_mask)
         return self.region_encoder(region_features, region_mask)
 
-    def get_image_regions(
+    def tower_features(
         self,
-        pixel_values: torch.Tensor | None,
+        pixel_values: torch.Tensor,
         region_boxes: torch.Tensor | None = None,
         region_mask: torch.Tensor | None = None,
-        region_features: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Through the vision tower: region embeddings `(batch, n_regions, embed_dim)`, region_mask
-        `(batch, n_regions)` bool and region boxes `(batch, n_regions, 4)` in `pixel_values`' frame."""
+        """The vision tower's region features `(batch, n_regions, feature_dim)`, mask `(batch, n_regions)`
+        bool and boxes `(batch, n_regions, 4)` in `pixel_values`' frame."""
         if self.vision_tower is None:
             raise ValueError(
                 f"this {type(self).__name__} reads region features (it has no vision_tower): pass "
                 "region_features and region_mask, not pixel_values"
             )
-        if pixel_values is None or region_features is not None:
-            raise ValueError(
-                f"this {type(self).__name__} has a vision tower ({self.config.vision_tower['architecture']}): "
-                "pass pixel_values (and region_boxes for 'boxes' regions), not region_features"
-            )
-        features, mask, boxes = self.vision_tower(pixel_values, region_boxes, region_mask)
+        return self.vision_tower(pixel_values, region_boxes, region_mask)
+
+    def get_image_regions(
+        self,
+        pixel_values: torch.Tensor,
+        region_boxes: torch.Tensor | None = None,
+        region_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Through the vision tower: region embeddings `(batch, n_regions, embed_dim)`, region_mask
+        `(batch, n_regions)` bool and region boxes `(batch, n_regions, 4)` in `pixel_values`' frame."""
+        features, mask, boxes = self.tower_features(pixel_values, region_boxes, region_mask)
         return self.region_encoder(features, mask), mask, boxes
 
     def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -276,10 +282,8 @@ class MatcherPreTrainedModel(GalleryScoring, PreTrainedModel):
             raise ValueError("forward needs input_ids and attention_mask (batch, n_tokens)")
         word_mask = attention_mask.bool()
         boxes = None
-        if pixel_values is not None or self.vision_tower is not None:
-            image_embeds, region_mask, boxes = self.get_image_regions(
-                pixel_values, region_boxes, region_mask, region_features
-            )
+        if pixel_values is not None:
+            image_embeds, region_mask, boxes = self.get_image_regions(pixel_values, region_boxes, region_mask)
         else:
             if region_mask is None:
                 raise ValueError("forward needs region_mask (batch, n_regions) with region_features")

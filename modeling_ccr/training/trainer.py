@@ -20,10 +20,11 @@ from typing import Any
 
 import datasets
 import torch
-from transformers import Trainer, TrainerState
+from transformers import Trainer, TrainerCallback, TrainerState
 from transformers.trainer_utils import TrainOutput
 
 from ..artifacts.checkpoints import mark_complete, newest_complete, read_marker, rotate_checkpoints
+from ..data.image_corpus import tower_feature_split
 from ..data.schema import MAX_FEATURE_MAGNITUDE
 from ..errors import UserError
 from ..evaluation.gallery import evaluate_matchers
@@ -50,6 +51,33 @@ class CollapseWarning(UserWarning):
     """Validation retrieval at or below chance after the first epoch."""
 
 
+class VisionTowerFreezeCallback(TrainerCallback):
+    """Keep a model's vision tower frozen (no gradient, eval mode) for the first `freeze_steps` optimizer
+    steps, then let it train: the new region projection and text side settle first, so their random
+    gradients never reach the pretrained tower. Resuming past `freeze_steps` starts with the tower free."""
+
+    def __init__(self, freeze_steps: int):
+        self.freeze_steps = freeze_steps
+
+    def _apply(self, state: TrainerState, model) -> None:
+        tower = getattr(getattr(model, "module", model), "vision_tower", None)
+        if tower is not None:
+            frozen = state.global_step < self.freeze_steps
+            if tower.frozen != frozen:
+                tower.set_frozen(frozen)
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self._apply(state, model)
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        self._apply(state, model)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        tower = getattr(getattr(model, "module", model), "vision_tower", None)
+        if tower is not None:
+            tower.set_frozen(False)
+
+
 class MatchingTrainer(Trainer):
     """Trainer whose `eval_dataset` is a one-row-per-image corpus split, scored as a full gallery.
 
@@ -60,6 +88,11 @@ class MatchingTrainer(Trainer):
         hardest-negative hinge (`max_violation`) takes over; 0 = no warm-up.
     constraint_warmup_steps: train this many steps on the base loss alone before the model's CCR/CCS
         weights take effect; 0 = constraints from the first step.
+
+    A model with a vision tower trains from an image corpus (`data/image_corpus.ImagePairs` with
+    `ImageCaptionCollator`); its `vision_tower.freeze_steps` are applied by `VisionTowerFreezeCallback`,
+    its own learning rate by the optimiser (`text_encoders.text_encoder_optimizer`), and evaluation on an
+    image corpus encodes each image once through the tower (`tower_feature_split`) before scoring.
     """
 
     # The base loss is a per-batch contrastive sum: the Trainer must divide it by the accumulation steps.
@@ -95,6 +128,9 @@ class MatchingTrainer(Trainer):
         self.sessions: list[dict[str, Any]] = []
         self._session: dict[str, Any] = {}
         self._session_started = time.time()
+        tower = getattr(self.model.config, "vision_tower", None) or {}
+        if tower.get("freeze_steps", 0) > 0:
+            self.add_callback(VisionTowerFreezeCallback(tower["freeze_steps"]))
 
     # -------------------------------------------------------------------------------------------------
     # Sessions: a run's training time and resumptions accumulate across interrupted sessions
@@ -362,6 +398,8 @@ class MatchingTrainer(Trainer):
         if corpus is None:
             raise ValueError("MatchingTrainer.evaluate needs an eval_dataset (a one-row-per-image split)")
         model = self.accelerator.unwrap_model(self.model)
+        # An image corpus is encoded once through the vision tower (no gradient, batches, model's device).
+        corpus = tower_feature_split(model, corpus, batch_size=self.args.per_device_eval_batch_size)
         metrics = evaluate_matchers(
             [model], [self.processing_class], corpus, self.eval_protocol, self.captions_per_image
         )

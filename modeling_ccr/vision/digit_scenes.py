@@ -22,6 +22,7 @@ Needs the optional extras `vision` (timm, torchvision, pillow) and scikit-learn.
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ import numpy as np
 from PIL import Image
 
 from ..data.flickr30k_entities import write_entities_annotations
-from ..data.schema import GeneratedCorpusSizes, corpus_features
+from ..data.schema import GeneratedCorpusSizes, corpus_features, image_corpus_features
 from ..errors import UserError
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
@@ -499,18 +500,61 @@ def build_digit_scenes_corpus(
     return datasets.DatasetDict(splits)
 
 
+def scenes_to_image_rows(scenes: list[DigitScene], config: DigitScenesConfig) -> dict[str, list]:
+    """Image-corpus columns of scenes: the canvas as PNG bytes (lossless) in place of region features, with
+    the same `region_boxes` (a tower with "boxes" regions pools them), captions and phrases."""
+    columns: dict[str, list] = {
+        k: [] for k in ("image_id", "image", "boxes", "image_size", "captions", "phrases")
+    }
+    for scene in scenes:
+        encoded = io.BytesIO()
+        Image.fromarray(scene.image).save(encoded, format="PNG")
+        columns["image_id"].append(scene.image_id)
+        columns["image"].append({"bytes": encoded.getvalue(), "path": None})
+        columns["boxes"].append(region_boxes(scene, config).astype(np.float32))
+        columns["image_size"].append([config.canvas_size, config.canvas_size])
+        columns["captions"].append(scene.captions)
+        columns["phrases"].append(scene.phrases)
+    return columns
+
+
+def build_digit_scenes_image_corpus(config: DigitScenesConfig | None = None) -> datasets.DatasetDict:
+    """The digit scenes as an image corpus (`image_corpus_features`): the pixels, for a model with a vision
+    tower, with the region boxes, captions and phrases of `build_digit_scenes_corpus`. No network runs."""
+    config = config if config is not None else DigitScenesConfig()
+    glyph_data = load_glyphs()
+    features = image_corpus_features(with_boxes=True, with_phrases=True)
+    return datasets.DatasetDict(
+        {
+            split: datasets.Dataset.from_dict(
+                scenes_to_image_rows(generate_digit_scenes(config, split, glyph_data), config),
+                features=features,
+            )
+            for split in SPLITS
+        }
+    )
+
+
 ENTITIES_DIR = "flickr30k_entities"
 CONFIG_FILE = "digit_scenes_config.json"
 
 
 def save_digit_scenes(
-    out_dir: str | Path, config: DigitScenesConfig | None = None, extractor=None, progress: bool = True
+    out_dir: str | Path,
+    config: DigitScenesConfig | None = None,
+    extractor=None,
+    progress: bool = True,
+    as_images: bool = False,
 ) -> Path:
     """Build the corpus and save it to `out_dir` (a DatasetDict for `data.source`), with every split's
-    phrases as Flickr30k Entities files in `out_dir/flickr30k_entities/<split>/` and the config as JSON."""
+    phrases as Flickr30k Entities files in `out_dir/flickr30k_entities/<split>/` and the config as JSON.
+    as_images: write the pixels (an image corpus, for a vision tower) instead of region features."""
     config = config if config is not None else DigitScenesConfig()
     out_dir = Path(out_dir)
-    corpus = build_digit_scenes_corpus(config, extractor, progress)
+    if as_images:
+        corpus = build_digit_scenes_image_corpus(config)
+    else:
+        corpus = build_digit_scenes_corpus(config, extractor, progress)
     corpus.save_to_disk(str(out_dir))
     for split, dataset in corpus.items():
         write_entities_annotations(dataset, out_dir / ENTITIES_DIR / split)
