@@ -695,3 +695,122 @@ def test_a_legacy_checkpoint_with_a_forbidden_global_names_it_and_never_advises_
     message = str(caught.value)
     assert "Unlisted" in message and "refusing to load" in message
     assert "weights_only" not in message and "\n" not in message
+
+
+# ------------------------------------------------------------------ BERT text encoders (VSE-infinity, CHAN)
+BERT_WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+
+
+def bert_folder(tmp_path):
+    """A tiny BERT's transformers folder (config, fast tokenizer): what --text-encoder points at."""
+    from transformers import BertConfig, BertTokenizerFast
+
+    folder = tmp_path / "tiny-bert"
+    folder.mkdir()
+    (folder / "vocab.txt").write_text("".join(f"{w}\n" for w in BERT_WORDS))
+    BertTokenizerFast(str(folder / "vocab.txt")).save_pretrained(folder)
+    config = BertConfig(
+        vocab_size=len(BERT_WORDS), hidden_size=12, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=16, max_position_embeddings=32,
+    )  # fmt: skip
+    config.save_pretrained(folder)
+    return folder, config
+
+
+def bert_text_state(config, gen):
+    from transformers import BertModel
+
+    bert = BertModel(config)
+    state = {f"bert.{k}": v.clone() for k, v in bert.state_dict().items()}
+    for key, value in state.items():
+        if value.is_floating_point():
+            state[key] = torch.randn(value.shape, generator=gen) * 0.2
+    # transformers 4.18 (the original code's) saved this constant buffer; today's does not.
+    state["bert.embeddings.position_ids"] = torch.arange(config.max_position_embeddings)[None]
+    return state | linear(EMBED_DIM, config.hidden_size, gen, "linear.")
+
+
+def original_bert_words(state, config, ids):
+    from transformers import BertModel
+
+    bert = BertModel(config).eval()
+    bert.load_state_dict(
+        {k.removeprefix("bert."): v for k, v in state.items() if k.startswith("bert.")}, strict=False
+    )
+    out = []
+    for caption in ids:
+        tokens = torch.tensor([caption])
+        with torch.no_grad():
+            states = bert(tokens, (tokens != 0).float())[0][0]
+        out.append(lin(states, state, "linear."))
+    return out
+
+
+@pytest.mark.parametrize("arch", ["vse_infty", "chan"])
+def test_bert_text_checkpoints_convert_with_the_bert_folder(tmp_path, arch):
+    folder, bert_config = bert_folder(tmp_path)
+    gen = torch.Generator().manual_seed(3)
+    if arch == "vse_infty":
+        options = {**VSE_INFTY_OPTIONS, "vocab_size": len(BERT_WORDS)}
+        image = vse_infty_states(gen, options)[0]
+        text = bert_text_state(bert_config, gen) | gpo_state(gen)
+        states = [image, text]
+    else:
+        options = {**CHAN_OPTIONS, "text_enc_type": "bert", "coding_type": "VHACoding", "pooling_type": "MeanPooling",
+                   "precomp_enc_type": "basic", "wemb_type": None, "word2idx": None}  # fmt: skip
+        states = [linear(EMBED_DIM, FEATURE_DIM, gen, "fc."), bert_text_state(bert_config, gen), {}, {}]
+    checkpoint = {
+        "epoch": 3,
+        "model": states,
+        "best_rsum": 400.0,
+        "opt": argparse.Namespace(**{**COMMON_OPTIONS, **options}),
+    }
+    torch.save(checkpoint, tmp_path / "model_best.pth")
+    conversion = convert_checkpoint(tmp_path / "model_best.pth", None, text_encoder=folder)
+    assert any("position_ids" in note for note in conversion.provenance["notes"])
+    write_conversion(conversion, tmp_path / "converted")
+
+    model = AutoModel.from_pretrained(tmp_path / "converted").eval()
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "converted")
+    tokens = tokenizer(CAPTIONS, padding=True, return_tensors="pt")
+    ids = [[i for i in row if i != 0] for row in tokens["input_ids"].tolist()]
+    features = torch.randn(N_IMAGES, N_REGIONS, FEATURE_DIM, generator=torch.Generator().manual_seed(1))
+    mask = torch.ones(features.shape[:2], dtype=torch.bool)
+    with torch.no_grad():
+        regions = model.get_image_features(features, mask)
+        words = model.get_text_features(tokens["input_ids"], tokens["attention_mask"])
+        scores = model.similarity(regions, mask, words, tokens["attention_mask"].bool())
+    text_words = original_bert_words(states[1], bert_config, ids)
+    if arch == "vse_infty":
+        image_state = states[0]
+        images = []
+        for x in features:
+            hidden = torch.relu(bn_eval(lin(x, image_state, "mlp.layers.0."), image_state, "mlp.bns.0.", 1))
+            images.append(
+                l2norm(
+                    original_gpo(
+                        image_state, lin(x, image_state, "fc.") + lin(hidden, image_state, "mlp.layers.1.")
+                    )
+                )
+            )
+        captions = torch.stack([l2norm(original_gpo(states[1], w)) for w in text_words])
+        expected = torch.stack(images) @ captions.T
+    else:
+        images = [l2norm(lin(x, states[0], "fc.")) for x in features]
+        expected = torch.tensor(
+            [[(image @ l2norm(w).T).max(dim=0).values.mean() for w in text_words] for image in images]
+        )
+    torch.testing.assert_close(scores, expected, atol=1e-5, rtol=0)
+    assert expected.std() > 1e-3
+
+
+def test_a_bert_checkpoint_without_its_bert_folder_says_what_to_pass(tmp_path):
+    _, bert_config = bert_folder(tmp_path)
+    gen = torch.Generator().manual_seed(3)
+    states = [linear(EMBED_DIM, FEATURE_DIM, gen, "fc."), bert_text_state(bert_config, gen), {}, {}]
+    options = {**COMMON_OPTIONS, **CHAN_OPTIONS, "text_enc_type": "bert", "coding_type": "VHACoding",
+               "pooling_type": "MeanPooling", "precomp_enc_type": "basic"}  # fmt: skip
+    torch.save({"model": states, "opt": argparse.Namespace(**options)}, tmp_path / "model_best.pth")
+    vocab_path, _ = vocab_file(tmp_path)
+    with pytest.raises(ConversionError, match=r"its text encoder is BERT .* pass --text-encoder DIR"):
+        convert_checkpoint(tmp_path / "model_best.pth", vocab_path)

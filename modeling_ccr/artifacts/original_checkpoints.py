@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import PreTrainedTokenizerFast
+from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
 from ..errors import UserError, first_line
 from ..models.configuration_bfan import BfanConfig
@@ -125,6 +125,9 @@ KEY_RULES: tuple[tuple[str, str], ...] = (
     (r"0:mlp\.layers\.0\.(.+)", r"region_mlp.hidden.\1"),
     (r"0:mlp\.bns\.0\.(.+)", r"region_mlp.norm.\1"),
     (r"0:mlp\.layers\.1\.(.+)", r"region_mlp.output.\1"),
+    # VSE-infinity's and CHAN's BERT text encoder: the transformer and its projection to the joint space.
+    (r"1:bert\.(.+)", r"text_encoder.transformer.\1"),
+    (r"1:linear\.(weight|bias)", r"text_encoder.projection.\1"),
     # CHAN: the region self-attention block (x + MHA(LayerNorm(x))).
     (r"0:feedforward\.ln\.(.+)", r"region_attention.norm.\1"),
     (r"0:feedforward\.attn\.(.+)", r"region_attention.attention.\1"),
@@ -159,7 +162,7 @@ class Conversion:
     """A converted model, its tokenizer and the provenance written to `conversion.json`."""
 
     model: MatcherPreTrainedModel
-    tokenizer: PreTrainedTokenizerFast
+    tokenizer: PreTrainedTokenizerBase
     architecture: str
     architecture_reason: str
     provenance: dict[str, Any] = field(default_factory=dict)
@@ -593,10 +596,105 @@ def _fold_weight_norm(path: Path, g: torch.Tensor, v: torch.Tensor) -> torch.Ten
 
 
 # ---------------------------------------------------------------------------- conversion
+def has_bert_text_encoder(checkpoint: OriginalCheckpoint) -> bool:
+    return any(key.startswith("bert.") for key in checkpoint.state_dicts[1])
+
+
+def bert_encoder_options(
+    checkpoint: OriginalCheckpoint, folder: Path, architecture: str
+) -> tuple[dict[str, Any], PreTrainedTokenizerBase, list[str]]:
+    """Shared options of a checkpoint whose text encoder is BERT (VSE-infinity's master branch, CHAN's
+    `text_enc_type=bert`), the tokenizer of `folder` (the transformers folder of that BERT: config and fast
+    tokenizer, no weights needed) and notes. Sizes are read from the tensors and checked against both."""
+    options = _Options(checkpoint)
+    if architecture not in MASK_WORD_ARCHITECTURES:
+        raise ConversionError(
+            f"{checkpoint.path}: a BERT text encoder is only known in VSE-infinity and CHAN checkpoints"
+        )
+    try:
+        encoder_config = AutoConfig.from_pretrained(folder).to_dict()
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except Exception as err:  # OSError, ValueError, ... for a missing or malformed folder
+        raise ConversionError(
+            f"--text-encoder {folder}: not a transformers folder with a config and tokenizer ({first_line(err)})"
+        ) from err
+    if not tokenizer.is_fast:
+        raise ConversionError(
+            f"--text-encoder {folder}: needs a fast tokenizer (tokenizer.json), found a slow one"
+        )
+    image, text = checkpoint.state_dicts[0], checkpoint.state_dicts[1]
+    projection, text_projection = image.get("fc.weight"), text.get("linear.weight")
+    word_embeddings = text.get("bert.embeddings.word_embeddings.weight")
+    if projection is None or text_projection is None or word_embeddings is None:
+        raise ConversionError(
+            f"{checkpoint.path}: model[0] needs fc.weight and model[1] linear.weight and "
+            f"bert.embeddings.word_embeddings.weight; found {sorted(image)[:8]} and {sorted(text)[:8]}"
+        )
+    embed_dim, feature_dim = projection.shape
+    for name, value, where in (
+        ("hidden_size", text_projection.shape[1], f"model[1].linear.weight {tuple(text_projection.shape)}"),
+        (
+            "vocab_size",
+            word_embeddings.shape[0],
+            f"model[1].bert.embeddings.word_embeddings.weight {tuple(word_embeddings.shape)}",
+        ),
+    ):
+        if encoder_config.get(name) != value:
+            raise ConversionError(
+                f"--text-encoder {folder}: its config has {name}={encoder_config.get(name)!r} but {where} says {value}: "
+                "pass the BERT the model was trained from"
+            )
+    if text_projection.shape[0] != embed_dim:
+        raise ConversionError(
+            f"{checkpoint.path}: model[1].linear.weight maps to {text_projection.shape[0]} dims but fc.weight to {embed_dim}"
+        )
+    options.matches("img_dim", feature_dim, f"fc weight {tuple(projection.shape)}")
+    options.matches("embed_size", embed_dim, f"fc weight {tuple(projection.shape)}")
+    encoder_type = options.get("precomp_enc_type", "basic")
+    if encoder_type not in ENCODER_TYPES[architecture]:
+        raise ConversionError(
+            f"{checkpoint.path}: opt.precomp_enc_type={encoder_type!r} is not supported; supported: "
+            f"{list(ENCODER_TYPES[architecture])} (a projection of precomputed region features)"
+        )
+    notes = []
+    position_ids = text.get("bert.embeddings.position_ids")
+    if position_ids is not None:
+        # Older transformers saved this constant buffer; today it is rebuilt, so it must be the usual range.
+        if not torch.equal(
+            position_ids.reshape(-1), torch.arange(position_ids.numel(), dtype=position_ids.dtype)
+        ):
+            raise ConversionError(f"{checkpoint.path}: model[1].bert.embeddings.position_ids is not 0..n-1")
+        del text["bert.embeddings.position_ids"]
+        notes.append(
+            "dropped model[1].bert.embeddings.position_ids (a constant 0..n-1 buffer, rebuilt by transformers)"
+        )
+    shared = {
+        "feature_dim": int(feature_dim),
+        "embed_dim": int(embed_dim),
+        "vocab_size": int(word_embeddings.shape[0]),
+        "text_encoder_name": folder.name,
+        "text_encoder_config": encoder_config,
+        "normalize_regions": not options.flag("no_imgnorm"),
+        "normalize_words": not options.flag("no_txtnorm"),
+        "loss": "hinge",
+        "margin": options.number("margin"),
+        "max_violation": options.flag("max_violation"),
+        # The original code masks BERT's input with (ids != 0): BERT's own [PAD] id.
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.cls_token_id,
+        "eos_token_id": tokenizer.sep_token_id,
+    }
+    return shared, tokenizer, notes
+
+
 def convert_checkpoint(
-    checkpoint_path: str | Path, vocab_path: str | Path, architecture: str | None = None
+    checkpoint_path: str | Path,
+    vocab_path: str | Path | None,
+    architecture: str | None = None,
+    text_encoder: str | Path | None = None,
 ) -> Conversion:
-    """The model of an original checkpoint, with the tokenizer of its vocabulary file."""
+    """The model of an original checkpoint, with the tokenizer of its vocabulary file (a word GRU) or of the
+    transformers folder `text_encoder` (a BERT text encoder: VSE-infinity, CHAN)."""
     checkpoint = read_original_checkpoint(checkpoint_path)
     if architecture is None:
         architecture, reason = guess_architecture(checkpoint)
@@ -604,17 +702,30 @@ def convert_checkpoint(
         raise ConversionError(f"--arch must be one of {list(ARCHITECTURES)}, got {architecture!r}")
     else:
         reason = "given with --arch"
-    tokenizer = scan_word_tokenizer(vocab_path)
     notes = []
-    extra_rows = mask_word_rows(checkpoint, architecture, len(tokenizer))
-    shared = encoder_options(checkpoint, len(tokenizer), architecture, extra_rows)
-    if extra_rows:
-        embeddings = checkpoint.state_dicts[1]["embed.weight"]
-        checkpoint.state_dicts[1]["embed.weight"] = embeddings[: len(tokenizer)]
-        notes.append(
-            f"dropped embed.weight row {len(tokenizer)} ('<mask>', appended to the vocabulary by the original "
-            "train.py for cloze tests; retrieval never uses it)"
-        )
+    if has_bert_text_encoder(checkpoint):
+        if text_encoder is None:
+            raise ConversionError(
+                f"{checkpoint.path}: its text encoder is BERT (model[1].bert.*): pass --text-encoder DIR, the "
+                "transformers folder (config and tokenizer) of the BERT it was trained from, e.g. bert-base-uncased"
+            )
+        shared, tokenizer, notes = bert_encoder_options(checkpoint, Path(text_encoder), architecture)
+    else:
+        if vocab_path is None or text_encoder is not None:
+            raise ConversionError(
+                f"{checkpoint.path}: its text encoder is a word GRU (model[1].embed.weight): pass --vocab "
+                "VOCAB.json, the vocabulary it was trained with (not --text-encoder)"
+            )
+        tokenizer = scan_word_tokenizer(vocab_path)
+        extra_rows = mask_word_rows(checkpoint, architecture, len(tokenizer))
+        shared = encoder_options(checkpoint, len(tokenizer), architecture, extra_rows)
+        if extra_rows:
+            embeddings = checkpoint.state_dicts[1]["embed.weight"]
+            checkpoint.state_dicts[1]["embed.weight"] = embeddings[: len(tokenizer)]
+            notes.append(
+                f"dropped embed.weight row {len(tokenizer)} ('<mask>', appended to the vocabulary by the "
+                "original train.py for cloze tests; retrieval never uses it)"
+            )
     try:
         config = CONFIG_BUILDERS[architecture](checkpoint, shared)
     except (ValueError, TypeError) as err:
@@ -638,8 +749,11 @@ def convert_checkpoint(
         "epoch": checkpoint.epoch,
         "best_rsum": checkpoint.best_rsum,
         "eiters": checkpoint.eiters,
-        "vocabulary_file": Path(vocab_path).name,
-        "vocabulary_sha256": sha256_file(Path(vocab_path)),
+        **(
+            {"vocabulary_file": Path(vocab_path).name, "vocabulary_sha256": sha256_file(Path(vocab_path))}
+            if text_encoder is None
+            else {"text_encoder_folder": Path(text_encoder).name}
+        ),
         "notes": notes,
         "options": checkpoint.options,
     }

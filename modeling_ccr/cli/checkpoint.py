@@ -9,7 +9,7 @@ from pathlib import Path
 def command_convert_checkpoint(args: argparse.Namespace) -> None:
     from ..artifacts.original_checkpoints import convert_checkpoint, write_conversion
 
-    conversion = convert_checkpoint(args.checkpoint, args.vocab, args.arch)
+    conversion = convert_checkpoint(args.checkpoint, args.vocab, args.arch, args.text_encoder)
     how = "given" if args.arch else "guessed"
     print(f"architecture: {conversion.architecture} ({how}: {conversion.architecture_reason})")
     print(f"model: {type(conversion.model).__name__} (model_type {conversion.model.config.model_type})")
@@ -31,9 +31,17 @@ def add_commands(commands) -> None:
     convert.add_argument(
         "--vocab",
         type=Path,
-        required=True,
+        default=None,
         metavar="VOCAB.json",
-        help="the vocab/*_vocab.json it was trained with",
+        help="the vocab/*_vocab.json it was trained with (a word-GRU text encoder)",
+    )
+    convert.add_argument(
+        "--text-encoder",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="for a BERT text encoder (VSE-infinity, CHAN): the transformers folder (config, tokenizer) of "
+        "the BERT it was trained from",
     )
     convert.add_argument("--out", type=Path, required=True, metavar="DIR", help="new model folder")
     convert.add_argument(
