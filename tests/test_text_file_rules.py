@@ -234,3 +234,23 @@ def test_every_converter_refuses_a_captions_count_below_one_in_one_line(tmp_path
     assert len(err.splitlines()) == 1, err
     assert f"--captions-per-image must be a positive integer (captions kept per image), found {count}" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_an_entities_file_cut_before_its_last_period_is_refused_by_the_converters(tmp_path):
+    from modeling_ccr.data.flickr30k_entities import format_annotation
+    from modeling_ccr.data.formats.convert import ground_with_entities
+
+    caption = "a red dog runs on the grass ."
+    (tmp_path / "Annotations").mkdir()
+    (tmp_path / "Sentences").mkdir()
+    (tmp_path / "Annotations" / "123.xml").write_text(format_annotation("123", [50, 40], [[]]))
+    sentences = tmp_path / "Sentences" / "123.txt"
+    sentences.write_text(f"{SENTENCE}\n{SENTENCE}\n")
+    assert ground_with_entities(tmp_path, "123", [caption, caption], None)[0] == [caption, caption]
+    sentences.write_text(f"{SENTENCE}\n{SENTENCE[:-2]}")  # the cut takes " ." and the newline
+    with pytest.raises(
+        ValueError, match=r"caption 1: .*123\.txt's last line has no newline .*cut off mid-line"
+    ):
+        ground_with_entities(tmp_path, "123", [caption, caption], None)
+    sentences.write_text(f"{SENTENCE}\n{SENTENCE}")  # complete, only the final newline missing: accepted
+    assert ground_with_entities(tmp_path, "123", [caption, caption], None)[0] == [caption, caption]

@@ -154,3 +154,14 @@ def read_json(
         ) from None
     except RecursionError:
         raise error(f"{path}: JSON nested too deeply to be a {what}") from None
+
+
+def ends_with_line_ending(path: str | Path) -> bool:
+    """Whether a file's last byte ends a line (LF or CR); an empty file counts as ended. For formats
+    whose last line may lack its newline, where a caller can tell a cut from a complete line otherwise."""
+    with Path(path).open("rb") as handle:
+        handle.seek(0, 2)
+        if handle.tell() == 0:
+            return True
+        handle.seek(-1, 2)
+        return handle.read(1) in (b"\n", b"\r")

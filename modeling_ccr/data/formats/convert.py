@@ -38,6 +38,7 @@ from ...errors import UserError
 from ...text.tokenization import split_words
 from ..flickr30k_entities import SENTENCES_DIR, EntitiesFormatError, read_image_entities
 from ..schema import corpus_features
+from ..text_files import ends_with_line_ending
 from .butd_tsv import TsvRow, read_tsv_rows
 from .karpathy import CORPUS_SPLIT_OF, KarpathyImage, images_by_split, read_karpathy
 from .scan_precomp import PrecompSplit, available_splits, open_precomp_split
@@ -301,6 +302,19 @@ def ground_with_entities(
         raise ValueError(
             f"image {image_id!r}: the TSV says {tuple(image_size)} (width, height), the Entities annotation "
             f"says {tuple(size)}; the gold boxes would be in another frame than the region boxes"
+        )
+    # The comparison above ignores punctuation, so a last line cut just before its final " ." would pass
+    # and the shorter Entities sentence be stored: a last line without its newline that differs from the
+    # corpus caption is taken for what it most likely is, a file cut off mid-line.
+    last = len(captions) - 1
+    if (
+        last >= 0
+        and split_words(captions[last]) != split_words(entity_captions[last])
+        and not ends_with_line_ending(sentences)
+    ):
+        raise ValueError(
+            f"image {image_id!r}, caption {last}: {sentences}'s last line has no newline and reads "
+            f"{entity_captions[last]!r}, the corpus caption {captions[last]!r}: the file looks cut off mid-line"
         )
     kept = [
         c if split_words(c) == split_words(e) else e for c, e in zip(captions, entity_captions, strict=True)
