@@ -23,6 +23,7 @@ from modeling_ccr.hub.push import (
     PNG_SIGNATURE,
     PushError,
     push_dataset,
+    push_results,
     select_model_files,
 )
 from modeling_ccr.training.experiment import parse_experiment_config, run_experiment
@@ -100,6 +101,15 @@ def test_the_clean_folder_pushes_exactly_its_allowed_files(client, hub, folder, 
     assert hub.read("org/clean", "README.md").decode() != "a card written by hand\n"
     for name in pushed:
         assert SECRET.encode() not in hub.read("org/clean", name)
+
+
+def test_a_result_file_that_is_a_link_is_refused_before_any_request(tmp_path, secret):
+    link = tmp_path / "eval_results_test.json"
+    link.symlink_to(secret)
+    with pytest.raises(
+        PushError, match=r"eval_results_test\.json: expected a regular file, found a symbolic link"
+    ):
+        push_results([link], "org/scan-ccr-demo")  # refused before the offline check: no request at all
 
 
 # ---------------------------------------------------------------------------- the allow-list and limits

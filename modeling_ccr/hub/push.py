@@ -559,6 +559,9 @@ def push_results(
     for path in paths:
         if not path.is_file():
             raise PushError(f"result file not found: {path}")
+        problem = regular_file_problem(path)
+        if problem:
+            raise PushError(f"refusing to push {path}: {problem}; only the result file itself is uploaded")
         if not RESULT_FILE.match(path.name):
             raise PushError(
                 f"{path.name}: result files are named eval_results_<name>.json (or ensemble_eval_results_<name>"
