@@ -22,6 +22,7 @@ from .cross_attention import compiled_tiles, matched_view
 from .distributed import gather_padded, gather_without_grad, world_size_and_rank
 from .encoders import GRUTextEncoder, PretrainedTextEncoder, RegionEncoder, build_text_encoder
 from .gallery_scoring import block_sizes, caption_length_groups, generic_pair_bytes, tile_budget, tile_shape
+from .image_processing_matcher import MatcherImageProcessor, image_processor_for
 from .losses import matching_loss
 from .vision_tower import build_vision_tower
 
@@ -161,6 +162,19 @@ class MatcherPreTrainedModel(GalleryScoring, PreTrainedModel):
         # A vision tower keeps timm's own initialisation (or its pretrained weights): it is not listed.
         if isinstance(module, (RegionEncoder, GRUTextEncoder, PretrainedTextEncoder)):
             module.reset_parameters()
+
+    def image_processor(self) -> MatcherImageProcessor:
+        """The image processor of this model's vision tower (input size, mean, std, resampling from its
+        timm data config): what `save_pretrained` writes beside the weights and the pipeline uses."""
+        if self.vision_tower is None:
+            raise ValueError(f"this {type(self).__name__} reads region features: it has no image processor")
+        return image_processor_for(self.vision_tower)
+
+    def save_pretrained(self, save_directory, *args, **kwargs) -> None:
+        """transformers' save, plus `preprocessor_config.json` (the image processor) for a vision tower."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if self.vision_tower is not None and kwargs.get("is_main_process", True):
+            self.image_processor().save_pretrained(save_directory)
 
     def load_vision_weights(self) -> str | None:
         """Give a NEW model's vision tower its first weights (`vision_tower.weights`, else the ImageNet

@@ -7,7 +7,10 @@ transformers: `pipeline("image-text-matching", model=<folder or Hub id>, trust_r
 a process without this package.
 
 An image is a dict `{"features": (n_regions, feature_dim), "boxes": (n_regions, 4) optional}` of region
-features, or a path / PIL image. Paths and PIL images need a `region_extractor` (e.g.
+features, or a path / PIL image. A model with a vision tower reads paths and PIL images itself, through its
+own image processor (`model.image_processor()`, the one saved with the checkpoint); with "boxes" regions
+an image is `{"image": path or PIL image, "boxes": (n_regions, 4)}` in the image's pixels. For a model
+that reads region features, paths and PIL images need a `region_extractor` (e.g.
 `modeling_ccr.vision.RegionFeatureExtractor`, the `vision` extra) that gives the same kind of features the
 model was trained on: `pipeline(..., region_extractor=extractor)`.
 
@@ -117,13 +120,21 @@ class ImageTextMatchingPipeline(Pipeline):
             raise ValueError(
                 f"caption {too_long} has {len(captions[too_long])} characters; at most {MAX_CAPTION_CHARS} are scored"
             )
-        regions = [self._regions(image, f"image {i}") for i, image in enumerate(images)]
-        n = max(f.shape[0] for f, _ in regions)
-        features = torch.zeros(len(regions), n, regions[0][0].shape[1])
-        region_mask = torch.zeros(len(regions), n, dtype=torch.bool)
-        for i, (f, _) in enumerate(regions):
-            features[i, : f.shape[0]] = f
-            region_mask[i, : f.shape[0]] = True
+        if getattr(self.model, "vision_tower", None) is not None:
+            image_inputs = self._pixels(images)
+        else:
+            regions = [self._regions(image, f"image {i}") for i, image in enumerate(images)]
+            n = max(f.shape[0] for f, _ in regions)
+            features = torch.zeros(len(regions), n, regions[0][0].shape[1])
+            region_mask = torch.zeros(len(regions), n, dtype=torch.bool)
+            for i, (f, _) in enumerate(regions):
+                features[i, : f.shape[0]] = f
+                region_mask[i, : f.shape[0]] = True
+            image_inputs = {
+                "region_features": features,
+                "region_mask": region_mask,
+                "boxes": [b for _, b in regions],
+            }
         encoded = self.tokenizer(
             captions,
             padding="longest",
@@ -132,30 +143,75 @@ class ImageTextMatchingPipeline(Pipeline):
             return_token_type_ids=False,
         )
         return {
-            "region_features": features,
-            "region_mask": region_mask,
+            **image_inputs,
             "input_ids": encoded["input_ids"],
             "attention_mask": encoded["attention_mask"],
             "special_tokens_mask": encoded["special_tokens_mask"],
-            "boxes": [b for _, b in regions],
             "captions": captions,
             "query": query,
         }
 
+    def _pixels(self, images: list) -> dict[str, Any]:
+        """A vision-tower model's inputs for images (paths, PIL images, or {"image", "boxes"} dicts), made
+        by the model's own image processor."""
+        from PIL import Image
+
+        uses_boxes = self.model.config.vision_tower["regions"] == "boxes"
+        sources, boxes = [], []
+        for i, image in enumerate(images):
+            if isinstance(image, dict) and "image" in image:
+                sources.append(image["image"])
+                boxes.append(
+                    None if image.get("boxes") is None else np.asarray(image["boxes"], dtype=np.float32)
+                )
+            elif isinstance(image, (str, Image.Image)) or hasattr(image, "__fspath__"):
+                sources.append(image)
+                boxes.append(None)
+            else:
+                raise ValueError(
+                    f"image {i}: this model has a vision tower; pass a path, a PIL image or "
+                    f"{{'image': ..., 'boxes': ...}}, found {type(image).__name__}"
+                )
+            if uses_boxes and (
+                boxes[-1] is None or boxes[-1].ndim != 2 or boxes[-1].shape[-1] != 4 or not len(boxes[-1])
+            ):
+                raise ValueError(
+                    f"image {i}: this model pools given boxes: pass {{'image': ..., 'boxes': (n, 4)}}"
+                )
+        processor = self.model.image_processor()
+        return dict(processor(sources, region_boxes=boxes if uses_boxes else None))
+
     # -- model ---------------------------------------------------------------------------------
     def _forward(self, model_inputs, return_attention: bool = False):
         device = self.model.device
-        features = model_inputs["region_features"].to(device)
-        region_mask = model_inputs["region_mask"].to(device)
         input_ids = model_inputs["input_ids"].to(device)
         attention_mask = model_inputs["attention_mask"].to(device)
         model = self.model
+        out = dict(model_inputs)
+        if "pixel_values" in model_inputs:
+            # Each image once through the tower; its region features then serve scores and attention alike.
+            pixel_values = model_inputs["pixel_values"].to(device)
+            given = model_inputs.get("region_boxes")
+            given_mask = model_inputs.get("region_mask")
+            features, region_mask, boxes = model.tower_features(
+                pixel_values,
+                None if given is None else given.to(device),
+                None if given_mask is None else given_mask.to(device),
+            )
+            original = model.image_processor().to_original_boxes(
+                boxes, model_inputs["image_sizes"].to(device)
+            )
+            out["boxes"] = [b[m].cpu().numpy() for b, m in zip(original, region_mask, strict=True)]
+            out["region_mask"] = region_mask.cpu()
+        else:
+            features = model_inputs["region_features"].to(device)
+            region_mask = model_inputs["region_mask"].to(device)
         images = model.get_image_features(features, region_mask)
         texts = model.get_text_features(input_ids, attention_mask)
         scores = model.score_pairs(
             images, region_mask, texts, attention_mask.bool()
         )  # (n_images, n_captions)
-        out = {**model_inputs, "scores": scores.float().cpu()}
+        out["scores"] = scores.float().cpu()
         if return_attention:
             if not model.config.has_cross_attention:
                 raise ValueError(

@@ -342,6 +342,14 @@ class MatchingTrainer(Trainer):
                 f"lower training.learning_rate; {kept}"
             )
         super().save_model(output_dir, _internal_call)
+        model = self.accelerator.unwrap_model(self.model)
+        if getattr(model, "vision_tower", None) is not None and self.args.should_save:
+            # `AutoProcessor.from_pretrained(folder)`: the tower's image processor with the tokenizer.
+            from ..models.processing_matcher import MatcherProcessor
+
+            MatcherProcessor(model.image_processor(), self.processing_class).save_pretrained(
+                output_dir or self.args.output_dir
+            )
 
     def _save_checkpoint(self, model, trial) -> None:
         """The Trainer's checkpoint, marked complete once fully written, then the older ones rotated.
