@@ -140,11 +140,7 @@ class ModelFiles:
 
 
 def _file_kind(mode: int) -> str:
-    if stat.S_ISLNK(mode):
-        return "a symbolic link"
-    if stat.S_ISDIR(mode):
-        return "a folder"
-    return "a special file (socket, FIFO or device)"
+    return "a folder" if stat.S_ISDIR(mode) else "a special file (socket, FIFO or device)"
 
 
 def regular_file_problem(path: Path) -> str | None:
