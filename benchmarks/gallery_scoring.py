@@ -11,7 +11,14 @@ of the model (work its definition cannot avoid) and our ratio to it. Every time 
 kernel of SCAN and BFAN, the compiled `score_pairs` of the others) against the eager path in the same run:
 the first call (compilation included), the steady-state time and the largest score difference.
 
+With `--contention` it prints instead, for each backbone, the contention table: the GEMM bound, the
+per-caption loop and ours with 1, 2 and all threads and with `free_core_threads` ("free cores": as many
+threads as cores are idle), each on the machine as found and with one added competing process busy on
+one core, alternated over `--repeats` rounds (min/median/max), and each one's slowdown under the added
+load (median with / median without).
+
     python benchmarks/gallery_scoring.py [--images 100 --captions 500 --backbones scan_t2i,bfan ...]
+    python benchmarks/gallery_scoring.py --contention --backbones scan_t2i_avg --images 60 --captions 300
 """
 
 from __future__ import annotations
@@ -19,6 +26,9 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -31,6 +41,7 @@ from modeling_ccr.models.configuration_bfan import BfanConfig
 from modeling_ccr.models.configuration_dvsa import DvsaConfig
 from modeling_ccr.models.configuration_scan import ScanConfig
 from modeling_ccr.models.configuration_sgraf import SafConfig, SgrConfig
+from modeling_ccr.models.gallery_scoring import free_core_threads
 from modeling_ccr.models.modeling_bfan import BfanModel
 from modeling_ccr.models.modeling_dvsa import DvsaModel
 from modeling_ccr.models.modeling_scan import ScanModel
@@ -271,6 +282,93 @@ def run_backbone(name: str, args: argparse.Namespace) -> None:
         compare_compiled(model, (images, region_mask, texts, word_mask), scores, args.repeats)
 
 
+def busy_process() -> subprocess.Popen:
+    """A competing process that keeps one core busy until killed."""
+    return subprocess.Popen([sys.executable, "-c", "while True: pass"])
+
+
+def contention_table(name: str, args: argparse.Namespace) -> None:
+    """Print GEMM / per-caption loop / ours at each thread setting, without and with one busy process."""
+    images, region_mask, texts, word_mask = gallery(args.images, args.captions, args.regions, args.dim)
+    torch.manual_seed(0)
+    model = BACKBONES[name](args.dim).eval()
+    if hasattr(model.config, "n_regions"):
+        model.config.n_regions = args.regions
+    inputs = (images, region_mask, texts, word_mask)
+    loop_captions = min(args.loop_captions, args.captions)
+    settings = [*sorted({1, 2, os.cpu_count() or 1}), "free cores"]
+    default_threads = torch.get_num_threads()
+    reference, largest_difference = None, 0.0
+
+    def ours(setting):
+        if setting == "free cores":
+            with free_core_threads(images.device, os.cpu_count()):
+                return model.similarity(*inputs)
+        return model.similarity(*inputs)
+
+    def loop():
+        per_caption_loop(model, images, region_mask, texts[:loop_captions], word_mask[:loop_captions])
+
+    times: dict[tuple, list[float]] = {}
+    with torch.no_grad():
+        for _ in range(args.repeats):
+            for loaded in (False, True):
+                competitor = busy_process() if loaded else None
+                try:
+                    if competitor is not None:
+                        time.sleep(0.3)  # let it reach its core
+                    for setting in settings:
+                        torch.set_num_threads(os.cpu_count() if setting == "free cores" else setting)
+                        times.setdefault(("gemm", setting, loaded), []).append(
+                            gemm_bound(images, texts, word_mask, 1)
+                        )
+                        start = time.perf_counter()
+                        scores = ours(setting)
+                        times.setdefault(("ours", setting, loaded), []).append(time.perf_counter() - start)
+                        times.setdefault(("loop", setting, loaded), []).append(
+                            min_time(loop, 1) * args.captions / loop_captions
+                        )
+                        # Thread counts split the GEMM's sums differently: equal up to rounding.
+                        if reference is None:
+                            reference = scores
+                        largest_difference = max(largest_difference, (scores - reference).abs().max().item())
+                finally:
+                    if competitor is not None:
+                        competitor.kill()
+                        competitor.wait()
+    torch.set_num_threads(default_threads)
+    print(
+        f"\n## {name}: contention, {args.images} images x {args.captions} captions, D={args.dim}; "
+        f"{args.repeats} alternated rounds; seconds min/median/max; per-caption loop from {loop_captions} captions; "
+        f"largest score difference between settings {largest_difference:.1e}"
+    )
+    print(
+        "| threads | added load | GEMM bound | per-caption loop | ours | ours / GEMM (medians) "
+        "| GEMM slowdown | ours slowdown | ours slowdown / GEMM slowdown |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for setting in settings:
+        for loaded in (False, True):
+            row = {kind: times[(kind, setting, loaded)] for kind in ("gemm", "loop", "ours")}
+            spread = {
+                k: "/".join(f"{f(v):.2f}" for f in (min, statistics.median, max)) for k, v in row.items()
+            }
+            ratio = statistics.median(row["ours"]) / statistics.median(row["gemm"])
+            slowdowns = ""
+            if loaded:
+                gemm = statistics.median(row["gemm"]) / statistics.median(times[("gemm", setting, False)])
+                ours_slowdown = statistics.median(row["ours"]) / statistics.median(
+                    times[("ours", setting, False)]
+                )
+                slowdowns = f"{gemm:.2f} | {ours_slowdown:.2f} | {ours_slowdown / gemm:.2f}"
+            else:
+                slowdowns = " | | "
+            load = "1 busy process" if loaded else "none (as found)"
+            print(
+                f"| {setting} | {load} | {spread['gemm']} | {spread['loop']} | {spread['ours']} | {ratio:.2f} | {slowdowns} |"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backbones", default=",".join(BACKBONES))
@@ -286,6 +384,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--compile", action="store_true", help="also time the kernel under torch.compile")
+    parser.add_argument("--contention", action="store_true", help="print the contention table instead")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -299,7 +398,10 @@ def main() -> None:
         f"{args.repeats} runs"
     )
     for name in args.backbones.split(","):
-        run_backbone(name, args)
+        if args.contention:
+            contention_table(name, args)
+        else:
+            run_backbone(name, args)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from references import reference_scores
 
 from modeling_ccr import ScanConfig, ScanModel
+from modeling_ccr.models import gallery_scoring
 from modeling_ccr.models.configuration_bfan import BfanConfig
 from modeling_ccr.models.cross_attention import CrossAttentionSpec, cross_attention_scores
 from modeling_ccr.models.gallery_scoring import caption_length_groups, tile_budget, tile_shape
@@ -138,3 +139,58 @@ def test_training_gradients_equal_the_reference_gradients(direction, norm):
         )
     for fast, reference in zip(*grads, strict=True):
         torch.testing.assert_close(fast, reference, rtol=1e-7, atol=1e-9)
+
+
+# -- thread count from the free cores ------------------------------------------------------------------
+
+
+def write_stat(path, cpus):
+    """A /proc/stat with the given (idle, busy) jiffies per CPU (idle split into idle and iowait)."""
+    lines = ["cpu  1 2 3 4 5 6 7 8 9 10"]
+    lines += [f"cpu{i} {busy} 0 0 {idle - 1} 1 0 0 0 0 0" for i, (idle, busy) in enumerate(cpus)]
+    path.write_text("\n".join([*lines, "intr 5 0", "ctxt 7"]) + "\n")
+
+
+def test_cpu_times_reads_idle_and_total_jiffies_per_cpu(tmp_path):
+    stat = tmp_path / "stat"
+    write_stat(stat, [(100, 50), (10, 140)])
+    assert gallery_scoring.cpu_times(str(stat)) == {0: (100, 150), 1: (10, 150)}
+    assert gallery_scoring.cpu_times(str(tmp_path / "missing")) == {}
+
+
+def test_free_cores_is_the_idle_share_of_the_allowed_cpus_while_this_process_sleeps(monkeypatch):
+    samples = iter([{0: (0, 0), 1: (0, 0), 2: (0, 0)}, {0: (100, 100), 1: (25, 100), 2: (100, 100)}])
+    monkeypatch.setattr(gallery_scoring, "cpu_times", lambda: next(samples))
+    monkeypatch.setattr(gallery_scoring, "allowed_cpus", lambda: {0, 1})  # cpu 2 is not ours
+    assert gallery_scoring.free_cores(window=0) == pytest.approx(1.25)
+
+
+@pytest.mark.parametrize(
+    ("free", "requested", "expected"), [(0.0, 2, 1), (1.4, 4, 1), (1.6, 4, 2), (3.9, 2, 2)]
+)
+def test_scoring_threads_round_the_free_cores_within_one_and_the_request(
+    monkeypatch, free, requested, expected
+):
+    monkeypatch.setattr(gallery_scoring, "free_cores", lambda: free)
+    monkeypatch.setattr(gallery_scoring, "_free_core_sample", [])
+    assert gallery_scoring.scoring_threads(requested) == expected
+
+
+def test_free_core_threads_sets_and_restores_the_thread_count_and_keeps_the_scores(monkeypatch):
+    monkeypatch.setattr(gallery_scoring, "free_cores", lambda: 1.0)
+    monkeypatch.setattr(gallery_scoring, "_free_core_sample", [])
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        model = ScanModel(ScanConfig(**TINY)).eval()
+        inputs = gallery()
+        expected = model.similarity(*inputs)
+        with gallery_scoring.free_core_threads(torch.device("cpu")) as threads:
+            assert threads == 1 and torch.get_num_threads() == 1
+            scores = model.similarity(*inputs)
+        assert torch.get_num_threads() == 2
+        torch.testing.assert_close(scores, expected, rtol=0, atol=1e-6)
+        with gallery_scoring.free_core_threads(torch.device("cuda")) as threads:
+            assert threads == 2 and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(previous)

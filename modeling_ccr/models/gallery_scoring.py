@@ -4,12 +4,21 @@ The all-pairs cross-attention scorer (`cross_attention.cross_attention_scores`) 
 regions with all words into tiles small enough that a tile's per-pair intermediates stay in cache on a
 CPU (or within a share of free memory on a GPU), so each of its few elementwise passes runs at cache speed
 instead of memory speed. Sizes come from the machine, never from constants tuned on one machine.
+
+On a shared CPU the thread count matters as much: every elementwise pass over a tile is one OpenMP
+parallel region that waits for its slowest thread, so a thread whose core is busy with another process
+stalls every region of every tile (measured in docs/scoring.md). `free_core_threads` runs a block with as
+many threads as there are cores free right now (the idle share of the cores this process may use,
+sampled from /proc/stat over a few milliseconds), never more than torch's own setting.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -105,3 +114,75 @@ def tiled_pair_bytes(n_regions: int, n_words: int) -> int:
     """Bytes per pair of a scorer that tiles its intermediates itself (`cross_attention_scores`): the
     score and, for the tile in flight, its per-query relevances; the tile budget bounds the rest."""
     return 4 * (1 + max(n_regions, n_words))
+
+
+# How long the idle share of the cores is sampled, and how long a sample is reused.
+FREE_CORE_WINDOW_S = 0.02
+FREE_CORE_REUSE_S = 2.0
+_free_core_sample: list[float] = []  # [time of the sample, free cores]
+
+
+def allowed_cpus() -> set[int]:
+    """The CPUs this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return set(os.sched_getaffinity(0))
+    return set(range(os.cpu_count() or 1))
+
+
+def cpu_times(path: str = "/proc/stat") -> dict[int, tuple[int, int]]:
+    """(idle, total) jiffies of every CPU in /proc/stat (idle includes iowait); {} where unreadable."""
+    times = {}
+    try:
+        with open(path, encoding="ascii") as stat:
+            for line in stat:
+                name, *fields = line.split()
+                if name.startswith("cpu") and name[3:].isdigit():
+                    values = [int(v) for v in fields[:8]]
+                    times[int(name[3:])] = (values[3] + values[4], sum(values))
+    except (OSError, ValueError, IndexError):
+        return {}
+    return times
+
+
+def free_cores(window: float = FREE_CORE_WINDOW_S) -> float:
+    """Cores of `allowed_cpus` idle over the next `window` seconds (this process sleeps meanwhile, so
+    only other work counts); their count where /proc/stat cannot be read."""
+    cpus = allowed_cpus()
+    before = cpu_times()
+    time.sleep(window)
+    after = cpu_times()
+    shares = []
+    for cpu in cpus:
+        if cpu in before and cpu in after and after[cpu][1] > before[cpu][1]:
+            shares.append((after[cpu][0] - before[cpu][0]) / (after[cpu][1] - before[cpu][1]))
+    return sum(shares) if shares else float(len(cpus))
+
+
+def scoring_threads(requested: int | None = None) -> int:
+    """Threads for CPU scoring now: the free cores rounded to nearest, at least 1, at most `requested`
+    (default torch's setting). A sample is reused for `FREE_CORE_REUSE_S` seconds."""
+    requested = requested or torch.get_num_threads()
+    if requested == 1:
+        return 1
+    now = time.monotonic()
+    if not _free_core_sample or now - _free_core_sample[0] > FREE_CORE_REUSE_S:
+        _free_core_sample[:] = [now, free_cores()]
+    return max(1, min(requested, math.floor(_free_core_sample[1] + 0.5)))
+
+
+@contextmanager
+def free_core_threads(device: torch.device, threads: int | None = None) -> Iterator[int]:
+    """Within the block, CPU work on `device` runs on `scoring_threads(threads)` threads (restored after);
+    yields the count. Other devices are left alone (yields torch's setting)."""
+    previous = torch.get_num_threads()
+    if torch.device(device).type != "cpu":
+        yield previous
+        return
+    chosen = scoring_threads(threads)
+    if chosen != previous:
+        torch.set_num_threads(chosen)
+    try:
+        yield chosen
+    finally:
+        if chosen != previous:
+            torch.set_num_threads(previous)
