@@ -9,6 +9,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModel
 
 from modeling_ccr import EnsembleModel
+from modeling_ccr.artifacts.records import tokenizer_record
 from modeling_ccr.cli import main
 from modeling_ccr.errors import ModelLoadError
 from modeling_ccr.text.tokenization import build_word_tokenizer
@@ -68,7 +69,13 @@ def test_a_run_saves_a_loadable_checkpoint_with_its_config_versions_and_metrics(
     ):
         assert (model_dir / name).is_file(), name
     info = json.loads((model_dir / "run_info.json").read_text())
-    assert info["seed"] == 3 and "torch" in info["versions"] and info["best_validation_rsum"] is not None
+    assert info["seed"] == 3 and "torch" in info["versions"]
+    validation = [entry["eval_rsum"] for entry in info["log_history"] if "eval_rsum" in entry]
+    assert len(validation) == 2 and info["best_validation_rsum"] == max(validation)
+    assert info["tokenizer"] == tokenizer_record(model_dir) and set(info["tokenizer"]) == {
+        "tokenizer.json",
+        "tokenizer_config.json",
+    }
     losses = [entry["loss"] for entry in info["log_history"] if "loss" in entry]
     assert losses[-1] < losses[0], losses
     record = json.loads((model_dir / "eval_results_test.json").read_text())
@@ -156,11 +163,11 @@ def test_every_shipped_config_parses_and_builds_its_model_config():
         p for p in sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")) if "ablation_" not in p.stem
     ]
     assert {"bfan", "sgr", "saf", "vsepp", "ensemble"} <= {path.stem.split("_")[0] for path in configs} | {
-        load_experiment_config(path).model["backbone"] for path in configs
+        load_experiment_config(path).model.backbone for path in configs
     }
     for path in configs:
         config = load_experiment_config(path)
-        feature_dim = config.model.get("feature_dim", 2048)
+        feature_dim = config.model.options.get("feature_dim", 2048)
         assert build_config(config.model, tokenizer, feature_dim, str(path)).model_type.startswith("xmatch_")
 
 

@@ -20,7 +20,14 @@ from modeling_ccr.artifacts.checkpoints import (
     newest_complete,
     rotate_checkpoints,
 )
-from modeling_ccr.training.experiment import ConfigError, RunFolderError, resume_checkpoint
+from modeling_ccr.cli import main
+from modeling_ccr.data.synthetic import SyntheticCorpusConfig, build_synthetic_corpus
+from modeling_ccr.errors import ConfigError
+from modeling_ccr.text.tokenization import build_word_tokenizer
+from modeling_ccr.training.experiment import run_experiment
+from modeling_ccr.training.model_building import build_model
+from modeling_ccr.training.run_config import load_experiment_config
+from modeling_ccr.training.run_folder import RunFolderError, checkpoint_mismatch, resume_checkpoint
 
 TESTS = Path(__file__).parent
 WORKER = TESTS / "resume_worker.py"
@@ -101,6 +108,67 @@ def test_rotation_keeps_the_newest_and_the_best_and_drops_leftovers(tmp_path):
     deleted = rotate_checkpoints(tmp_path, keep=2, protected={tmp_path / "checkpoint-2"})
     assert sorted(c.step for c in deleted) == [4, 6, 7]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2", "checkpoint-8"]
+
+
+# ------------------------------------------------------------------------------- another run's checkpoint
+def checkpoint_of(run_dir: Path, step: int, section: dict, feature_dim: int, captions: list[str]) -> Path:
+    """A complete checkpoint folder as the Trainer writes one (config, weights, tokenizer, state)."""
+    folder = run_dir / f"checkpoint-{step}"
+    tokenizer = build_word_tokenizer(captions, min_count=1)
+    build_model(section, tokenizer, feature_dim, "test").save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    mark_complete(folder, {"step": step})
+    return folder
+
+
+def tiny_config(tmp_path: Path, **model) -> Path:
+    config = yaml.safe_load(run_config(tmp_path, "run").read_text())
+    config["model"].update(model)
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_resume_from_a_checkpoint_of_another_architecture_is_one_line_naming_what_differs(tmp_path, capsys):
+    config = tiny_config(tmp_path)
+    run = yaml.safe_load(config.read_text())
+    corpus = build_synthetic_corpus(SyntheticCorpusConfig(**{"seed": 5, **run["data"]["synthetic"]}))
+    captions = [c for row in corpus["train"]["captions"] for c in row]
+    other = checkpoint_of(tmp_path / "other", 4, {**run["model"], "embed_dim": 32}, 16, captions)
+    assert main(["train", str(config), "--resume", str(other)]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("ccr ")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    assert f"--resume {other}: not a checkpoint of this run" in errors[0]
+    assert "embed_dim 32 there, 16 in this run" in errors[0]
+    assert not (tmp_path / "run" / "model").exists()
+
+
+def test_resume_from_a_checkpoint_with_another_vocabulary_is_refused(tmp_path):
+    config = load_experiment_config(tiny_config(tmp_path))
+    corpus = build_synthetic_corpus(SyntheticCorpusConfig(**{"seed": 5, **config.data.synthetic}))
+    captions = [c for row in corpus["train"]["captions"] for c in row]
+    tokenizer = build_word_tokenizer(captions, min_count=1)
+    # As many words as the run's vocabulary, but other ones: the config alone cannot tell.
+    words = " ".join(f"w{i}" for i in range(len(tokenizer) - 4))
+    other = checkpoint_of(tmp_path / "other", 4, config.model.to_dict(), 16, [words])
+    model = build_model(config.model, tokenizer, 16, "test")
+    assert checkpoint_mismatch(tmp_path / "other" / "checkpoint-4", model.config, tokenizer).startswith(
+        "its tokenizer.json holds another vocabulary"
+    )
+    with pytest.raises(ConfigError, match=r"not a checkpoint of this run: its tokenizer\.json holds another"):
+        run_experiment(config, resume_from_checkpoint=str(other))
+
+
+def test_a_checkpoint_of_the_same_run_is_accepted(tmp_path):
+    config = load_experiment_config(tiny_config(tmp_path))
+    corpus = build_synthetic_corpus(SyntheticCorpusConfig(**{"seed": 5, **config.data.synthetic}))
+    captions = [c for row in corpus["train"]["captions"] for c in row]
+    same = checkpoint_of(tmp_path / "same", 4, config.model.to_dict(), 16, captions)
+    model = build_model(config.model, build_word_tokenizer(captions, min_count=1), 16, "test")
+    model.config.use_cache = False  # the Trainer sets it while training; it says nothing of the model
+    assert checkpoint_mismatch(same, model.config, build_word_tokenizer(captions, min_count=1)) is None
 
 
 # ------------------------------------------------------------------------------- killed processes
@@ -202,7 +270,8 @@ def test_runs_killed_in_a_checkpoint_write_at_random_and_in_the_final_save_end_a
     assert weights == reference[0], "resumed weights differ from the uninterrupted run's"
     assert metrics == reference[1]
     info = json.loads((run_dir / "model" / "run_info.json").read_text())
-    assert info["sessions"][0]["resumed_from"] is None and info["sessions"][-1]["resumed_from"] is not None
+    assert info["sessions"][0]["resumed_from"] is None
+    assert Path(info["sessions"][-1]["resumed_from"]).name.startswith("checkpoint-")
     assert info["train_seconds"] == pytest.approx(sum(s["seconds"] for s in info["sessions"]), abs=0.2)
     logged_steps = [entry["step"] for entry in info["log_history"] if "loss" in entry]
     assert logged_steps == [1, 2, 3, 4, 5, 6], "the log covers every session"

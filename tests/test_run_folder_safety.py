@@ -8,7 +8,7 @@ import pytest
 
 from modeling_ccr.cli import INTERRUPTED_EXIT_CODE, main
 from modeling_ccr.training import experiment
-from modeling_ccr.training.experiment import LOCK_FILE, RunFolderError, check_output_dir, run_lock
+from modeling_ccr.training.run_folder import LOCK_FILE, RunFolderError, check_output_dir, run_lock
 
 
 def test_a_second_training_into_a_locked_folder_fails_naming_the_holder(tmp_path):
@@ -51,6 +51,33 @@ def test_a_read_only_output_dir_is_refused(tmp_path):
             check_output_dir(folder, "run.yaml")
     finally:
         folder.chmod(0o700)
+
+
+def one_line_error(argv, capsys) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("ccr ")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    return errors[0]
+
+
+def test_ccr_train_into_an_output_dir_that_is_a_file_is_one_line(tmp_path, capsys):
+    target = tmp_path / "model.txt"
+    target.write_text("x")
+    err = one_line_error(["train", "demo", "--set", f"output_dir={target}"], capsys)
+    assert f"output_dir {target} is a file, expected a folder" in err
+    assert target.read_text() == "x"
+
+
+def test_ccr_train_into_a_read_only_folder_is_one_line(tmp_path, monkeypatch, capsys):
+    # Root may write anywhere, so the read-only folder is what os.access reports for it.
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: False if path == folder else access(path, mode))
+    err = one_line_error(["train", "demo", "--set", f"output_dir={folder}"], capsys)
+    assert f"output_dir {folder} is not writable ({folder} is read-only)" in err
+    assert list(folder.iterdir()) == []
 
 
 def test_ctrl_c_during_training_is_one_line_with_the_resume_hint(monkeypatch, capsys):

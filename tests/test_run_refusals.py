@@ -48,7 +48,7 @@ def test_values_that_cannot_train_are_refused_naming_the_field(tmp_path, key, va
 
 
 def test_zero_epochs_are_allowed_when_max_steps_decides(tmp_path):
-    assert tiny(tmp_path, num_train_epochs=0, max_steps=3).training["max_steps"] == 3
+    assert tiny(tmp_path, num_train_epochs=0, max_steps=3).training.max_steps == 3
 
 
 def test_a_training_split_smaller_than_one_batch_is_refused_and_saves_nothing(tmp_path):

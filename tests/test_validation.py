@@ -11,8 +11,8 @@ from modeling_ccr.cli import main
 from modeling_ccr.cli.run import parse_overrides
 from modeling_ccr.data.schema import CorpusValidationError, corpus_features, validate_corpus
 from modeling_ccr.data.synthetic import SyntheticCorpusConfig, build_synthetic_corpus
-from modeling_ccr.errors import UserError
-from modeling_ccr.training.experiment import ConfigError, load_experiment_config, parse_experiment_config
+from modeling_ccr.errors import ConfigError, UserError
+from modeling_ccr.training.run_config import load_experiment_config, parse_experiment_config
 
 DIM = 4
 
@@ -159,12 +159,13 @@ def test_a_yaml_file_reads_an_exponent_without_a_dot_as_a_float(tmp_path):
         "output_dir: out\nmodel: {backbone: scan, ccr_weight: 1e-1}\ntraining:\n  learning_rate: 2e-4\n"
     )
     config = load_experiment_config(path, {"training.max_grad_norm": parse_overrides(["x=5E0"])["x"]})
-    assert config.training == {"learning_rate": 2e-4, "max_grad_norm": 5.0}
-    assert config.model["ccr_weight"] == 0.1
+    assert config.training_set == {"learning_rate": 2e-4, "max_grad_norm": 5.0}
+    assert (config.training.learning_rate, config.training.max_grad_norm) == (2e-4, 5.0)
+    assert config.model.options["ccr_weight"] == 0.1
 
 
 def test_a_number_in_quotes_becomes_the_float_its_key_expects():
-    assert parse_experiment_config(minimal(learning_rate="1e-3")).training["learning_rate"] == 0.001
+    assert parse_experiment_config(minimal(learning_rate="1e-3")).training.learning_rate == 0.001
 
 
 @pytest.mark.parametrize(
@@ -197,7 +198,7 @@ def test_model_and_data_values_are_typed_too():
 
 
 def test_an_integral_float_is_accepted_where_an_int_is_expected():
-    assert parse_experiment_config(minimal(max_steps=1e3)).training["max_steps"] == 1000
+    assert parse_experiment_config(minimal(max_steps=1e3)).training.max_steps == 1000
 
 
 def test_a_wrong_type_on_the_command_line_is_one_line_with_the_key(capsys):

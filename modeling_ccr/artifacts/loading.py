@@ -9,7 +9,7 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTo
 
 from ..errors import ModelLoadError, first_line
 from ..models.modeling_matcher import GalleryScoring
-from .integrity import safetensors_problem
+from .integrity import safetensors_problem, sha256_file
 
 # Files `ccr train` writes into every model folder; their absence means "not a model folder".
 MODEL_FILES = ("config.json", "model.safetensors")
@@ -93,3 +93,69 @@ def load_matcher(path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizer
     except (OSError, ValueError, KeyError, RuntimeError, TypeError, AttributeError) as err:
         raise ModelLoadError(f"{folder}: the tokenizer cannot be loaded: {first_line(err)}") from err
     return model.eval(), tokenizer
+
+
+class FolderMismatchError(ModelLoadError):
+    """A model folder whose tokenizer, config and weights come from different models."""
+
+
+def folder_mismatch(
+    folder: str | Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
+) -> str | None:
+    """Why a loaded folder's tokenizer, config and weights do not belong together (one line), or None.
+
+    - the tokenizer files must be those `ccr train` recorded (sha256 in `run_info.json`, `tokenizer`);
+    - every (member) config's `vocab_size` must be the tokenizer's size, so every id has its embedding
+      row and no row is another word's (the weights' shapes are checked against config.json on loading);
+    - the config's `<pad>`, `<start>`, `<end>` ids (pad/bos/eos_token_id) must be the tokenizer's.
+    """
+    folder = Path(folder)
+    recorded = _recorded_tokenizer(folder)
+    for name, sha in recorded.items():
+        path = folder / name
+        current = sha256_file(path) if path.is_file() else None
+        if current != sha:
+            now = f"now {current[:12]}" if current else "now missing"
+            return (
+                f"{path} is not the tokenizer this model was trained with (sha256 {sha[:12]} recorded in "
+                f"{folder / 'run_info.json'}, {now}): copy the training run's model folder again"
+            )
+    members = getattr(model, "members", None) or [model]
+    for index, member in enumerate(members):
+        config = member.config
+        which = "config.json" if len(members) == 1 else f"config.json (member {index})"
+        vocab_size = getattr(config, "vocab_size", None)
+        if isinstance(vocab_size, int) and vocab_size != len(tokenizer):
+            return (
+                f"{folder}: tokenizer.json and {which} belong to different models: the tokenizer has "
+                f"{len(tokenizer)} tokens, {which} a vocab_size of {vocab_size}"
+            )
+        for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+            expected, found = getattr(config, name, None), getattr(tokenizer, name, None)
+            if expected is not None and found is not None and expected != found:
+                return (
+                    f"{folder}: tokenizer.json and {which} belong to different models: {name} is {expected} "
+                    f"in {which}, {found} in the tokenizer"
+                )
+    return None
+
+
+def _recorded_tokenizer(folder: Path) -> dict[str, str]:
+    """{file: sha256} of the tokenizer files `ccr train` recorded in run_info.json ({} without a record)."""
+    try:
+        record = json.loads((folder / "run_info.json").read_text()).get("tokenizer")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    if not isinstance(record, dict):
+        return {}
+    return {name: sha for name, sha in record.items() if isinstance(name, str) and isinstance(sha, str)}
+
+
+def load_matching_folder(path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """`load_matcher`, then FolderMismatchError (one line, naming the files) when the folder's tokenizer,
+    config and weights do not belong together (`folder_mismatch`)."""
+    model, tokenizer = load_matcher(path)
+    problem = folder_mismatch(path, model, tokenizer)
+    if problem:
+        raise FolderMismatchError(problem)
+    return model, tokenizer

@@ -9,7 +9,6 @@ from typing import Any
 
 import yaml
 
-from ..artifacts.loading import load_matcher
 from ..errors import InvalidValueError
 from ..resources import published_configs, resolve_config
 
@@ -21,7 +20,7 @@ SUMMARY_OPTIONS = ("direction", "aggregation", "focal", "sgr_steps")
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     """`["training.max_steps=100", ...]` -> `{"training.max_steps": 100}` (values parsed as YAML, `1e-3`
     as a float)."""
-    from ..training.experiment import load_yaml
+    from ..training.run_config import load_yaml
 
     overrides = {}
     for pair in pairs:
@@ -123,48 +122,34 @@ def add_demo_parser(commands) -> None:
 
 
 def command_evaluate(args: argparse.Namespace) -> None:
-    from ..artifacts.records import write_evaluation_record
-    from ..data.corpora import load_evaluation_split
-    from ..data.flickr30k_entities import attach_entities
-    from ..evaluation.gallery import attention_metrics, evaluate_matchers
+    from ..evaluation.folder import evaluate_folders, write_evaluation
     from ..metrics.attention import AttendedSetSpec
 
     if args.push:
         from ..hub.push import check_model_repo
 
         check_model_repo(args.push, args.push_revision)  # fail before a long evaluation, not after it
-    if len({Path(path).resolve() for path in args.models}) < len(args.models):
-        raise InvalidValueError(
-            f"the same model is listed twice in {args.models}: an ensemble needs different models"
-        )
-    models, tokenizers = zip(*(load_matcher(path) for path in args.models), strict=True)
-    from ..artifacts.integrity import weights_changed
-
-    for path in args.models:
-        changed = weights_changed(path)
-        if changed:
-            print(f"warning: {changed}; these results record the current weights", file=sys.stderr)
-    dataset, dataset_name = load_evaluation_split(args.models[0], args.dataset, args.split)
-    if args.entities is not None:
-        dataset = attach_entities(dataset, args.entities)
-    metrics = evaluate_matchers(
-        models,
-        tokenizers,
-        dataset,
-        args.protocol,
-        args.captions_per_image,
-        progress=True,
+    result = evaluate_folders(
+        args.models,
+        dataset=args.dataset,
+        split=args.split,
+        protocol=args.protocol,
+        captions_per_image=args.captions_per_image,
         rerank_k=args.rerank_k,
         eccv_subset=args.eccv_subset,
+        attention=(
+            AttendedSetSpec(args.attended_rule, args.attended_value, args.iou_threshold)
+            if args.attention
+            else None
+        ),
+        entities=args.entities,
+        progress=True,
     )
-    if args.attention:
-        rule = AttendedSetSpec(args.attended_rule, args.attended_value, args.iou_threshold)
-        metrics["attention"] = [
-            attention_metrics(m, t, dataset, rule, progress=True)
-            for m, t in zip(models, tokenizers, strict=True)
-        ]
-    output = write_evaluation_record(metrics, dataset_name, args.split, args.models, args.output)
-    print_results(metrics, f"{' + '.join(args.models)} on {dataset_name}, split {args.split}")
+    for warning in result.warnings:
+        print(f"warning: {warning}; these results record the current weights", file=sys.stderr)
+    output = write_evaluation(result, args.output)
+    metrics = result.metrics
+    print_results(metrics, f"{' + '.join(args.models)} on {result.dataset_name}, split {args.split}")
     if "eccv" in metrics:
         from ..metrics.eccv import format_eccv_table
 
@@ -176,8 +161,8 @@ def command_evaluate(args: argparse.Namespace) -> None:
         from ..hub.push import push_results
         from .hub import print_push
 
-        result = push_results([output], args.push, model_dir=args.models[0], revision=args.push_revision)
-        print_push(result, f"the evaluation results {output.name}")
+        pushed = push_results([output], args.push, model_dir=args.models[0], revision=args.push_revision)
+        print_push(pushed, f"the evaluation results {output.name}")
 
 
 def add_evaluate_parser(commands) -> None:
@@ -275,7 +260,7 @@ def describe_model(model: dict) -> str:
 
 
 def command_ensemble(args: argparse.Namespace) -> None:
-    from ..training.experiment import assemble_ensemble
+    from ..training.ensembles import assemble_ensemble
 
     output = assemble_ensemble(args.models, args.output)
     print(

@@ -1,10 +1,13 @@
 """The corpus a run or an evaluation reads: the built-in synthetic corpus or a saved `DatasetDict`.
 
-Read by training runs, `ccr evaluate`, `ccr visualize` and the app, so it lives below all of them.
+Read by training runs, `ccr evaluate`, `ccr visualize` and the app, so it lives below all of them; so does
+`DataConfig`, the data section of a run configuration, which `ccr evaluate` reads back from a model
+folder's `training_config.yaml`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -12,39 +15,63 @@ import datasets
 import yaml
 
 from ..errors import ConfigError, DatasetLoadError
+from .config_fields import check_keys, field_types, read_section, typed_section
 from .streaming import DEFAULT_SHUFFLE_BUFFER, load_streaming_corpus
 from .synthetic import SyntheticCorpusConfig, build_synthetic_corpus
 
 SYNTHETIC_SOURCE = "synthetic"
 
 
-DATA_KEYS = {
-    "source": SYNTHETIC_SOURCE,
-    "synthetic": {},
-    "min_word_count": 4,
-    "captions_per_image": 5,
-    "max_words": None,
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """The `data:` section of a run configuration: which corpus, and how its captions become tokens."""
+
+    # "synthetic" (the built-in corpus) or a DatasetDict folder saved with save_to_disk.
+    source: str = SYNTHETIC_SOURCE
+    # Options of the built-in corpus (`SyntheticCorpusConfig` fields; its seed defaults to the run's).
+    synthetic: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # Words seen fewer times in the training captions map to <unk>.
+    min_word_count: int = 4
+    captions_per_image: int | None = 5
+    max_words: int | None = None
     # A SCAN vocabulary file (vocab/*_vocab.json): its ids and SCAN's word rule instead of a vocabulary
     # built from the training captions (min_word_count is then unused).
-    "vocab": None,
-    # Read the train split as a stream (docs/converters.md, "Streaming"): data.source is then a folder of
+    vocab: str | None = None
+    # Read the train split as a stream (docs/converters.md, "Streaming"): source is then a folder of
     # Parquet/Arrow files by split, or a save_to_disk folder; shuffle_buffer: images per shuffle buffer.
-    "streaming": False,
-    "shuffle_buffer": DEFAULT_SHUFFLE_BUFFER,
-}
+    streaming: bool = False
+    shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER
+
+    @classmethod
+    def from_mapping(cls, values: Any, where: str) -> DataConfig:
+        """The section as written in YAML (missing keys take the defaults above); ConfigError naming the
+        file and the key for an unknown key or a value of the wrong type."""
+        data = read_section(cls, "data", values, where)
+        if data.source != SYNTHETIC_SOURCE:
+            return data
+        if not isinstance(data.synthetic, dict):
+            raise ConfigError(f"{where}: 'data.synthetic' must be a mapping, found {data.synthetic!r}")
+        corpus_fields = field_types(SyntheticCorpusConfig)
+        check_keys("data.synthetic", data.synthetic, corpus_fields, where)
+        synthetic = typed_section("data.synthetic", data.synthetic, corpus_fields, where)
+        return dataclasses.replace(data, synthetic=synthetic)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The section as `training_config.yaml` records it (every key, defaults included)."""
+        return dataclasses.asdict(self)
 
 
-def load_corpus(data: dict[str, Any], seed: int) -> tuple[datasets.DatasetDict, str]:
+def load_corpus(data: DataConfig, seed: int) -> tuple[datasets.DatasetDict, str]:
     """The corpus named by the data section, and a name for it to record beside results."""
-    if data["source"] == SYNTHETIC_SOURCE:
-        corpus_config = SyntheticCorpusConfig(**{"seed": seed, **data["synthetic"]})
+    if data.source == SYNTHETIC_SOURCE:
+        corpus_config = SyntheticCorpusConfig(**{"seed": seed, **data.synthetic})
         return build_synthetic_corpus(corpus_config), f"built-in synthetic corpus (seed {corpus_config.seed})"
-    path = Path(data["source"])
+    path = Path(data.source)
     if not path.exists():
         raise ConfigError(
             f"data.source: no dataset at {path} (expected a DatasetDict saved with save_to_disk)"
         )
-    if data["streaming"]:  # the splits besides train; train is streamed (streaming_train_pairs)
+    if data.streaming:  # the splits besides train; train is streamed (streaming_train_pairs)
         return load_streaming_corpus(path)[1], str(path)
     try:
         corpus = datasets.load_from_disk(str(path))
@@ -73,9 +100,9 @@ def load_evaluation_split(
             raise ConfigError(
                 f"{recorded}: expected a mapping with a `data` section, found {type(data).__name__}"
             )
-        corpus, name = load_corpus({**DATA_KEYS, **data}, run.get("seed", 0))
+        corpus, name = load_corpus(DataConfig.from_mapping(data, str(recorded)), run.get("seed", 0))
     else:
-        corpus, name = load_corpus({**DATA_KEYS, "source": dataset}, seed=0)
+        corpus, name = load_corpus(DataConfig(source=str(dataset)), seed=0)
     if split not in corpus:
         raise DatasetLoadError(f"dataset {name} has no split {split!r}; it has {sorted(corpus)}")
     return corpus[split], name

@@ -207,7 +207,7 @@ def prepare_corpus(ablation: Ablation) -> dict[str, Any]:
 
 def run_config(ablation: Ablation, run: AblationRun, corpus_overrides: dict[str, Any]):
     """The validated `ExperimentConfig` of one run: the base config with the ablation's overrides."""
-    from .experiment import load_experiment_config
+    from .run_config import load_experiment_config
 
     return load_experiment_config(run.base, {**run.overrides, **corpus_overrides})
 
