@@ -12,7 +12,8 @@ from references import chan_pool
 from test_vse_infty import raw_batch
 
 from modeling_ccr.models.configuration_chan import ChanConfig
-from modeling_ccr.models.modeling_chan import ChanModel, hard_assignment, soft_assignment
+from modeling_ccr.models.modeling_chan import ChanModel, soft_assignment
+from modeling_ccr.models.modeling_dvsa import best_region_attention as hard_assignment
 
 TINY = dict(feature_dim=10, embed_dim=8, vocab_size=30, word_dim=6, self_attention_heads=2)
 

@@ -11,25 +11,28 @@ from transformers import initialization as init
 
 from .configuration_chan import ChanConfig
 from .constraints import AttentionFunction, MatchedAttention
-from .cross_attention import matched_view
+from .cross_attention import aggregate_relevance, matched_view
 from .encoders import l2_normalize
+from .modeling_dvsa import best_region_attention
 from .modeling_matcher import MatcherPreTrainedModel
+
+# CHAN's pooling names -> the shared aggregation's ("softmax" is CHAN's own).
+SHARED_AGGREGATIONS = {"mean": "avg", "sum": "sum", "max": "max", "lse": "lse"}
 
 
 def pool_assigned(values: torch.Tensor, mask: torch.Tensor, pooling: str, temperature: float) -> torch.Tensor:
-    """Pool per-query similarities `(..., m)` over the valid queries (mask broadcastable to values) -> `(...)`."""
-    if pooling in ("mean", "sum"):
-        total = values.masked_fill(~mask, 0.0).sum(dim=-1)
-        return total / mask.sum(dim=-1).to(values.dtype) if pooling == "mean" else total
-    masked = values.masked_fill(~mask, float("-inf"))
-    if pooling == "max":
-        return masked.amax(dim=-1)
-    if pooling == "lse":
-        return torch.logsumexp(masked / temperature, dim=-1)
+    """Pool per-query similarities `(..., m)` over the valid queries (mask broadcastable to values) -> `(...)`.
+
+    CHAN's LSE is log sum exp(s / tau), NOT rescaled by tau as SCAN's (`aggregate_relevance`) is.
+    """
+    values = values.masked_fill(~mask, 0.0)  # padded queries carry -inf from the max over no key
     if pooling == "softmax":
-        weights = torch.softmax(masked / temperature, dim=-1)
-        return (weights * values.masked_fill(~mask, 0.0)).sum(dim=-1)
-    raise ValueError(f"unknown CHAN pooling {pooling!r}")
+        weights = torch.softmax(values.masked_fill(~mask, float("-inf")) / temperature, dim=-1)
+        return (weights * values).sum(dim=-1)
+    if pooling not in SHARED_AGGREGATIONS:
+        raise ValueError(f"unknown CHAN pooling {pooling!r}")
+    pooled = aggregate_relevance(values, mask, SHARED_AGGREGATIONS[pooling], 1.0 / temperature)
+    return pooled / temperature if pooling == "lse" else pooled
 
 
 def hard_assignment_scores(
@@ -63,20 +66,11 @@ def hard_assignment_scores(
     return total
 
 
-def hard_assignment(logits: torch.Tensor, query_mask: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-    """One-hot assignment of each valid query to its most similar valid key (the first on ties):
-    logits `(..., m, n)`, query_mask `(..., m)`, key_mask `(..., n)` -> `(..., m, n)`, zero rows at padded
-    queries. No gradient flows through the choice (the constraints' gradient reaches the embeddings
-    through the relevances of the chosen and re-sourced contents)."""
-    best = logits.masked_fill(~key_mask.unsqueeze(-2), float("-inf")).argmax(dim=-1, keepdim=True)
-    one_hot = torch.zeros_like(logits).scatter_(-1, best, 1.0)
-    return one_hot * query_mask.unsqueeze(-1).to(logits.dtype)
-
-
 def soft_assignment(
     logits: torch.Tensor, query_mask: torch.Tensor, key_mask: torch.Tensor, temperature: float
 ) -> torch.Tensor:
-    """softmax over valid keys of logits / temperature (CHAN's soft coding): shapes as `hard_assignment`."""
+    """softmax over valid keys of logits / temperature (CHAN's soft coding): logits `(..., m, n)`, query_mask
+    `(..., m)`, key_mask `(..., n)` -> `(..., m, n)`, zero rows at padded queries."""
     weights = torch.softmax(logits.masked_fill(~key_mask.unsqueeze(-2), float("-inf")) / temperature, dim=-1)
     return weights * query_mask.unsqueeze(-1).to(logits.dtype)
 
@@ -133,9 +127,11 @@ class ChanModel(MatcherPreTrainedModel):
 
     @property
     def attention_function(self) -> AttentionFunction:
-        """The assignment the constraints see (`config.constraint_assignment`, ours): one-hot or soft."""
+        """The assignment the constraints see (`config.constraint_assignment`, ours): the one-hot hard
+        assignment (DVSA's `best_region_attention`, first key on ties; no gradient through the choice, the
+        constraints' gradient reaches the embeddings through the relevances) or the soft one."""
         if self.config.constraint_assignment == "hard":
-            return hard_assignment
+            return best_region_attention
         return partial(soft_assignment, temperature=self.config.assignment_temperature)
 
     def get_image_features(self, region_features: torch.Tensor, region_mask: torch.Tensor) -> torch.Tensor:
