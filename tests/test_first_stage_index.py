@@ -30,8 +30,9 @@ def test_parameters_come_from_the_gallery_size():
     assert index_parameters(5000).kind == "flat"
     assert index_parameters(100_000).kind == "flat"
     big = index_parameters(1_000_000)
-    assert (big.kind, big.n_lists, big.n_probe) == ("ivf", 4000, 250)
+    assert (big.kind, big.n_lists, big.n_probe) == ("ivf", 1000, 125)
     assert index_parameters(200, "ivf").n_lists == 5  # at least 39 training points per list
+    assert index_parameters(40_000, "ivf").n_lists == 200
     with pytest.raises(GalleryIndexError, match="expected 'auto', 'flat' or 'ivf', found 'hnsw'"):
         index_parameters(10, "hnsw")
 
