@@ -223,3 +223,31 @@ def test_a_tower_model_loads_with_trust_remote_code_where_the_package_is_absent(
     with torch.no_grad():
         expected = model(**inputs).logits_per_image
     assert torch.equal(torch.load(tmp_path / "remote.pt"), expected)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    grads = []
+    for checkpointing in (False, True):
+        model = tiny_model(grid=2, gradient_checkpointing=checkpointing).train()
+        model(**batch(), return_loss=True).loss.backward()
+        grads.append(model.vision_tower.model.conv_stem.weight.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_the_tower_gets_its_own_learning_rate_group(tmp_path):
+    from transformers import TrainingArguments
+
+    from modeling_ccr.training.text_encoders import text_encoder_optimizer
+
+    model = tiny_model(learning_rate=1e-5)
+    optimizer = text_encoder_optimizer(model, TrainingArguments(output_dir=str(tmp_path), learning_rate=2e-4))
+    rest, tower = optimizer.param_groups
+    assert (rest["lr"], tower["lr"]) == (2e-4, 1e-5)
+    assert {id(p) for p in tower["params"]} == {id(p) for p in model.vision_tower.parameters()}
+    assert len(rest["params"]) + len(tower["params"]) == len(list(model.parameters()))
+
+
+def test_a_tower_spec_tells_its_feature_size_before_the_model_exists():
+    from modeling_ccr.models.vision_tower import tower_feature_dim
+
+    assert tower_feature_dim(TOWER) == 256 and tower_feature_dim({**TOWER, "feature_level": 1}) == 24

@@ -201,3 +201,11 @@ def build_vision_tower(config) -> VisionTower | None:
     """The tower a matcher config's `vision_tower` asks for, or None when the model reads region features."""
     spec = getattr(config, "vision_tower", None)
     return None if spec is None else VisionTower(spec)
+
+
+def tower_feature_dim(spec: dict[str, Any]) -> int:
+    """The region feature size a `vision_tower` spec gives (builds its timm model once, random weights):
+    what a run sizes the region projection with before the model exists."""
+    from .configuration_matcher import validate_vision_tower
+
+    return VisionTower(validate_vision_tower(spec)).feature_dim
