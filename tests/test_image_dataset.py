@@ -228,3 +228,26 @@ def test_digit_scenes_written_as_images_keep_their_boxes_and_phrases_and_give_at
     assert np.asarray(features[0]["features"]).shape == (24, 256)
     result = attention_metrics(model, tokenizer, features)
     assert 0 <= result["attention_f1"] <= 1 and result["n_words"] > 0
+
+
+def test_a_run_gets_pairs_collator_captions_and_feature_size_from_either_kind_of_split(photo_corpus):
+    from modeling_ccr.data.collator import RegionCaptionCollator
+    from modeling_ccr.data.image_corpus import (
+        corpus_captions,
+        split_feature_dim,
+        training_collator,
+        training_pairs,
+    )
+
+    images = datasets.load_from_disk(str(photo_corpus))["train"]
+    tokenizer = build_word_tokenizer(corpus_captions(images), 1)
+    tower = {"architecture": "test_efficientnet", "image_size": 64, "grid": 2}
+    assert split_feature_dim(images, {"vision_tower": tower}) == 256
+    with pytest.raises(ValueError, match="needs a vision_tower"):
+        split_feature_dim(images, {})
+    model = tiny_scan(tokenizer, grid=2)
+    batch = training_collator(images, model, tokenizer)([training_pairs(images)[i] for i in range(3)])
+    assert batch["pixel_values"].shape == (3, 3, 64, 64)
+    features = tower_feature_split(model, images)
+    assert isinstance(training_collator(features, model, tokenizer), RegionCaptionCollator)
+    assert split_feature_dim(features, {}) == 256 and corpus_captions(features) == corpus_captions(images)

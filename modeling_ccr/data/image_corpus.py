@@ -149,3 +149,53 @@ def tower_feature_split(
         with_caption_ids="caption_ids" in kept,
     )
     return datasets.Dataset.from_dict({**columns, "features": features, "boxes": boxes}, features=schema)
+
+
+# -- what a run needs from a split of either kind (features or images) --------------------------------------
+
+
+def corpus_captions(dataset: datasets.Dataset) -> list[str]:
+    """Every caption of a split in row order, for a feature or an image corpus (builds the vocabulary)."""
+    if is_image_corpus(dataset):
+        return ImagePairs(dataset).captions
+    from .pairs import caption_table
+
+    return caption_table(dataset)[0]
+
+
+def split_feature_dim(dataset: datasets.Dataset, model_options: dict[str, Any]) -> int:
+    """The region feature size a model trained on this split sees: the stored features' size, or for an
+    image corpus the size of the section's `vision_tower` (which it then needs)."""
+    if not is_image_corpus(dataset):
+        return int(dataset.with_format("numpy", columns=["features"])[0]["features"].shape[-1])
+    tower = model_options.get("vision_tower")
+    if tower is None:
+        raise ValueError(
+            "the dataset holds images (an 'image' column), not region features: the model section needs a "
+            "vision_tower (e.g. vision_tower: {architecture: efficientnet_lite0}), or extract features first "
+            "with ccr extract"
+        )
+    from ..models.vision_tower import tower_feature_dim
+
+    return tower_feature_dim(tower)
+
+
+def training_pairs(dataset: datasets.Dataset) -> torch.utils.data.Dataset:
+    """The (image, caption) pairs of a training split: `ImagePairs` for images, `ImageCaptionPairs` for features."""
+    if is_image_corpus(dataset):
+        return ImagePairs(dataset)
+    from .pairs import ImageCaptionPairs
+
+    return ImageCaptionPairs(dataset)
+
+
+def training_collator(
+    dataset: datasets.Dataset, model, tokenizer, max_words: int | None = None, augmentation=None
+):
+    """The collator of a training split: `ImageCaptionCollator.for_model` for images (decoding in the
+    DataLoader workers), `RegionCaptionCollator` for features."""
+    from .collator import ImageCaptionCollator, RegionCaptionCollator
+
+    if is_image_corpus(dataset):
+        return ImageCaptionCollator.for_model(model, tokenizer, max_words, augmentation)
+    return RegionCaptionCollator(tokenizer, max_words)

