@@ -12,8 +12,8 @@ kernel of SCAN and BFAN, the compiled `score_pairs` of the others) against the e
 the first call (compilation included), the steady-state time and the largest score difference.
 
 With `--contention` it prints instead, for each backbone, the contention table: the GEMM bound, the
-per-caption loop and ours with 1, 2 and all threads and with `free_core_threads` ("free cores": as many
-threads as cores are idle), each on the machine as found and with one added competing process busy on
+per-caption loop and ours with 1, 2 and all threads and under `free_core_threads` ("free cores": as many
+threads as cores are idle when the call starts, the policy `similarity` would use), each on the machine as found and with one added competing process busy on
 one core, alternated over `--repeats` rounds (min/median/max), and each one's slowdown under the added
 load (median with / median without).
 
@@ -32,6 +32,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from functools import partial
 
 import torch
@@ -300,11 +301,12 @@ def contention_table(name: str, args: argparse.Namespace) -> None:
     default_threads = torch.get_num_threads()
     reference, largest_difference = None, 0.0
 
-    def ours(setting):
+    def threads_for(setting):
+        """The thread policy of a setting: a fixed count, or as many threads as cores are free."""
         if setting == "free cores":
-            with free_core_threads(images.device, os.cpu_count()):
-                return model.similarity(*inputs)
-        return model.similarity(*inputs)
+            return free_core_threads(images.device, os.cpu_count())
+        torch.set_num_threads(setting)
+        return nullcontext()
 
     def loop():
         per_caption_loop(model, images, region_mask, texts[:loop_captions], word_mask[:loop_captions])
@@ -318,16 +320,17 @@ def contention_table(name: str, args: argparse.Namespace) -> None:
                     if competitor is not None:
                         time.sleep(0.3)  # let it reach its core
                     for setting in settings:
-                        torch.set_num_threads(os.cpu_count() if setting == "free cores" else setting)
-                        times.setdefault(("gemm", setting, loaded), []).append(
-                            gemm_bound(images, texts, word_mask, 1)
-                        )
-                        start = time.perf_counter()
-                        scores = ours(setting)
-                        times.setdefault(("ours", setting, loaded), []).append(time.perf_counter() - start)
-                        times.setdefault(("loop", setting, loaded), []).append(
-                            min_time(loop, 1) * args.captions / loop_captions
-                        )
+                        torch.set_num_threads(default_threads)
+                        with threads_for(setting):
+                            bound = gemm_bound(images, texts, word_mask, 1)
+                        with threads_for(setting):
+                            start = time.perf_counter()
+                            scores = model.similarity(*inputs)
+                            elapsed = time.perf_counter() - start
+                        with threads_for(setting):
+                            loop_time = min_time(loop, 1) * args.captions / loop_captions
+                        for kind, value in (("gemm", bound), ("ours", elapsed), ("loop", loop_time)):
+                            times.setdefault((kind, setting, loaded), []).append(value)
                         # Thread counts split the GEMM's sums differently: equal up to rounding.
                         if reference is None:
                             reference = scores

@@ -1,15 +1,21 @@
 """Recall against time of two-stage retrieval (`ccr evaluate --rerank-k K`) over K, against exact scoring.
 
-Data: the built-in synthetic corpus only (its test split; never Flickr30K or COCO). For each backbone it
-trains a small model with the library's own training path (`run_experiment` on configs/demo.yaml with a
-reduced budget, no validation passes), or takes a trained model folder with --model. It then encodes the
-test split once and, from one run, prints for exact scoring (`model.similarity` of every pair), for the
-first stage alone (pooled embeddings, no re-ranking) and for each K: R@1/5/10 in both directions, rSum,
-the share of the gallery's pairs the model scored, and the seconds of the scoring (encoding excluded,
-the same for every row). Times are the minimum of --repeats runs.
+Data: the built-in synthetic corpus only (never Flickr30K or COCO), with a test split of --test-images
+images (5 captions each: 1000 is Flickr30K test's size, 5000 COCO 5K's). For each backbone it trains a
+small model with the library's own training path (`run_experiment` on configs/demo.yaml with a reduced
+budget, no validation passes), or takes a trained model folder with --model. It then trains a global head
+(`models/global_head.py`) alone on the frozen fragment embeddings of the training split, distilling the
+model's in-batch ranking (--head-steps; --head none skips it), encodes the test split once and prints,
+from one run, for exact scoring (`model.similarity` of every pair), for each first stage alone (the
+mean-pooled fragments; the head) and for each K with each first stage: R@1/5/10 in both directions,
+rSum and its share of exact, the share of the gallery's pairs the model scored, the seconds of the scoring
+(encoding excluded, the same for every row; the first stage included) and their share of exact time, and
+the cost of a re-ranked pair against an exactly scored one. With --per-image-k it also times the previous
+per-image re-ranking (one `model.similarity` call per image) at that K. Times are the minimum of
+--repeats runs; the device is the model's (--device).
 
-    OMP_NUM_THREADS=1 python benchmarks/two_stage_curve.py --threads 1 [--backbones scan,sgr]
-        [--model scan=runs/two_stage_curve/scan/model] [--ks 1,5,10,20,50,128]
+    python benchmarks/two_stage_curve.py --backbones scan --test-images 1000 [--model scan=DIR]
+        [--ks 8,16,32,64,128] [--head mean|gpo|none] [--head-steps 200] [--device cuda]
 """
 
 from __future__ import annotations
@@ -19,22 +25,21 @@ import os
 import platform
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from modeling_ccr.artifacts.loading import load_matcher
-from modeling_ccr.data.corpora import load_evaluation_split
+from modeling_ccr.data.corpora import DataConfig, load_corpus
 from modeling_ccr.data.pairs import caption_table
 from modeling_ccr.evaluation.gallery import encode_captions, encode_images
-from modeling_ccr.evaluation.two_stage import pooled_embeddings, two_stage_similarity
+from modeling_ccr.evaluation.two_stage import pooled_embeddings, shortlisted_pairs, two_stage_similarity
 from modeling_ccr.metrics.retrieval import evaluate_retrieval
-from modeling_ccr.training.experiment import (
-    load_yaml,
-    parse_experiment_config,
-    run_experiment,
-)
+from modeling_ccr.models.global_head import GlobalHead, fit_global_head
+from modeling_ccr.training.experiment import load_yaml, parse_experiment_config, run_experiment
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 # 50 steps of the demo's batch of 128 (0.43 of an epoch) and no validation passes: minutes on a loaded
@@ -50,9 +55,8 @@ REDUCED_TRAINING = {
 }
 # SGR, the slow backbone two-stage retrieval is for, at a size that trains in minutes on the same CPU:
 # a smaller similarity dimension and batch than SGRAF's (256, 128), a bounded number of steps, no
-# constraints, and a test split of 100 images (500 captions) so that exact scoring stays affordable.
-# From scratch its hardest-negative hinge sits on the plateau of equal scores (docs/ablation.md), so the
-# first steps sum the hinge over negatives.
+# constraints. From scratch its hardest-negative hinge sits on the plateau of equal scores
+# (docs/ablation.md), so the first steps sum the hinge over negatives.
 SGR_MODEL = {"backbone": "sgr", "embed_dim": 256, "word_dim": 128, "sim_dim": 64, "n_regions": 24}
 SGR_TRAINING = {
     "per_device_train_batch_size": 32,
@@ -60,26 +64,25 @@ SGR_TRAINING = {
     "learning_rate": 5.0e-4,
     "hinge_warmup_steps": 100,
 }
-SGR_TEST_IMAGES = 100
 
 
-def training_config(backbone: str, output_dir: Path) -> dict[str, Any]:
+def training_config(backbone: str, output_dir: Path, test_images: int) -> dict[str, Any]:
     """The demo's run configuration with the reduced budget, as a raw mapping."""
     raw = load_yaml(DEMO_CONFIG.read_text(encoding="utf-8"))
     raw["output_dir"] = str(output_dir)
     raw["training"] = {**raw["training"], **REDUCED_TRAINING}
+    raw["data"]["synthetic"] = {**(raw["data"]["synthetic"] or {}), "test_images": test_images}
     if backbone == "sgr":
         raw["model"] = dict(SGR_MODEL)
         raw["training"] = {**raw["training"], **SGR_TRAINING}
-        raw["data"]["synthetic"] = {**(raw["data"]["synthetic"] or {}), "test_images": SGR_TEST_IMAGES}
     elif backbone != "scan":
         raise ValueError(f"unknown backbone {backbone!r}: expected scan or sgr")
     return raw
 
 
-def train(backbone: str, workdir: Path) -> Path:
+def train(backbone: str, workdir: Path, test_images: int) -> Path:
     """Train the reduced-budget model of `backbone` under workdir and return its model folder."""
-    raw = training_config(backbone, workdir / backbone)
+    raw = training_config(backbone, workdir / backbone, test_images)
     start = time.perf_counter()
     model_dir = run_experiment(
         parse_experiment_config(raw, f"{DEMO_CONFIG} (reduced budget)"), overwrite=True
@@ -88,32 +91,113 @@ def train(backbone: str, workdir: Path) -> Path:
     return model_dir
 
 
+def corpus_splits(model_dir: Path, test_images: int):
+    """The recorded corpus of a model folder with a test split of `test_images` images: (corpus, name)."""
+    run = yaml.safe_load((model_dir / "training_config.yaml").read_text(encoding="utf-8"))
+    data = dict(run["data"])
+    data["synthetic"] = {**(data.get("synthetic") or {}), "test_images": test_images}
+    return load_corpus(
+        DataConfig.from_mapping(data, str(model_dir / "training_config.yaml")), run.get("seed", 0)
+    )
+
+
 def min_time(function: Callable[[], torch.Tensor], repeats: int) -> tuple[float, torch.Tensor]:
-    """Shortest of `repeats` runs and the last result."""
+    """Shortest of `repeats` runs and the last result (device work waited for)."""
     best, result = float("inf"), None
     for _ in range(repeats):
+        synchronize()
         start = time.perf_counter()
         result = function()
+        synchronize()
         best = min(best, time.perf_counter() - start)
     return best, result
 
 
+def synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 class ScoredPairs:
-    """Counts the pairs a model's `similarity` scores (wraps the bound method in place)."""
+    """Counts the pairs the re-ranking scores (wraps `two_stage.rerank_pair_scores` in place)."""
 
-    def __init__(self, model: torch.nn.Module):
-        self.pairs = 0
-        self.similarity = model.similarity
+    def __init__(self):
+        import modeling_ccr.evaluation.two_stage as two_stage
 
-    def __call__(self, image_embeds, region_mask, text_embeds, word_mask, **options) -> torch.Tensor:
-        self.pairs += image_embeds.shape[0] * text_embeds.shape[0]
-        return self.similarity(image_embeds, region_mask, text_embeds, word_mask, **options)
+        self.module, self.pairs, self.original = two_stage, 0, two_stage.rerank_pair_scores
+
+        def counted(model, image_embeds, region_mask, text_embeds, word_mask, images, captions, **options):
+            self.pairs += len(images)
+            return self.original(
+                model, image_embeds, region_mask, text_embeds, word_mask, images, captions, **options
+            )
+
+        two_stage.rerank_pair_scores = counted
+
+    def restore(self) -> None:
+        self.module.rerank_pair_scores = self.original
 
 
-def curve(model_dir: Path, ks: list[int], repeats: int) -> None:
+def per_image_two_stage(
+    model, image_embeds, region_mask, text_embeds, word_mask, k, first_stage
+) -> torch.Tensor:
+    """The previous re-ranking: one `model.similarity` call per image on its shortlisted captions."""
+    rerank = shortlisted_pairs(*first_stage, k)
+    rows = [rerank[image].nonzero().squeeze(1) for image in range(rerank.shape[0])]
+    scored = [
+        model.similarity(image_embeds[i : i + 1], region_mask[i : i + 1], text_embeds[c], word_mask[c])[0]
+        for i, c in enumerate(rows)
+    ]
+    exact = torch.zeros(rerank.shape, device=rerank.device)
+    exact[rerank] = torch.cat(scored)  # row-major order of the True entries, as `rows` lists them
+    return torch.where(rerank, exact, exact[rerank].min() - 3.0 + first_stage[0] @ first_stage[1].T)
+
+
+def train_head(model, corpus, tokenizer, args) -> tuple[GlobalHead, float]:
+    """A global head fitted on the frozen fragment embeddings of the training split; its training seconds."""
+    train_split = corpus["train"]
+    captions, caption_to_image = caption_table(train_split)
+    with torch.no_grad():
+        image_embeds, region_mask = encode_images(model, train_split)
+        text_embeds, word_mask = encode_captions(model, tokenizer, captions)
+    head = GlobalHead(
+        {
+            "embed_dim": image_embeds.shape[-1],
+            "pooling": args.head,
+            "distill_weight": args.distill_weight,
+            "distill_temperature": args.distill_temperature,
+        }
+    ).to(image_embeds.device)
+    start = time.perf_counter()
+    losses = fit_global_head(
+        head,
+        image_embeds,
+        region_mask,
+        text_embeds,
+        word_mask,
+        torch.as_tensor(caption_to_image),
+        fine_scores=model.score_pairs,
+        steps=args.head_steps,
+        batch_size=args.head_batch,
+        learning_rate=args.head_lr,
+    )
+    seconds = time.perf_counter() - start
+    print(
+        f"global head ({args.head} pooling, distill weight {args.distill_weight}): {args.head_steps} steps of "
+        f"{args.head_batch} on the training split in {seconds:.0f} s, loss {losses[0]:.3f} -> {losses[-1]:.3f}"
+    )
+    return head, seconds
+
+
+def curve(model_dir: Path, args: argparse.Namespace) -> None:
     """Print the exact, first-stage and two-stage rows of one model on its corpus's test split."""
     model, tokenizer = load_matcher(model_dir)
-    dataset, dataset_name = load_evaluation_split(model_dir, None, "test")
+    model.to(args.device)
+    corpus, dataset_name = corpus_splits(model_dir, args.test_images)
+    head = None
+    if args.head != "none":
+        head, _ = train_head(model, corpus, tokenizer, args)
+    dataset = corpus["test"]
     captions, caption_to_image = caption_table(dataset)
     with torch.no_grad():
         image_embeds, region_mask = encode_images(model, dataset)
@@ -122,40 +206,68 @@ def curve(model_dir: Path, ks: list[int], repeats: int) -> None:
     gallery = (image_embeds, region_mask, text_embeds, word_mask)
     print(
         f"\n## {model.config.model_type} ({model_dir}) on the {dataset_name}, test split: "
-        f"{n_images} images x {n_captions} captions"
+        f"{n_images} images x {n_captions} captions, device {image_embeds.device}"
     )
     print(
-        f"{'setting':>16s} {'i2t R@1/5/10':>18s} {'t2i R@1/5/10':>18s} {'rSum':>6s} {'pairs':>6s} {'seconds':>8s}"
+        "| setting | i2t R@1/5/10 | t2i R@1/5/10 | rSum | % of exact rSum | pairs scored | seconds "
+        "| time / exact | re-ranked pair / exact pair |"
     )
-    counter = ScoredPairs(model)
-    model.similarity = counter
-    try:
-        rows: list[tuple[str, Callable[[], torch.Tensor]]] = [
-            ("exact", lambda: model.similarity(*gallery)),
-            ("first stage", lambda: first_stage(image_embeds, region_mask, text_embeds, word_mask)),
-        ]
-        rows += [(f"k = {k}", lambda k=k: two_stage_similarity(model, *gallery, k)) for k in ks]
-        for label, score in rows:
-            counter.pairs = 0
-            seconds, similarity = min_time(score, repeats)
-            share = counter.pairs / repeats / (n_images * n_captions)
-            print_row(
-                label, evaluate_retrieval(similarity, caption_to_image, protocol="full"), share, seconds
-            )
-    finally:
-        del model.similarity
+    print("|---|---|---|---|---|---|---|---|---|")
+
+    def mean_stage():
+        return pooled_embeddings(image_embeds, region_mask), pooled_embeddings(text_embeds, word_mask)
+
+    def head_stage():
+        with torch.no_grad():
+            return head.embed_images(image_embeds, region_mask), head.embed_texts(text_embeds, word_mask)
+
+    def two_stage(k, stage):
+        return two_stage_similarity(model, *gallery, k, global_embeds=stage())
+
+    stages = {"mean-pooled": mean_stage} if "mean" in args.first_stages else {}
+    if head is not None:
+        stages["head"] = head_stage
+    exact_seconds, exact = min_time(lambda: model.similarity(*gallery), args.repeats)
+    exact_metrics = evaluate_retrieval(exact.cpu(), caption_to_image, protocol="full")
+    total = n_images * n_captions
+    print_row("exact", exact_metrics, exact_metrics, 1.0, exact_seconds, exact_seconds, None)
+    for stage_name, stage in stages.items():
+
+        def stage_scores(stage=stage):
+            images, texts = stage()
+            return images @ texts.T
+
+        seconds, scores = min_time(stage_scores, args.repeats)
+        metrics = evaluate_retrieval(scores.cpu(), caption_to_image, protocol="full")
+        print_row(f"first stage: {stage_name}", metrics, exact_metrics, 0.0, seconds, exact_seconds, None)
+        for k in args.ks:
+            runs = [(f"{stage_name}, k = {k}", args.repeats, partial(two_stage, k, stage))]
+            if k == args.per_image_k:
+                per_image = partial(per_image_two_stage, model, *gallery, k)
+                runs.append(
+                    (f"{stage_name}, k = {k}, per image (previous)", 1, lambda f=per_image, s=stage: f(s()))
+                )
+            for label, repeats, function in runs:
+                counter = ScoredPairs()
+                try:
+                    with torch.no_grad():
+                        seconds, scores = min_time(function, repeats)
+                finally:
+                    counter.restore()
+                pairs = counter.pairs / repeats or int(shortlisted_pairs(*stage(), k).sum())
+                metrics = evaluate_retrieval(scores.cpu(), caption_to_image, protocol="full")
+                pair_cost = (seconds / pairs) / (exact_seconds / total)
+                print_row(label, metrics, exact_metrics, pairs / total, seconds, exact_seconds, pair_cost)
 
 
-def first_stage(image_embeds, region_mask, text_embeds, word_mask) -> torch.Tensor:
-    """The first stage's scores alone: inner products of the pooled embeddings `(n_images, n_captions)`."""
-    return pooled_embeddings(image_embeds, region_mask) @ pooled_embeddings(text_embeds, word_mask).T
-
-
-def print_row(label: str, metrics: dict, share: float, seconds: float) -> None:
+def print_row(label, metrics, exact, share, seconds, exact_seconds, pair_cost) -> None:
     recalls = {d: "/".join(f"{metrics[f'{d}_r{k}']:.1f}" for k in (1, 5, 10)) for d in ("i2t", "t2i")}
+    cost = "" if pair_cost is None else f"{pair_cost:.2f}"
     print(
-        f"{label:>16s} {recalls['i2t']:>18s} {recalls['t2i']:>18s} {metrics['rsum']:6.1f} "
-        f"{100 * share:5.1f}% {seconds:8.2f}"
+        f"| {label} | {recalls['i2t']} | {recalls['t2i']} | {metrics['rsum']:.1f} | "
+        f"{100 * metrics['rsum'] / exact['rsum']:.1f}% | {100 * share:.1f}% | {seconds:.2f} | "
+        f"{seconds / exact_seconds:.3f} | {cost} |",
+        flush=True,
     )
 
 
@@ -169,23 +281,45 @@ def main() -> None:
         metavar="BACKBONE=DIR",
         help="use this trained model folder for the backbone instead of training one",
     )
-    parser.add_argument("--ks", default="1,5,10,20,50,128")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument(
+        "--test-images", type=int, default=1000, help="1000: Flickr30K test size; 5000: COCO 5K"
+    )
+    parser.add_argument("--ks", default="8,16,32,64,128")
+    parser.add_argument("--first-stages", default="mean,head", help="comma-separated: mean, head")
+    parser.add_argument("--head", default="mean", choices=["mean", "gpo", "none"], help="global head pooling")
+    parser.add_argument("--head-steps", type=int, default=200)
+    parser.add_argument("--head-batch", type=int, default=128)
+    parser.add_argument("--head-lr", type=float, default=1e-3)
+    parser.add_argument("--distill-weight", type=float, default=1.0)
+    parser.add_argument("--distill-temperature", type=float, default=0.05)
+    parser.add_argument(
+        "--per-image-k", type=int, default=None, help="also time per-image re-ranking at this K"
+    )
+    parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--workdir", type=Path, default=Path("runs/two_stage_curve"))
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    args.ks = [int(k) for k in args.ks.split(",")]
     given = dict(item.split("=", 1) for item in args.model)
-    print(
-        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-        f"torch {torch.__version__}, load average {os.getloadavg()[0]:.1f}; "
-        "data: built-in synthetic corpus (not Flickr30K/COCO)"
+    device = torch.device(args.device)
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine()
     )
-    ks = [int(k) for k in args.ks.split(",")]
+    print(
+        f"device: {device} ({name}), {torch.get_num_threads()} CPU threads, {os.cpu_count()} cores, torch "
+        f"{torch.__version__}, load average {os.getloadavg()[0]:.1f}; data: built-in synthetic corpus "
+        "(not Flickr30K/COCO)"
+    )
     for backbone in args.backbones.split(","):
-        model_dir = Path(given[backbone]) if backbone in given else train(backbone, args.workdir)
-        curve(model_dir, ks, args.repeats)
+        model_dir = (
+            Path(given[backbone]) if backbone in given else train(backbone, args.workdir, args.test_images)
+        )
+        curve(model_dir, args)
 
 
 if __name__ == "__main__":

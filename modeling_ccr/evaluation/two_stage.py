@@ -33,6 +33,7 @@ from ..models.cross_attention import (
     focal_weights,
     gram,
 )
+from ..models.distributed import world_size_and_rank
 from ..models.encoders import l2_normalize
 from ..models.gallery_scoring import tile_budget
 from ..models.modeling_bfan import BfanModel
@@ -59,10 +60,32 @@ def pooled_embeddings(embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(pooled, dim=-1)
 
 
+def shard(n_items: int) -> slice:
+    """This process's contiguous share of `n_items` under torch.distributed (all of them otherwise)."""
+    world, rank = world_size_and_rank()
+    size = -(-n_items // world)  # ceil: the last shard may be shorter or empty
+    return slice(min(rank * size, n_items), min((rank + 1) * size, n_items))
+
+
+def gather_shards(local: torch.Tensor, n_items: int) -> torch.Tensor:
+    """Every process's `shard(n_items)` rows `(rows, ...)` concatenated into `(n_items, ...)`."""
+    world, _ = world_size_and_rank()
+    if world == 1:
+        return local
+    size = -(-n_items // world)
+    padded = torch.zeros((size, *local.shape[1:]), dtype=local.dtype, device=local.device)
+    padded[: local.shape[0]] = local
+    gathered = [torch.empty_like(padded) for _ in range(world)]
+    torch.distributed.all_gather(gathered, padded)
+    return torch.cat(gathered)[:n_items]
+
+
 def shortlist(queries: torch.Tensor, gallery: torch.Tensor, k: int) -> torch.Tensor:
     """Indices `(n_queries, k)` of each query's `k` highest inner products with the gallery `(items, D)`
     (exact; query blocks keep the score block under about 64M entries)."""
     k = min(k, gallery.shape[0])
+    if not len(queries):
+        return torch.zeros(0, k, dtype=torch.long, device=queries.device)
     block = max(1, (1 << 26) // max(gallery.shape[0], 1))
     return torch.cat([(q @ gallery.T).topk(k, dim=1).indices for q in queries.split(block)])
 
@@ -413,6 +436,11 @@ def first_stage_embeddings(
     )
 
 
+def shortlist_of(gallery: torch.Tensor) -> Callable[[torch.Tensor, int], torch.Tensor]:
+    """Exact search of `gallery` `(items, G)`: (queries, k) -> `(n_queries, k)` indices."""
+    return lambda queries, k: shortlist(queries, gallery, k)
+
+
 def shortlisted_pairs(
     images: torch.Tensor,
     captions: torch.Tensor,
@@ -423,11 +451,15 @@ def shortlisted_pairs(
 
     images `(n_images, G)`, captions `(n_captions, G)`. image_search(queries, k) -> `(n_queries, k)`
     indices into the images (e.g. `GalleryIndex.search_indices`); exact inner products by default.
+    Under torch.distributed each process searches for a shard of the queries; all get the same result.
     """
+    # Under torch.distributed each process shortlists a shard of the queries and the shards are gathered.
+    rows, columns = shard(images.shape[0]), shard(captions.shape[0])
+    by_image = gather_shards(shortlist(images[rows], captions, k), images.shape[0])
+    search = image_search or shortlist_of(images)
+    found = gather_shards(search(captions[columns], k).to(images.device), captions.shape[0])
     rerank = torch.zeros(images.shape[0], captions.shape[0], dtype=torch.bool, device=images.device)
-    rerank.scatter_(1, shortlist(images, captions, k), True)
-    found = image_search(captions, k) if image_search is not None else shortlist(captions, images, k)
-    found = found.to(images.device)
+    rerank.scatter_(1, by_image, True)
     valid = found >= 0  # approximate indexes mark missing neighbours with -1
     rows = torch.arange(captions.shape[0], device=images.device)[:, None].expand_as(found)
     rerank[found[valid], rows[valid]] = True
@@ -450,7 +482,8 @@ def two_stage_similarity(
     Inputs as `model.similarity`. global_embeds: first-stage vectors `((n_images, G), (n_captions, G))`
     (see `first_stage_embeddings`); image_search: how captions find their k images (`shortlisted_pairs`).
     Pairs outside both shortlists get their first-stage score mapped below every exact score, keeping the
-    first stage's order among them.
+    first stage's order among them. Under torch.distributed both stages are sharded across the processes
+    and every process returns the full matrix.
     """
     if k < 1:
         raise RerankError(f"--rerank-k must be a positive number of candidates, got {k}")
@@ -460,9 +493,12 @@ def two_stage_similarity(
     first_stage = images @ captions.T
     rerank = shortlisted_pairs(images, captions, k, image_search)
     image_index, caption_index = rerank.nonzero(as_tuple=True)
-    exact = rerank_pair_scores(
-        model, image_embeds, region_mask, text_embeds, word_mask, image_index, caption_index
+    # Under torch.distributed each process scores a contiguous shard of the pairs (a block of images).
+    pairs = shard(len(image_index))
+    local = rerank_pair_scores(
+        model, image_embeds, region_mask, text_embeds, word_mask, image_index[pairs], caption_index[pairs]
     )
+    exact = gather_shards(local, len(image_index))
     scores = torch.empty_like(first_stage)
     scores[image_index, caption_index] = exact
     # First-stage scores (cosines in [-1, 1]) shifted strictly below the lowest exact score.
