@@ -402,20 +402,7 @@ def text_files(workdir) -> Path:
     return root
 
 
-@pytest.mark.parametrize(
-    "reader",
-    [
-        pytest.param(
-            name,
-            marks=pytest.mark.xfail(
-                strict=True, reason="read_scan_vocabulary (text/tokenization.py) refuses a byte-order mark"
-            ),
-        )
-        if name == "scan-vocabulary"
-        else name
-        for name in sorted(TEXT_READERS)
-    ],
-)
+@pytest.mark.parametrize("reader", sorted(TEXT_READERS))
 @given(edit=st.data())
 def test_every_text_reader_reads_boms_and_line_endings_as_the_clean_file_or_refuses_in_one_line(
     text_files, reader, edit
@@ -443,15 +430,3 @@ def test_every_text_reader_reads_boms_and_line_endings_as_the_clean_file_or_refu
     assert fault != "bytes", "a non-UTF-8 byte was read without a word"
     assert not (fault == "cut" and cut == "refused"), "a last line cut off was read without a word"
     assert records == expected, f"{fault or 'clean'} input read as other records"
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="load_experiment_config (training/experiment.py) reads a YAML file cut inside its last line "
-    "without a word, losing its last key; it should refuse a last line without its newline (data/text_files.py)",
-)
-def test_a_run_configuration_cut_inside_its_last_line_is_refused(workdir):
-    path = workdir / "run_config_cut.yaml"
-    path.write_bytes(VALID_YAML[: VALID_YAML.rindex(b"lr_decay_epochs")])  # "...max_steps: 100\n  "
-    with pytest.raises(UserError, match=r"run_config_cut\.yaml"):
-        load_experiment_config(path)

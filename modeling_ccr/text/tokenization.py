@@ -278,7 +278,7 @@ def read_scan_vocabulary(path: str | Path) -> dict[str, int]:
     """
     path = Path(path)
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw = json.loads(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError as err:
         raise VocabularyFileError(f"{path}: vocabulary file not found") from err
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
