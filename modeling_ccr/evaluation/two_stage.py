@@ -51,6 +51,10 @@ class RerankError(UserError, ValueError):
 ROW_PAIRS = 16
 # Captions whose lengths differ by less than this factor share rows (padding costs at most this share).
 LENGTH_BAND = 2 ** (1 / 4)
+# Re-ranking tiles hold this many times the exact scorer's cache-sized tile: each tile's fixed costs
+# (gathering its pairs' embeddings, indexing) are spread over more pairs; measured 1.9-2.2x against
+# 2.3-2.8x the cost of an exactly scored pair with 1x (docs/scoring.md).
+RERANK_TILE_FACTOR = 4
 
 
 def pooled_embeddings(embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -395,14 +399,15 @@ def rerank_pair_scores(
     """The model's exact scores `(n_pairs,)` float32 of the pairs (image_index[p], caption_index[p]).
 
     Inputs as `model.similarity` (on the model's device); image_index, caption_index `(n_pairs,)` long.
-    Pairs are scored in tiles of about `tile_elements` region-word entries (default `tile_budget`).
+    Pairs are scored in tiles of about `tile_elements` region-word entries (default `RERANK_TILE_FACTOR`
+    times `tile_budget`).
     """
     scores = torch.empty(len(image_index), device=image_embeds.device)
     if not len(image_index):
         return scores
     rows = rerank_rows(image_index, caption_index, caption_lengths(word_mask))
     scorer = row_scorer(model, image_embeds, region_mask, text_embeds, word_mask)
-    budget = tile_elements or tile_budget(image_embeds.device)
+    budget = tile_elements or RERANK_TILE_FACTOR * tile_budget(image_embeds.device)
     for tile, length, width in tiles_of(rows, image_embeds.shape[1], budget):
         pairs = rows.pairs[tile, :width]
         tile_scores = scorer.score(rows.images[tile], rows.captions[tile, :width], length)
