@@ -35,7 +35,7 @@ from ..models.cross_attention import (
 )
 from ..models.distributed import world_size_and_rank
 from ..models.encoders import l2_normalize
-from ..models.gallery_scoring import tile_budget
+from ..models.gallery_scoring import free_core_threads, tile_budget
 from ..models.modeling_bfan import BfanModel
 from ..models.modeling_damsm import DamsmModel
 from ..models.modeling_matcher import GalleryScoring
@@ -408,11 +408,13 @@ def rerank_pair_scores(
     rows = rerank_rows(image_index, caption_index, caption_lengths(word_mask))
     scorer = row_scorer(model, image_embeds, region_mask, text_embeds, word_mask)
     budget = tile_elements or RERANK_TILE_FACTOR * tile_budget(image_embeds.device)
-    for tile, length, width in tiles_of(rows, image_embeds.shape[1], budget):
-        pairs = rows.pairs[tile, :width]
-        tile_scores = scorer.score(rows.images[tile], rows.captions[tile, :width], length)
-        used = pairs >= 0
-        scores[pairs[used]] = tile_scores[used].float()
+    # On a shared CPU, as many threads as cores are free: a busy core stalls every small parallel region.
+    with free_core_threads(image_embeds.device):
+        for tile, length, width in tiles_of(rows, image_embeds.shape[1], budget):
+            pairs = rows.pairs[tile, :width]
+            tile_scores = scorer.score(rows.images[tile], rows.captions[tile, :width], length)
+            used = pairs >= 0
+            scores[pairs[used]] = tile_scores[used].float()
     return scores
 
 
