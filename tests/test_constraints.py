@@ -153,7 +153,7 @@ def batch(seed=0):
 
 
 @pytest.mark.parametrize("direction", ["t2i", "i2t"])
-@pytest.mark.parametrize("mode", ["swap_keys", "swap_query", "swap_image"])
+@pytest.mark.parametrize("mode", ["swap_keys", "swap_query", "swap_image", "swap_within"])
 def test_constraint_gradients_reach_both_encoders(direction, mode):
     model = tiny_scan(
         direction=direction, ccr_weight=1.0, ccs_weight=1.0, ccs_mode=mode, ccr_margin=2.0, ccs_margin=2.0

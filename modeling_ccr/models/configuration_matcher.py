@@ -10,9 +10,9 @@ import typing
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
+from .constraints import CCS_MODES
 from .losses import BASE_LOSSES
 
-CCS_MODES = ("swap_keys", "swap_query", "swap_image")
 ATTENDED_SET_RULES = ("inverse_n", "top_k")
 
 # Keys transformers itself passes to a config's constructor (from config.json or from_pretrained);
@@ -187,8 +187,8 @@ class MatcherConfig(PreTrainedConfig):
     hard_negatives: negatives per anchor inside the unified loss, hardest first (0 = all).
     pad/bos/eos_token_id: ids of `<pad>`, `<start>`, `<end>` in the word tokenizer.
     ccr_weight / ccr_margin: weight and margin gamma_r of Contrastive Content Re-sourcing (0 = off).
-    ccs_weight / ccs_margin / ccs_mode: Contrastive Content Swapping: "swap_keys" (default), "swap_query"
-        or "swap_image".
+    ccs_weight / ccs_margin / ccs_mode: Contrastive Content Swapping: "swap_keys" (default), "swap_query",
+        "swap_image" or "swap_within" (ours, docs/constraints.md).
     constraint_attended_set / constraint_top_k: which keys CCS swaps out: a >= 1/n ("inverse_n") or
         the top-k weights.
     constraint_skip_token_ids: token ids never used as constraint queries (e.g. function words and
