@@ -139,3 +139,19 @@ def test_fitting_on_a_toy_problem_lowers_the_loss_and_finds_the_pairs(pooling):
     assert sum(losses[-10:]) / 10 < 0.5 * sum(losses[:10]) / 10
     assert recall_at_1() > max(0.8, before + 0.3)
     assert not head.training
+
+
+@pytest.mark.parametrize("pooling", ["mean", "gpo"])
+def test_a_saved_head_reloads_into_a_head_of_the_same_settings(tmp_path, pooling):
+    from safetensors.torch import load_file, save_file
+
+    config = {"embed_dim": 8, "global_dim": 6, "pooling": pooling}
+    head = GlobalHead(config)
+    items, mask = fragments()
+    fit_global_head(head, items, mask, items, mask, torch.arange(6), steps=3, batch_size=4)
+    save_file(head.state_dict(), str(tmp_path / "head.safetensors"))
+    reloaded = GlobalHead(config)
+    reloaded.load_state_dict(load_file(str(tmp_path / "head.safetensors")))
+    reloaded.eval()
+    torch.testing.assert_close(reloaded.embed_images(items, mask), head.embed_images(items, mask))
+    assert not torch.allclose(GlobalHead(config).embed_images(items, mask), head.embed_images(items, mask))

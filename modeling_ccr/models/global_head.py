@@ -26,6 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import initialization as init
 
 from .pooling import GeneralizedPooling
 
@@ -82,13 +83,13 @@ class SidePooling(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        # Through transformers' init so that weights loaded from a checkpoint are never overwritten.
         weight = self.projection.weight
-        with torch.no_grad():
-            if weight.shape[0] == weight.shape[1]:
-                weight.copy_(torch.eye(weight.shape[0]))
-            else:
-                nn.init.xavier_uniform_(weight)
-            self.projection.bias.zero_()
+        if weight.shape[0] == weight.shape[1]:
+            init.eye_(weight)
+        else:
+            init.xavier_uniform_(weight)
+        init.zeros_(self.projection.bias)
         if self.gpo is not None:
             self.gpo.reset_parameters()
 
