@@ -69,8 +69,11 @@ def resolved(config) -> dict:
     }
 
 
-def test_every_shipped_config_and_ablation_cell_is_in_the_fixture():
-    assert sorted(CONFIGS) == sorted(FIXTURE["configs"])
+def test_every_config_and_ablation_cell_of_the_fixture_still_ships():
+    # Configs added after the typed configuration landed (e.g. vse_infty, chan) have no dict-schema
+    # resolution to compare with; they are loaded above, which validates them.
+    missing = sorted(set(FIXTURE["configs"]) - set(CONFIGS))
+    assert not missing, f"no longer shipped: {missing[:5]}"
     assert len(CONFIGS) > 200  # the ablation grids, cell by cell
 
 
