@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from .configuration_bfan import BfanConfig
-from .constraints import AttentionFunction, MatchedAttention
-from .cross_attention import CrossAttentionSpec, cross_attention_scores, matched_view, scan_attention_function
+from .constraints import AttentionFunction
+from .cross_attention import CrossAttentionSpec, cross_attention_scores, scan_attention_function
 from .gallery_scoring import tiled_pair_bytes
 from .modeling_matcher import MatcherPreTrainedModel
 
@@ -24,6 +24,10 @@ class BfanModel(MatcherPreTrainedModel):
     @property
     def attention_direction(self) -> str:
         return self.config.directions[0]
+
+    @property
+    def constrained_directions(self) -> tuple[str, ...]:
+        return self.config.directions
 
     @property
     def attention_function(self) -> AttentionFunction:
@@ -48,24 +52,3 @@ class BfanModel(MatcherPreTrainedModel):
         return cross_attention_scores(
             image_embeds, region_mask, text_embeds, word_mask, config.directions, spec
         )
-
-    def matched_attention(
-        self,
-        image_embeds: torch.Tensor,
-        region_mask: torch.Tensor,
-        text_embeds: torch.Tensor,
-        word_mask: torch.Tensor,
-        constrained_words: torch.Tensor | None = None,
-    ) -> list[MatchedAttention]:
-        return [
-            matched_view(
-                image_embeds,
-                region_mask,
-                text_embeds,
-                word_mask,
-                direction,
-                self.attention_function,
-                constrained_words,
-            )
-            for direction in self.config.directions
-        ]

@@ -10,8 +10,8 @@ from torch import nn
 from transformers import initialization as init
 
 from .configuration_chan import ChanConfig
-from .constraints import AttentionFunction, MatchedAttention
-from .cross_attention import aggregate_relevance, matched_view
+from .constraints import AttentionFunction
+from .cross_attention import aggregate_relevance
 from .encoders import l2_normalize
 from .modeling_dvsa import best_region_attention
 from .modeling_matcher import MatcherPreTrainedModel
@@ -126,6 +126,10 @@ class ChanModel(MatcherPreTrainedModel):
         return self.config.directions[0]
 
     @property
+    def constrained_directions(self) -> tuple[str, ...]:
+        return self.config.directions
+
+    @property
     def attention_function(self) -> AttentionFunction:
         """The assignment the constraints see (`config.constraint_assignment`, ours): the one-hot hard
         assignment (DVSA's `best_region_attention`, first key on ties; no gradient through the choice, the
@@ -162,25 +166,3 @@ class ChanModel(MatcherPreTrainedModel):
             config.pooling,
             config.pooling_temperature,
         )
-
-    def matched_attention(
-        self,
-        image_embeds: torch.Tensor,
-        region_mask: torch.Tensor,
-        text_embeds: torch.Tensor,
-        word_mask: torch.Tensor,
-        constrained_words: torch.Tensor | None = None,
-    ) -> list[MatchedAttention]:
-        """One view per direction of `config.direction`, under `attention_function`."""
-        return [
-            matched_view(
-                image_embeds,
-                region_mask,
-                text_embeds,
-                word_mask,
-                direction,
-                self.attention_function,
-                constrained_words,
-            )
-            for direction in self.config.directions
-        ]

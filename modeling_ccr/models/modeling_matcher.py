@@ -205,21 +205,29 @@ class MatcherPreTrainedModel(GalleryScoring, PreTrainedModel):
         direction it has, as the constraints see it. constrained_words `(batch, n_tokens)` bool marks
         the words the constraints may use as queries.
 
-        Default: one view in `attention_direction` under the backbone's `attention_function`; a backbone with
-        no such function (no cross-attention) or with several views overrides this."""
+        Default: one view per direction of `constrained_directions` under the backbone's
+        `attention_function`; a backbone with no such function (no cross-attention) overrides this."""
         attention_function = getattr(self, "attention_function", None)
         if attention_function is None:
             raise NotImplementedError(f"{type(self).__name__} must implement matched_attention")
-        view = matched_view(
-            image_embeds,
-            region_mask,
-            text_embeds,
-            word_mask,
-            self.attention_direction,
-            attention_function,
-            constrained_words,
-        )
-        return [view]
+        return [
+            matched_view(
+                image_embeds,
+                region_mask,
+                text_embeds,
+                word_mask,
+                direction,
+                attention_function,
+                constrained_words,
+            )
+            for direction in self.constrained_directions
+        ]
+
+    @property
+    def constrained_directions(self) -> tuple[str, ...]:
+        """The attention directions the constraints act on: `attention_direction` unless a backbone
+        attends both ways."""
+        return (self.attention_direction,)
 
     # -- shared ---------------------------------------------------------------------------------
     def get_image_features(
