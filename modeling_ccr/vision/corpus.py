@@ -180,6 +180,27 @@ def read_boxes(path: str | Path) -> dict[str, np.ndarray]:
     return boxes
 
 
+def check_captioned_images(
+    images_dir: Path, captioned: list[CaptionedImage], boxes: dict[str, np.ndarray] | None
+) -> None:
+    """Refuse a missing images folder, boxes for images without captions, and captions entries whose
+    image lies outside the images folder (an absolute path or `..`), before any image is read."""
+    if not images_dir.is_dir():
+        raise CaptionsError(f"{images_dir}: images folder not found")
+    if boxes:
+        unknown = sorted(set(boxes) - {c.filename for c in captioned})
+        if unknown:
+            raise CaptionsError(f"boxes given for image(s) with no captions: {unknown[:5]}")
+    root = images_dir.resolve()
+    for c in captioned:
+        resolved = (images_dir / c.filename).resolve()
+        if Path(c.filename).is_absolute() or not resolved.is_relative_to(root):
+            raise CaptionsError(
+                f"captions entry {c.filename!r}: expected an image inside {images_dir}, found a path "
+                f"outside it ({resolved})"
+            )
+
+
 @dataclass
 class ExtractionReport:
     """What `extract_corpus` did: images per split, files skipped (with why), images without captions."""
@@ -199,20 +220,7 @@ def extract_corpus(
 ) -> tuple[datasets.DatasetDict, ExtractionReport]:
     """Extract every captioned image's regions and build one split per caption split (validated)."""
     images_dir = Path(images_dir)
-    if not images_dir.is_dir():
-        raise CaptionsError(f"{images_dir}: images folder not found")
-    if boxes:
-        unknown = sorted(set(boxes) - {c.filename for c in captioned})
-        if unknown:
-            raise CaptionsError(f"boxes given for image(s) with no captions: {unknown[:5]}")
-    root = images_dir.resolve()
-    for c in captioned:
-        resolved = (images_dir / c.filename).resolve()
-        if Path(c.filename).is_absolute() or not resolved.is_relative_to(root):
-            raise CaptionsError(
-                f"captions entry {c.filename!r}: expected an image inside {images_dir}, found a path "
-                f"outside it ({resolved})"
-            )
+    check_captioned_images(images_dir, captioned, boxes)
     by_name = {c.filename: c for c in captioned}
     rows: dict[str, list[dict]] = {}
     skipped = []

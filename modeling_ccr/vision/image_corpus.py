@@ -15,20 +15,9 @@ import datasets
 import numpy as np
 
 from ..data.schema import image_corpus_features, validate_corpus
-from .corpus import CaptionedImage, CaptionsError, ExtractionReport
+from .corpus import CaptionedImage, CaptionsError, ExtractionReport, check_captioned_images
 from .extractor import check_boxes
 from .processor import ImageReadError, read_image
-
-
-def _inside(images_dir: Path, filename: str) -> Path:
-    """The image's path, refused when the captions entry leads outside the images folder."""
-    path = images_dir / filename
-    if Path(filename).is_absolute() or not path.resolve().is_relative_to(images_dir.resolve()):
-        raise CaptionsError(
-            f"captions entry {filename!r}: expected an image inside {images_dir}, found a path outside it "
-            f"({path.resolve()})"
-        )
-    return path
 
 
 def build_image_corpus(
@@ -40,16 +29,11 @@ def build_image_corpus(
     """One split per caption split, rows in captions-file order, validated. An unreadable image stops
     the conversion (one line naming it), or with `skip_bad` is left out and listed in the report."""
     images_dir = Path(images_dir)
-    if not images_dir.is_dir():
-        raise CaptionsError(f"{images_dir}: images folder not found")
-    if boxes:
-        unknown = sorted(set(boxes) - {c.filename for c in captioned})
-        if unknown:
-            raise CaptionsError(f"boxes given for image(s) with no captions: {unknown[:5]}")
+    check_captioned_images(images_dir, captioned, boxes)
     rows: dict[str, list[dict]] = {}
     skipped = []
     for entry in captioned:
-        path = _inside(images_dir, entry.filename)
+        path = images_dir / entry.filename
         try:
             image = read_image(path)
         except ImageReadError as err:
