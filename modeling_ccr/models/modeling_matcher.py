@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import PreTrainedModel
@@ -22,9 +23,11 @@ from .cross_attention import compiled_tiles, matched_view
 from .distributed import gather_padded, gather_without_grad, world_size_and_rank
 from .encoders import GRUTextEncoder, PretrainedTextEncoder, RegionEncoder, build_text_encoder
 from .gallery_scoring import block_sizes, caption_length_groups, generic_pair_bytes, tile_budget, tile_shape
-from .image_processing_matcher import MatcherImageProcessor, image_processor_for
 from .losses import matching_loss
 from .vision_tower import build_vision_tower
+
+if TYPE_CHECKING:
+    from .image_processing_matcher import MatcherImageProcessor
 
 
 @contextmanager
@@ -168,6 +171,9 @@ class MatcherPreTrainedModel(GalleryScoring, PreTrainedModel):
         timm data config): what `save_pretrained` writes beside the weights and the pipeline uses."""
         if self.vision_tower is None:
             raise ValueError(f"this {type(self).__name__} reads region features: it has no image processor")
+        # Imported here: decoding images needs Pillow, which a model of region features never uses.
+        from .image_processing_matcher import image_processor_for
+
         return image_processor_for(self.vision_tower)
 
     def save_pretrained(self, save_directory, *args, **kwargs) -> None:
