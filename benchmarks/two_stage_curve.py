@@ -3,9 +3,11 @@
 Data: the built-in synthetic corpus only (never Flickr30K or COCO), with a test split of --test-images
 images (5 captions each: 1000 is Flickr30K test's size, 5000 COCO 5K's). For each backbone it trains a
 small model with the library's own training path (`run_experiment` on configs/demo.yaml with a reduced
-budget, no validation passes), or takes a trained model folder with --model. It then trains a global head
-(`models/global_head.py`) alone on the frozen fragment embeddings of the training split, distilling the
-model's in-batch ranking (--head-steps; --head none skips it), encodes the test split once and prints,
+budget, no validation passes; --joint-head POOLING trains it with a global head, `model.global_head`), or
+takes a trained model folder with --model. A model that carries a global head uses it as the "head"
+first stage (--head auto, the default; what `ccr evaluate --rerank-k` does); otherwise (or with --head
+mean|gpo) a global head (`models/global_head.py`) is fitted alone on the frozen fragment embeddings of
+the training split, distilling the model's in-batch ranking (--head-steps; --head none skips it). It encodes the test split once and prints,
 from one run, for exact scoring (`model.similarity` of every pair), for each first stage alone (the
 mean-pooled fragments; the head) and for each K with each first stage: R@1/5/10 in both directions,
 rSum and its share of exact, the share of the gallery's pairs the model scored, the seconds of the scoring
@@ -15,7 +17,8 @@ per-image re-ranking (one `model.similarity` call per image) at that K. Times ar
 --repeats runs; the device is the model's (--device).
 
     python benchmarks/two_stage_curve.py --backbones scan --test-images 1000 [--model scan=DIR]
-        [--ks 8,16,32,64,128] [--head mean|gpo|none] [--head-steps 200] [--device cuda]
+        [--ks 8,16,32,64,128] [--head auto|model|mean|gpo|none] [--joint-head gpo] [--head-steps 200]
+        [--device cuda]
 """
 
 from __future__ import annotations
@@ -36,7 +39,13 @@ from modeling_ccr.artifacts.loading import load_matcher
 from modeling_ccr.data.corpora import DataConfig, load_corpus
 from modeling_ccr.data.pairs import caption_table
 from modeling_ccr.evaluation.gallery import encode_captions, encode_images
-from modeling_ccr.evaluation.two_stage import pooled_embeddings, shortlisted_pairs, two_stage_similarity
+from modeling_ccr.evaluation.two_stage import (
+    has_global_head,
+    head_embeddings,
+    pooled_embeddings,
+    shortlisted_pairs,
+    two_stage_similarity,
+)
 from modeling_ccr.metrics.retrieval import evaluate_retrieval
 from modeling_ccr.models.global_head import GlobalHead, fit_global_head
 from modeling_ccr.training.experiment import load_yaml, parse_experiment_config, run_experiment
@@ -66,8 +75,11 @@ SGR_TRAINING = {
 }
 
 
-def training_config(backbone: str, output_dir: Path, test_images: int) -> dict[str, Any]:
-    """The demo's run configuration with the reduced budget, as a raw mapping."""
+def training_config(
+    backbone: str, output_dir: Path, test_images: int, joint_head: dict | None = None
+) -> dict[str, Any]:
+    """The demo's run configuration with the reduced budget, as a raw mapping; joint_head: the model's
+    `global_head` setting (trained with it), None for none."""
     raw = load_yaml(DEMO_CONFIG.read_text(encoding="utf-8"))
     raw["output_dir"] = str(output_dir)
     raw["training"] = {**raw["training"], **REDUCED_TRAINING}
@@ -77,12 +89,14 @@ def training_config(backbone: str, output_dir: Path, test_images: int) -> dict[s
         raw["training"] = {**raw["training"], **SGR_TRAINING}
     elif backbone != "scan":
         raise ValueError(f"unknown backbone {backbone!r}: expected scan or sgr")
+    if joint_head is not None:
+        raw["model"] = {**raw["model"], "global_head": joint_head}
     return raw
 
 
-def train(backbone: str, workdir: Path, test_images: int) -> Path:
+def train(backbone: str, workdir: Path, test_images: int, joint_head: dict | None = None) -> Path:
     """Train the reduced-budget model of `backbone` under workdir and return its model folder."""
-    raw = training_config(backbone, workdir / backbone, test_images)
+    raw = training_config(backbone, workdir / backbone, test_images, joint_head)
     start = time.perf_counter()
     model_dir = run_experiment(
         parse_experiment_config(raw, f"{DEMO_CONFIG} (reduced budget)"), overwrite=True
@@ -194,8 +208,15 @@ def curve(model_dir: Path, args: argparse.Namespace) -> None:
     model, tokenizer = load_matcher(model_dir)
     model.to(args.device)
     corpus, dataset_name = corpus_splits(model_dir, args.test_images)
-    head = None
-    if args.head != "none":
+    head, own_head = None, args.head == "model" or (args.head == "auto" and has_global_head(model))
+    if args.head == "model" and not has_global_head(model):
+        raise SystemExit(f"--head model: {model_dir} has no global head (train it with --joint-head)")
+    if own_head:
+        print(
+            f"first stage 'head': the model's own global head, trained with it ({model.config.global_head})"
+        )
+    elif args.head != "none":
+        args.head = "mean" if args.head == "auto" else args.head
         head, _ = train_head(model, corpus, tokenizer, args)
     dataset = corpus["test"]
     captions, caption_to_image = caption_table(dataset)
@@ -218,6 +239,8 @@ def curve(model_dir: Path, args: argparse.Namespace) -> None:
         return pooled_embeddings(image_embeds, region_mask), pooled_embeddings(text_embeds, word_mask)
 
     def head_stage():
+        if own_head:
+            return head_embeddings(model, *gallery)
         with torch.no_grad():
             return head.embed_images(image_embeds, region_mask), head.embed_texts(text_embeds, word_mask)
 
@@ -225,7 +248,7 @@ def curve(model_dir: Path, args: argparse.Namespace) -> None:
         return two_stage_similarity(model, *gallery, k, global_embeds=stage())
 
     stages = {"mean-pooled": mean_stage} if "mean" in args.first_stages else {}
-    if head is not None:
+    if head is not None or own_head:
         stages["head"] = head_stage
     exact_seconds, exact = min_time(lambda: model.similarity(*gallery), args.repeats)
     exact_metrics = evaluate_retrieval(exact.cpu(), caption_to_image, protocol="full")
@@ -286,7 +309,19 @@ def main() -> None:
     )
     parser.add_argument("--ks", default="8,16,32,64,128")
     parser.add_argument("--first-stages", default="mean,head", help="comma-separated: mean, head")
-    parser.add_argument("--head", default="mean", choices=["mean", "gpo", "none"], help="global head pooling")
+    parser.add_argument(
+        "--head",
+        default="auto",
+        choices=["auto", "model", "mean", "gpo", "none"],
+        help="the 'head' first stage: the model's own global head (model; auto when it has one), or a head "
+        "of this pooling fitted alone on frozen embeddings (mean, gpo; auto: mean), or none",
+    )
+    parser.add_argument(
+        "--joint-head",
+        default=None,
+        choices=["mean", "gpo"],
+        help="train the model with a global head of this pooling (model.global_head, with --distill-weight)",
+    )
     parser.add_argument("--head-steps", type=int, default=200)
     parser.add_argument("--head-batch", type=int, default=128)
     parser.add_argument("--head-lr", type=float, default=1e-3)
@@ -304,6 +339,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     args.ks = [int(k) for k in args.ks.split(",")]
     given = dict(item.split("=", 1) for item in args.model)
+    joint_head = None
+    if args.joint_head is not None:
+        joint_head = {"pooling": args.joint_head, "distill_weight": args.distill_weight}
+        joint_head["distill_temperature"] = args.distill_temperature
     device = torch.device(args.device)
     name = (
         torch.cuda.get_device_name(device)
@@ -317,7 +356,9 @@ def main() -> None:
     )
     for backbone in args.backbones.split(","):
         model_dir = (
-            Path(given[backbone]) if backbone in given else train(backbone, args.workdir, args.test_images)
+            Path(given[backbone])
+            if backbone in given
+            else train(backbone, args.workdir, args.test_images, joint_head)
         )
         curve(model_dir, args)
 

@@ -5,8 +5,9 @@ Never imported by the models. Ensembles average the similarity matrices of their
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -16,6 +17,7 @@ from transformers import PreTrainedTokenizerBase
 
 from ..data.collator import pad_regions, tokenize_captions
 from ..data.pairs import ImageFeatures, caption_table
+from ..errors import InvalidValueError
 from ..metrics.attention import (
     AttendedSetSpec,
     attended_regions,
@@ -28,7 +30,7 @@ from ..metrics.eccv import check_eccv_split, corpus_eccv_metrics
 from ..metrics.retrieval import evaluate_retrieval
 from ..models.modeling_matcher import MatcherPreTrainedModel, eval_mode
 from ..text.word_alignment import DEFAULT_WORD_COMBINE, combine_word_rows, word_token_positions
-from .two_stage import two_stage_similarity
+from .two_stage import first_stage_embeddings, head_embeddings, two_stage_similarity
 
 
 def pad_to_length(items: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,6 +77,91 @@ def encode_captions(
     return concat_padded(chunks)
 
 
+@dataclass
+class CorpusScores:
+    """A gallery's scores: similarity `(n_images, n_captions)` on the CPU and caption_to_image
+    `(n_captions,)`; with two-stage retrieval also the first stage's own scores `(n_images, n_captions)`,
+    what it was ("global_head" or "mean_pooled") and, with an index, the index's description."""
+
+    similarity: torch.Tensor
+    caption_to_image: np.ndarray
+    first_stage: torch.Tensor | None = None
+    first_stage_source: str | None = None
+    index: dict = field(default_factory=dict)
+
+
+@torch.no_grad()
+def corpus_scores(
+    model: MatcherPreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    dataset: datasets.Dataset,
+    progress: bool = False,
+    rerank_k: int | None = None,
+    index_dir: str | Path | None = None,
+) -> CorpusScores:
+    """Score every image of `dataset` against every caption (see `CorpusScores`).
+
+    rerank_k: two-stage retrieval (`two_stage.two_stage_similarity`): the first stage is the model's
+    global head when it has one (`two_stage.head_embeddings`), else its mean-pooled fragments, and the
+    model re-ranks each image's and each caption's k best first-stage candidates. index_dir (with
+    rerank_k): captions find their images through a `GalleryIndex` saved in that folder beside the
+    first-stage embeddings, and reused while those are unchanged. Under torch.distributed both stages
+    (or the exact scoring's images) are sharded across processes and gathered, so every process returns
+    the full matrix.
+    """
+    with eval_mode(model):
+        captions, caption_to_image = caption_table(dataset)
+        image_embeds, region_mask = encode_images(model, dataset, progress=progress)
+        text_embeds, word_mask = encode_captions(model, tokenizer, captions, progress=progress)
+        gallery = (image_embeds, region_mask, text_embeds, word_mask)
+        if rerank_k is None:
+            return CorpusScores(sharded_similarity(model, *gallery).cpu(), caption_to_image)
+        head = head_embeddings(model, *gallery)
+        images, texts = first_stage_embeddings(*gallery, head)
+        image_search, index = None, {}
+        if index_dir is not None:
+            image_search, index = first_stage_index(index_dir, images, texts, rerank_k)
+        similarity = two_stage_similarity(
+            model, *gallery, rerank_k, global_embeds=(images, texts), image_search=image_search
+        )
+    return CorpusScores(
+        similarity.cpu(),
+        caption_to_image,
+        first_stage=(images @ texts.T).cpu(),
+        first_stage_source="global_head" if head is not None else "mean_pooled",
+        index=index,
+    )
+
+
+def first_stage_index(
+    folder: str | Path, images: torch.Tensor, captions: torch.Tensor, k: int
+) -> tuple[Callable[[torch.Tensor, int], torch.Tensor], dict]:
+    """The captions' search for their k images through a `GalleryIndex` of `images` `(n_images, G)`
+    saved in `folder` beside the first-stage embeddings (reused when they are unchanged), and its
+    description: kind, lists, probes, folder and the shortlist's recall@k against brute force over the
+    caption queries `(n_captions, G)`. Under torch.distributed the first process builds and saves it,
+    the others then read it."""
+    from .index import GalleryIndex, save_embeddings, shortlist_recall
+
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    first = not distributed or torch.distributed.get_rank() == 0
+    if first:
+        save_embeddings(folder, images, captions)
+        index = GalleryIndex.load_or_build(folder, images)
+    if distributed:
+        torch.distributed.barrier()
+    if not first:
+        index = GalleryIndex.load_or_build(folder, images)
+    description = {
+        "kind": index.parameters.kind,
+        "n_lists": index.parameters.n_lists,
+        "n_probe": index.parameters.n_probe,
+        "folder": str(folder),
+        f"shortlist_recall@{min(k, len(images))}": shortlist_recall(index, images, captions, k),
+    }
+    return index.search_indices, description
+
+
 @torch.no_grad()
 def corpus_similarity(
     model: MatcherPreTrainedModel,
@@ -82,24 +169,12 @@ def corpus_similarity(
     dataset: datasets.Dataset,
     progress: bool = False,
     rerank_k: int | None = None,
+    index_dir: str | Path | None = None,
 ) -> tuple[torch.Tensor, np.ndarray]:
-    """Score every image of `dataset` against every caption: `(n_images, n_captions)` and caption_to_image.
-
-    rerank_k: two-stage retrieval (`retrieval_index.two_stage_similarity`): the model re-ranks each image's
-    and each caption's k best first-stage candidates. Under torch.distributed the images are sharded
-    across processes and the score rows gathered, so every process returns the full matrix.
-    """
-    with eval_mode(model):
-        captions, caption_to_image = caption_table(dataset)
-        image_embeds, region_mask = encode_images(model, dataset, progress=progress)
-        text_embeds, word_mask = encode_captions(model, tokenizer, captions, progress=progress)
-        if rerank_k is not None:
-            similarity = two_stage_similarity(
-                model, image_embeds, region_mask, text_embeds, word_mask, rerank_k
-            )
-        else:
-            similarity = sharded_similarity(model, image_embeds, region_mask, text_embeds, word_mask)
-    return similarity.cpu(), caption_to_image
+    """Score every image of `dataset` against every caption: `(n_images, n_captions)` and caption_to_image
+    (`corpus_scores`' similarity)."""
+    scores = corpus_scores(model, tokenizer, dataset, progress, rerank_k, index_dir)
+    return scores.similarity, scores.caption_to_image
 
 
 def sharded_similarity(
@@ -133,10 +208,14 @@ def evaluate_matchers(
     progress: bool = False,
     rerank_k: int | None = None,
     eccv_subset: bool = False,
+    index_dir: str | Path | None = None,
 ) -> dict:
     """Retrieval metrics of one model, or of an ensemble (the mean of the members' similarity matrices).
 
-    rerank_k: score by two-stage retrieval (see `corpus_similarity`), recorded in the metrics.
+    rerank_k: score by two-stage retrieval (see `corpus_scores`), recorded in the metrics with the first
+    stage's own retrieval metrics under `metrics["first_stage"]` (its "source": "global_head" or
+    "mean_pooled"; the mean of the models' first-stage scores for several). index_dir: the first stage's
+    index folder (one subfolder per model for several), described under `metrics["first_stage_index"]`.
     protocol "eccv": R@K of the whole split, and ECCV Caption / CxC metrics of the same similarity matrix
     under `metrics["eccv"]` (`metrics.eccv`; eccv_subset: score a split that is part of the COCO 5K test)."""
     if len(models) != len(tokenizers) or not models:
@@ -145,13 +224,18 @@ def evaluate_matchers(
         )
     if protocol == ECCV_PROTOCOL:
         check_eccv_split(dataset, eccv_subset)  # before the scoring, which takes long on the 5K test
-    similarities = []
-    for model, tokenizer in zip(models, tokenizers, strict=True):
-        similarity, caption_to_image = corpus_similarity(
-            model, tokenizer, dataset, progress=progress, rerank_k=rerank_k
+    if index_dir is not None and rerank_k is None:
+        raise InvalidValueError(
+            f"a first-stage index folder (--index {index_dir}) needs two-stage retrieval: give --rerank-k K too"
         )
-        similarities.append(similarity)
-    similarity = torch.stack(similarities).mean(dim=0)
+    scored = []
+    for position, (model, tokenizer) in enumerate(zip(models, tokenizers, strict=True)):
+        folder = index_dir
+        if index_dir is not None and len(models) > 1:
+            folder = Path(index_dir) / f"model_{position}"  # each model has its own first stage
+        scored.append(corpus_scores(model, tokenizer, dataset, progress, rerank_k, folder))
+    caption_to_image = scored[0].caption_to_image
+    similarity = torch.stack([scores.similarity for scores in scored]).mean(dim=0)
     metrics = evaluate_retrieval(
         similarity,
         caption_to_image,
@@ -163,6 +247,20 @@ def evaluate_matchers(
     metrics["ensemble_size"] = len(models)
     if rerank_k is not None:
         metrics["rerank_k"] = rerank_k
+        # The first stage alone, as a retrieval model of its own (the global head's recall).
+        first_stage = torch.stack([scores.first_stage for scores in scored]).mean(dim=0)
+        metrics["first_stage"] = {
+            "source": "+".join(sorted({scores.first_stage_source for scores in scored})),
+            **evaluate_retrieval(
+                first_stage,
+                caption_to_image,
+                protocol="full" if protocol == ECCV_PROTOCOL else protocol,
+                check_captions_per_image=captions_per_image,
+            ),
+        }
+        if index_dir is not None:
+            indexes = [scores.index for scores in scored]
+            metrics["first_stage_index"] = indexes[0] if len(indexes) == 1 else indexes
     return metrics
 
 

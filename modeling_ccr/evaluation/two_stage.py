@@ -1,8 +1,9 @@
 """Two-stage retrieval: a global-embedding first stage shortlists, the cross-attention model re-ranks.
 
 Exact cross-attention scoring of every image-caption pair is out of reach for large galleries (SGR/SAF on
-COCO, millions of items). The first stage gives each item one l2-normalised vector (a trained global
-head's embeddings when given, else the VSE++-style mean of the model's own region and word embeddings) and
+COCO, millions of items). The first stage gives each item one l2-normalised vector (the embeddings of the model's trained
+global head, `head_embeddings`, when it has one; else the VSE++-style mean of its own region and word
+embeddings) and
 shortlists, for every image, its `k` best captions and, for every caption, its `k` best images by inner
 product (exact blocked matmul, or an `index.GalleryIndex`). The cross-attention model then scores exactly
 the union of shortlisted pairs. Every other pair keeps its first-stage order, placed below every
@@ -38,7 +39,7 @@ from ..models.encoders import l2_normalize
 from ..models.gallery_scoring import free_core_threads, tile_budget
 from ..models.modeling_bfan import BfanModel
 from ..models.modeling_damsm import DamsmModel
-from ..models.modeling_matcher import GalleryScoring
+from ..models.modeling_matcher import GalleryScoring, eval_mode
 from ..models.modeling_scan import ScanModel
 from ..models.modeling_sgraf import SgrafPreTrainedModel
 
@@ -443,6 +444,78 @@ def first_stage_embeddings(
     )
 
 
+# Items embedded by the global head per call: bounds the head's `(items, n, D)` intermediates (GPO sorts).
+HEAD_BLOCK = 4096
+
+
+def has_global_head(model: GalleryScoring) -> bool:
+    """Whether `model` (or every member of an ensemble) carries a trained global head."""
+    members = getattr(model, "members", None)
+    if members is not None:
+        return all(has_global_head(member) for member in members)
+    return getattr(model, "global_head", None) is not None
+
+
+@torch.no_grad()
+def head_embeddings(
+    model: GalleryScoring,
+    image_embeds: torch.Tensor,
+    region_mask: torch.Tensor,
+    text_embeds: torch.Tensor,
+    word_mask: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The model's global-head embeddings of a gallery (inputs as `model.similarity`): images
+    `(n_images, G)` and captions `(n_captions, G)`, l2-normalised; None when it has no head.
+
+    An ensemble whose members all carry a head gets its members' embeddings concatenated and scaled by
+    1/sqrt(members), so an inner product is the mean of the members' cosines (as its score is the mean
+    of theirs); an ensemble where only some members carry one is a RerankError.
+    """
+    members = getattr(model, "members", None)
+    if members is not None:
+        carried = [has_global_head(member) for member in members]
+        if not any(carried):
+            return None
+        if not all(carried):
+            raise RerankError(
+                f"ensemble global heads: every member needs one for a global-head first stage, found "
+                f"{sum(carried)} of {len(carried)} members with one"
+            )
+        parts = [
+            head_embeddings(member, images, region_mask, texts, word_mask)
+            for member, images, texts in zip(
+                members, model.split_embeds(image_embeds), model.split_embeds(text_embeds), strict=True
+            )
+        ]
+        scale = 1 / math.sqrt(len(parts))
+        return (
+            torch.cat([p[0] for p in parts], dim=-1) * scale,
+            torch.cat([p[1] for p in parts], dim=-1) * scale,
+        )
+    head = getattr(model, "global_head", None)
+    if head is None:
+        return None
+    with eval_mode(head):
+        images = torch.cat(
+            [
+                head.embed_images(image_embeds[block], region_mask[block].bool())
+                for block in blocks(len(image_embeds))
+            ]
+        )
+        captions = torch.cat(
+            [
+                head.embed_texts(text_embeds[block], word_mask[block].bool())
+                for block in blocks(len(text_embeds))
+            ]
+        )
+    return images.float(), captions.float()
+
+
+def blocks(n_items: int, size: int = HEAD_BLOCK) -> list[slice]:
+    """Consecutive slices of at most `size` items covering `n_items` (one empty slice for none)."""
+    return [slice(start, start + size) for start in range(0, max(n_items, 1), size)]
+
+
 def shortlist_of(gallery: torch.Tensor) -> Callable[[torch.Tensor, int], torch.Tensor]:
     """Exact search of `gallery` `(items, G)`: (queries, k) -> `(n_queries, k)` indices."""
     return lambda queries, k: shortlist(queries, gallery, k)
@@ -487,13 +560,16 @@ def two_stage_similarity(
     """`(n_images, n_captions)` scores whose top k per image and per caption are the model's exact scores.
 
     Inputs as `model.similarity`. global_embeds: first-stage vectors `((n_images, G), (n_captions, G))`
-    (see `first_stage_embeddings`); image_search: how captions find their k images (`shortlisted_pairs`).
+    (see `first_stage_embeddings`); None: the model's global head's (`head_embeddings`) when it has one,
+    else the mean-pooled fragments; image_search: how captions find their k images (`shortlisted_pairs`).
     Pairs outside both shortlists get their first-stage score mapped below every exact score, keeping the
     first stage's order among them. Under torch.distributed both stages are sharded across the processes
     and every process returns the full matrix.
     """
     if k < 1:
         raise RerankError(f"--rerank-k must be a positive number of candidates, got {k}")
+    if global_embeds is None:
+        global_embeds = head_embeddings(model, image_embeds, region_mask, text_embeds, word_mask)
     images, captions = first_stage_embeddings(
         image_embeds, region_mask, text_embeds, word_mask, global_embeds
     )

@@ -11,6 +11,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
 from .constraints import CCS_MODES
+from .global_head import head_settings
 from .losses import BASE_LOSSES
 
 ATTENDED_SET_RULES = ("inverse_n", "top_k")
@@ -98,6 +99,23 @@ def validate_vision_tower(spec: object) -> dict[str, object] | None:
         if not isinstance(spec[key], bool):
             raise bad(key, "true or false")
     return spec
+
+
+def validate_global_head(spec: object, embed_dim: object) -> dict[str, object] | None:
+    """The `global_head` sub-config with every setting (`global_head.DEFAULTS` filled in, `embed_dim` the
+    matcher's own), or a one-line ValueError naming the setting, what it must be and what was found."""
+    if spec is None:
+        return None
+    if not isinstance(spec, dict):
+        raise ValueError(f"config field 'global_head' must be a mapping, found {type(spec).__name__}")
+    given = spec.get("embed_dim", embed_dim)
+    if given != embed_dim:
+        # The head reads the matcher's fragments, so its input width is the matcher's embed_dim.
+        raise ValueError(
+            f"config field 'global_head.embed_dim' must equal embed_dim ({embed_dim!r}) or be left out, "
+            f"found {given!r}"
+        )
+    return head_settings({**spec, "embed_dim": embed_dim})
 
 
 def _accepts(annotation: object, value: object) -> bool:
@@ -196,6 +214,10 @@ class MatcherConfig(PreTrainedConfig):
     vision_tower: a timm backbone inside the model that turns `pixel_values` into region features
         (`VISION_TOWER_DEFAULTS` lists its keys; models/vision_tower.py); None reads precomputed region
         features. With a tower, `feature_dim` is the tower's feature size (set when the model is built).
+    global_head: a global head trained with the matcher (models/global_head.py: "pooling" "mean" or "gpo",
+        "global_dim", "temperature", "contrastive_weight", "distill_weight", "distill_temperature";
+        `embed_dim` is the matcher's), whose embeddings are the first stage of two-stage retrieval
+        (`ccr evaluate --rerank-k`); None: no head. Stored with every setting filled in.
     """
 
     model_type = "xmatch_matcher"
@@ -232,6 +254,7 @@ class MatcherConfig(PreTrainedConfig):
     constraint_top_k: int = 3
     constraint_skip_token_ids: list[int] | None = None
     vision_tower: dict | None = None
+    global_head: dict | None = None
 
     def __post_init__(self, **kwargs):
         reject_unknown_options(self, kwargs)
@@ -239,6 +262,7 @@ class MatcherConfig(PreTrainedConfig):
         # wrapped in a multi-line StrictDataclassClassValidationError).
         check_field_types(self)
         self.vision_tower = validate_vision_tower(self.vision_tower)
+        self.global_head = validate_global_head(self.global_head, self.embed_dim)
         super().__post_init__(**kwargs)
 
     def validate_architecture(self):
@@ -281,6 +305,10 @@ class MatcherConfig(PreTrainedConfig):
     @property
     def uses_gru(self) -> bool:
         return self.text_encoder_name == "gru"
+
+    @property
+    def uses_global_head(self) -> bool:
+        return self.global_head is not None
 
     @property
     def uses_constraints(self) -> bool:

@@ -22,7 +22,15 @@ from .constraints import MatchedAttention, constraint_terms
 from .cross_attention import compiled_tiles, matched_view
 from .distributed import gather_padded, gather_without_grad, world_size_and_rank
 from .encoders import GRUTextEncoder, PretrainedTextEncoder, RegionEncoder, build_text_encoder
-from .gallery_scoring import block_sizes, caption_length_groups, generic_pair_bytes, tile_budget, tile_shape
+from .gallery_scoring import (
+    block_sizes,
+    caption_length_groups,
+    free_core_threads,
+    generic_pair_bytes,
+    tile_budget,
+    tile_shape,
+)
+from .global_head import GlobalHead
 from .losses import matching_loss
 from .vision_tower import build_vision_tower
 
@@ -63,6 +71,10 @@ class MatcherOutput(ModelOutput):
         words over regions for t2i attention, regions over words for i2t.
     base_loss, ccr_loss, ccs_loss: `()` the loss terms before weighting (constraint terms when enabled).
     ccr_active_fraction, ccs_active_fraction: `()` share of constraint hinge terms that are positive.
+    global_loss: `()` the global head's weighted loss (added to `loss`), with its terms before weighting,
+        global_contrastive_loss and (with distillation) global_distill_loss; models with a global head only.
+    global_image_embeds: `(batch, global_dim)` and global_text_embeds `(batch, global_dim)` the head's
+        l2-normalised embeddings (models with a global head only).
     """
 
     loss: torch.Tensor | None = None
@@ -79,6 +91,11 @@ class MatcherOutput(ModelOutput):
     ccs_loss: torch.Tensor | None = None
     ccr_active_fraction: torch.Tensor | None = None
     ccs_active_fraction: torch.Tensor | None = None
+    global_loss: torch.Tensor | None = None
+    global_contrastive_loss: torch.Tensor | None = None
+    global_distill_loss: torch.Tensor | None = None
+    global_image_embeds: torch.Tensor | None = None
+    global_text_embeds: torch.Tensor | None = None
 
 
 class GalleryScoring:
@@ -123,7 +140,13 @@ class GalleryScoring:
         budget = tile_budget(device)
         min_group = tile_shape(n_images, n_regions, text_embeds.shape[0], median_length, budget)[1]
         score_pairs = self.compiled_score_pairs() if compile else self.score_pairs
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None), compiled_tiles(compile):
+        # On a shared CPU, as many threads as cores are free: a busy core stalls every small parallel
+        # region of every tile (docs/scoring.md); on other devices this changes nothing.
+        with (
+            torch.autocast(device.type, dtype=dtype, enabled=dtype is not None),
+            compiled_tiles(compile),
+            free_core_threads(device),
+        ):
             for captions, length in caption_length_groups(word_mask, min_group):
                 auto = block_sizes(
                     n_images, len(captions), self.pair_scoring_bytes(n_regions, length, embed_dim), device
@@ -160,10 +183,12 @@ class MatcherPreTrainedModel(GalleryScoring, PreTrainedModel):
             config.feature_dim = self.vision_tower.feature_dim
         self.region_encoder = RegionEncoder(config.feature_dim, config.embed_dim, config.normalize_regions)
         self.text_encoder = build_text_encoder(config)
+        # The first stage of two-stage retrieval, trained with the matcher (models/global_head.py).
+        self.global_head = GlobalHead(config.global_head) if config.global_head is not None else None
 
     def _init_weights(self, module: torch.nn.Module) -> None:
         # A vision tower keeps timm's own initialisation (or its pretrained weights): it is not listed.
-        if isinstance(module, (RegionEncoder, GRUTextEncoder, PretrainedTextEncoder)):
+        if isinstance(module, (RegionEncoder, GRUTextEncoder, PretrainedTextEncoder, GlobalHead)):
             module.reset_parameters()
 
     def image_processor(self) -> MatcherImageProcessor:
@@ -283,6 +308,25 @@ class MatcherPreTrainedModel(GalleryScoring, PreTrainedModel):
         """Word embeddings `(batch, n_tokens, embed_dim)` of token ids `(batch, n_tokens)`."""
         return self.text_encoder(input_ids, attention_mask)
 
+    def global_embeddings(
+        self,
+        image_embeds: torch.Tensor,
+        region_mask: torch.Tensor,
+        text_embeds: torch.Tensor,
+        word_mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The global head's l2-normalised embeddings of fragments (as `score_pairs` takes them): images
+        `(n_images, global_dim)` and captions `(n_captions, global_dim)`."""
+        if self.global_head is None:
+            raise ValueError(
+                f"this {type(self).__name__} has no global head: set the config field 'global_head' "
+                "(e.g. {'pooling': 'gpo'}) and train it"
+            )
+        return (
+            self.global_head.embed_images(image_embeds, region_mask.bool()),
+            self.global_head.embed_texts(text_embeds, word_mask.bool()),
+        )
+
     def forward(
         self,
         region_features: torch.Tensor | None = None,
@@ -318,6 +362,11 @@ class MatcherPreTrainedModel(GalleryScoring, PreTrainedModel):
             region_mask = region_mask.bool()
             image_embeds = self.get_image_features(region_features, region_mask)
         text_embeds = self.get_text_features(input_ids, attention_mask)
+        global_images = global_texts = None
+        if self.global_head is not None:
+            global_images, global_texts = self.global_embeddings(
+                image_embeds, region_mask, text_embeds, word_mask
+            )
         if return_loss:
             loss, logits = self.scores_and_base_loss(
                 image_embeds, region_mask, text_embeds, word_mask, gather_negatives, image_index
@@ -341,6 +390,14 @@ class MatcherPreTrainedModel(GalleryScoring, PreTrainedModel):
                 for name in ("ccr", "ccs")
                 if f"{name}_loss" in terms
             )
+            if self.global_head is not None:
+                # In-batch terms: the head's InfoNCE over this batch's pairs and, with distillation,
+                # the fine-grained scores of the same pairs as its (detached) teacher. Under DDP the
+                # local batch is its own candidate set (the fine scores of other processes' pairs are
+                # not all computed here).
+                same_image = None if image_index is None else image_index[:, None] == image_index[None, :]
+                terms.update(self.global_head.loss(global_images, global_texts, logits, same_image))
+                loss = loss + terms["global_loss"]
         return MatcherOutput(
             **terms,
             loss=loss,
@@ -352,6 +409,8 @@ class MatcherPreTrainedModel(GalleryScoring, PreTrainedModel):
             word_mask=word_mask,
             region_boxes=boxes,
             attentions=views[0].attention if output_attentions and views else None,
+            global_image_embeds=global_images,
+            global_text_embeds=global_texts,
         )
 
     def constrained_word_mask(self, input_ids: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:

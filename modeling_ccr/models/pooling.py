@@ -45,6 +45,24 @@ def sinusoidal_positions(
     return encodings
 
 
+class RankScores(nn.Module):
+    """The learned vector w of GPO: `(..., hidden_dim)` -> `(..., 1)`, i.e. a bias-free linear map.
+
+    Not an `nn.Linear` on purpose: GPO is a head any matcher can carry, and a backbone whose
+    `_init_weights` re-initialises every `nn.Linear` with a bias (SGRAF's Xavier and zero bias) must leave
+    it alone. Its parameter is `weight` `(1, hidden_dim)`, as `nn.Linear`'s, so checkpoints are unchanged.
+    """
+
+    def __init__(self, hidden_dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(1, hidden_dim))
+        # nn.Linear's own construction-time init: the same random draws as before this class existed.
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(states, self.weight)
+
+
 class GeneralizedPooling(nn.Module):
     """VSE-infinity's Generalized Pooling Operator: a learned, size-aware weighting of sorted features.
 
@@ -66,7 +84,7 @@ class GeneralizedPooling(nn.Module):
         self.hidden_dim = hidden_dim
         self.temperature = temperature
         self.gru = nn.GRU(position_dim, hidden_dim, 1, batch_first=True, bidirectional=True)
-        self.linear = nn.Linear(hidden_dim, 1, bias=False)
+        self.linear = RankScores(hidden_dim)
 
     def reset_parameters(self) -> None:
         # PyTorch's defaults (what VSE-infinity trains from), through transformers' init so that weights
