@@ -10,6 +10,7 @@ from .configuration_bfan import BfanConfig
 from .configuration_chan import ChanConfig
 from .configuration_damsm import DamsmConfig
 from .configuration_dvsa import DvsaConfig
+from .configuration_laps import LapsConfig
 from .configuration_scan import ScanConfig
 from .configuration_sgraf import SafConfig, SgrConfig
 from .configuration_vse_infty import VseInftyConfig
@@ -18,6 +19,7 @@ from .modeling_bfan import BfanModel
 from .modeling_chan import ChanModel
 from .modeling_damsm import DamsmModel
 from .modeling_dvsa import DvsaModel
+from .modeling_laps import LapsModel
 from .modeling_scan import ScanModel
 from .modeling_sgraf import SafModel, SgrModel
 from .modeling_vse_infty import VseInftyModel
@@ -33,4 +35,5 @@ SINGLE_BACKBONES = {
     "damsm": (DamsmConfig, DamsmModel),
     "vse_infty": (VseInftyConfig, VseInftyModel),
     "chan": (ChanConfig, ChanModel),
+    "laps": (LapsConfig, LapsModel),
 }
