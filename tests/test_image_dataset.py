@@ -15,6 +15,8 @@ from PIL import Image
 pytest.importorskip("timm")
 matplotlib = pytest.importorskip("matplotlib")
 
+from photo_files import PHOTOS, write_photos  # noqa: E402
+
 from modeling_ccr.cli import main  # noqa: E402
 from modeling_ccr.data.collator import ImageCaptionCollator  # noqa: E402
 from modeling_ccr.data.image_corpus import ImagePairs, ImageRows, tower_feature_split  # noqa: E402
@@ -23,38 +25,11 @@ from modeling_ccr.models import BACKBONES  # noqa: E402
 from modeling_ccr.models.image_processing_matcher import decode_image  # noqa: E402
 from modeling_ccr.text.tokenization import build_word_tokenizer  # noqa: E402
 
-SAMPLE_DATA = Path(matplotlib.get_data_path()) / "sample_data"
-PHOTOS = {
-    "grace_hopper.jpg": ("a woman in a navy uniform with medals", "train"),
-    "present.png": ("a blue gift box with a ribbon", "train"),
-    "logo.png": ("a colourful logo with letters", "train"),
-    "hopper_top.png": ("the face of a woman with short hair", "val"),
-    "present_crop.png": ("part of a shiny blue package", "val"),
-    "hopper_gray.png": ("a grey photo of a woman in uniform", "test"),
-    "logo_small.png": ("a small logo with letters", "test"),
-}
-
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory) -> tuple[Path, Path]:
     """Real photos matplotlib ships (and crops of them), with a CSV of 3 captions each."""
-    folder = tmp_path_factory.mktemp("photos")
-    hopper = decode_image(SAMPLE_DATA / "grace_hopper.jpg")
-    present = decode_image(SAMPLE_DATA / "Minduka_Present_Blue_Pack.png")
-    logo = decode_image(SAMPLE_DATA / "logo2.png")
-    (folder / "grace_hopper.jpg").write_bytes((SAMPLE_DATA / "grace_hopper.jpg").read_bytes())
-    present.save(folder / "present.png")
-    logo.save(folder / "logo.png")
-    hopper.crop((0, 0, 512, 300)).save(folder / "hopper_top.png")
-    present.crop((0, 0, present.width // 2, present.height // 2)).save(folder / "present_crop.png")
-    hopper.convert("L").save(folder / "hopper_gray.png")
-    logo.resize((logo.width // 3, logo.height // 3)).save(folder / "logo_small.png")
-    lines = ["image,caption,split"]
-    for name, (caption, split) in PHOTOS.items():
-        lines += [f"{name},{caption} {i},{split}" for i in range(3)]
-    captions = folder.parent / "captions.csv"
-    captions.write_text("\n".join(lines) + "\n")
-    return folder, captions
+    return write_photos(tmp_path_factory.mktemp("photos"))
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +69,7 @@ def test_convert_images_with_boxes_keeps_them_and_refuses_a_box_outside_the_imag
     assert main([*argv, "--out", str(tmp_path / "ok")]) == 0
     train = datasets.load_from_disk(str(tmp_path / "ok"))["train"].with_format("numpy", columns=["boxes"])
     np.testing.assert_array_equal(train[0]["boxes"], np.asarray(boxes["grace_hopper.jpg"], np.float32))
-    boxes["logo_small.png"] = [[0, 0, 5000, 10]]
+    boxes["present_small.png"] = [[0, 0, 5000, 10]]
     (tmp_path / "boxes.json").write_text(json.dumps(boxes))
     assert main([*argv, "--out", str(tmp_path / "bad")]) == 2
     assert not (tmp_path / "bad").exists()

@@ -41,12 +41,17 @@ class DataConfig:
     # Parquet/Arrow files by split, or a save_to_disk folder; shuffle_buffer: images per shuffle buffer.
     streaming: bool = False
     shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER
+    # Training-time augmentation of an image corpus (`BoxAwareAugmentation` fields: crop_scale,
+    # flip_probability); boxes move with the pixels. None: every image as stored. Feature corpora: unused.
+    augmentation: dict[str, Any] | None = None
 
     @classmethod
     def from_mapping(cls, values: Any, where: str) -> DataConfig:
         """The section as written in YAML (missing keys take the defaults above); ConfigError naming the
         file and the key for an unknown key or a value of the wrong type."""
         data = read_section(cls, "data", values, where)
+        if data.augmentation is not None:
+            data.box_aware_augmentation(where)  # checked now, not when the first batch is drawn
         if data.source != SYNTHETIC_SOURCE:
             return data
         if not isinstance(data.synthetic, dict):
@@ -59,6 +64,34 @@ class DataConfig:
     def to_dict(self) -> dict[str, Any]:
         """The section as `training_config.yaml` records it (every key, defaults included)."""
         return dataclasses.asdict(self)
+
+    def box_aware_augmentation(self, where: str = "data"):
+        """The `augmentation` section as a `BoxAwareAugmentation` (None when unset); ConfigError naming
+        the field for an unknown key or an invalid value."""
+        if self.augmentation is None:
+            return None
+        from .image_transforms import BoxAwareAugmentation
+
+        if not isinstance(self.augmentation, dict):
+            raise ConfigError(f"{where}: 'data.augmentation' must be a mapping, found {self.augmentation!r}")
+        fields = {field.name for field in dataclasses.fields(BoxAwareAugmentation)}
+        unknown = sorted(set(self.augmentation) - fields)
+        if unknown:
+            raise ConfigError(
+                f"{where}: data.augmentation: unknown key(s) {unknown}; expected some of {sorted(fields)}"
+            )
+        values = dict(self.augmentation)
+        if "crop_scale" in values:
+            scale = values["crop_scale"]
+            if not isinstance(scale, (list, tuple)) or len(scale) != 2:
+                raise ConfigError(
+                    f"{where}: data.augmentation.crop_scale must be [low, high], found {scale!r}"
+                )
+            values["crop_scale"] = tuple(scale)
+        try:
+            return BoxAwareAugmentation(**values)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"{where}: data.augmentation: {err}") from None
 
 
 def load_corpus(data: DataConfig, seed: int) -> tuple[datasets.DatasetDict, str]:

@@ -18,6 +18,8 @@ from ..artifacts.loading import load_matching_folder
 from ..artifacts.records import write_evaluation_record
 from ..data.corpora import load_evaluation_split
 from ..data.flickr30k_entities import attach_entities
+from ..data.image_corpus import tower_feature_split
+from ..data.schema import is_image_corpus
 from ..errors import InvalidValueError
 from ..metrics.attention import AttendedSetSpec
 from .gallery import attention_metrics, evaluate_matchers
@@ -45,6 +47,7 @@ def evaluate_folders(
     protocol: str = "full",
     captions_per_image: int | None = 5,
     rerank_k: int | None = None,
+    index_dir: str | Path | None = None,
     eccv_subset: bool = False,
     attention: AttendedSetSpec | None = None,
     entities: str | Path | None = None,
@@ -52,7 +55,10 @@ def evaluate_folders(
 ) -> FolderEvaluation:
     """Full-gallery retrieval of one model folder (or the ensemble of several) on a split.
 
-    dataset: a DatasetDict folder; None reads the corpus recorded in the first folder's run config.
+    dataset: a DatasetDict folder; None reads the corpus recorded in the first folder's run config. An
+    image corpus is encoded once by the model's vision tower, then scored as region features.
+    rerank_k: two-stage retrieval (a first-stage shortlist of k re-ranked by the model); index_dir: where
+    the first stage's index is saved and found again (`GalleryIndex.load_or_build`).
     attention: also measure attention precision/recall/F1 of each folder under this attended-set rule
     (the split needs boxes and phrases; `entities` grounds it with a Flickr30k Entities folder).
     Raises InvalidValueError for a folder listed twice, ModelLoadError for a folder that cannot be
@@ -68,6 +74,7 @@ def evaluate_folders(
     data, dataset_name = load_evaluation_split(names[0], None if dataset is None else str(dataset), split)
     if entities is not None:
         data = attach_entities(data, entities)
+    data = _as_seen_by(matchers, names, data, dataset_name)
     metrics = evaluate_matchers(
         matchers,
         tokenizers,
@@ -76,14 +83,49 @@ def evaluate_folders(
         captions_per_image,
         progress=progress,
         rerank_k=rerank_k,
+        index_dir=index_dir,
         eccv_subset=eccv_subset,
     )
     if attention is not None:
         metrics["attention"] = [
-            attention_metrics(model, tokenizer, data, attention, progress=progress)
-            for model, tokenizer in zip(matchers, tokenizers, strict=True)
+            _attention(model, tokenizer, data, attention, progress, name, dataset_name)
+            for model, tokenizer, name in zip(matchers, tokenizers, names, strict=True)
         ]
     return FolderEvaluation(names, dataset_name, split, metrics, warnings)
+
+
+def _attention(
+    model: Any, tokenizer: Any, data: Any, spec: AttendedSetSpec, progress: bool, name: str, dataset_name: str
+) -> dict[str, Any]:
+    """One folder's attention metrics; a split with nothing to score is the user's error, in one line."""
+    try:
+        return attention_metrics(model, tokenizer, data, spec, progress=progress)
+    except ValueError as err:
+        raise InvalidValueError(f"{name} on {dataset_name}: attention metrics: {err}") from None
+
+
+def _as_seen_by(matchers: Sequence[Any], names: list[str], data: Any, dataset_name: str) -> Any:
+    """The split as the models score it: an image corpus through the (single) model's vision tower, each
+    image encoded once; region features as stored. A model and a split of different kinds are refused."""
+    towers = [getattr(model, "vision_tower", None) is not None for model in matchers]
+    if not is_image_corpus(data):
+        if any(towers):
+            raise InvalidValueError(
+                f"{names[towers.index(True)]} has a vision tower and scores images, but {dataset_name} holds "
+                "region features: evaluate it on an image corpus (ccr convert images)"
+            )
+        return data
+    if not all(towers):
+        raise InvalidValueError(
+            f"{names[towers.index(False)]} reads region features, but {dataset_name} holds images: extract "
+            "features first (ccr extract), or evaluate a model with a vision tower"
+        )
+    if len(matchers) > 1:
+        raise InvalidValueError(
+            f"{dataset_name} holds images: an ensemble of vision-tower models is not supported (evaluate "
+            "each folder on its own)"
+        )
+    return tower_feature_split(matchers[0], data)
 
 
 def write_evaluation(result: FolderEvaluation, output: str | Path | None = None) -> Path:

@@ -114,6 +114,21 @@ class VisionTower(nn.Module):
         self.frozen = frozen
         self.train(self.training)
 
+    @torch.no_grad()
+    def grid_region_count(self) -> int | None:
+        """Regions per image of a "grid" tower at its input size (None for "boxes": the corpus decides)."""
+        if self.spec["regions"] == "boxes":
+            return None
+        if self.spec["grid"] is not None:
+            return int(self.spec["grid"]) ** 2
+        was_training = self.training
+        self.eval()
+        try:
+            probe = torch.zeros(1, 3, *self.input_size, device=next(self.model.parameters()).device)
+            return int(self.feature_map(probe)[0, 0].numel())
+        finally:
+            self.train(was_training)
+
     def feature_map(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """`(batch, feature_dim, map_h, map_w)` map of `(batch, 3, height, width)` pixels."""
         level = self.spec["feature_level"]
@@ -209,3 +224,11 @@ def tower_feature_dim(spec: dict[str, Any]) -> int:
     from .configuration_matcher import validate_vision_tower
 
     return VisionTower(validate_vision_tower(spec)).feature_dim
+
+
+def tower_region_count(spec: dict[str, Any]) -> int | None:
+    """Regions per image a "grid" `vision_tower` spec gives (None for "boxes" regions): what a backbone
+    with a fixed region count (SGR / SAF's `n_regions`) is sized with before the model exists."""
+    from .configuration_matcher import validate_vision_tower
+
+    return VisionTower(validate_vision_tower(spec)).grid_region_count()

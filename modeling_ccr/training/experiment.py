@@ -21,13 +21,20 @@ from ..artifacts.checkpoints import newest_complete
 from ..data.collator import RegionCaptionCollator
 from ..data.corpora import SYNTHETIC_SOURCE, DataConfig, load_corpus
 from ..data.flickr30k_entities import attach_entities, write_entities_annotations
-from ..data.pairs import ImageCaptionPairs
+from ..data.image_corpus import tower_feature_split, training_collator, training_pairs
 from ..data.schema import validate_corpus
 from ..data.streaming import StreamingImageCaptionPairs, load_streaming_corpus
 from ..errors import ConfigError, UserError, first_line
 from ..evaluation.gallery import attention_metrics, evaluate_matchers, has_grounding
 from .ensembles import assemble_ensemble
-from .model_building import build_config, build_model, feature_dim_of, run_tokenizer, skip_token_ids
+from .model_building import (
+    build_config,
+    build_model,
+    feature_dim_of,
+    region_count_of,
+    run_tokenizer,
+    skip_token_ids,
+)
 from .run_config import (
     ExperimentConfig,
     ModelSection,
@@ -67,6 +74,7 @@ __all__ = [
     "load_yaml",
     "parse_experiment_config",
     "refuse_empty_run",
+    "region_count_of",
     "resume_checkpoint",
     "run_experiment",
     "run_lock",
@@ -165,18 +173,25 @@ def _run_experiment(
     text_encoder = pretrained_text_encoder(config.model.to_dict())
     if text_encoder is not None:
         tokenizer = pretrained_tokenizer(text_encoder, where)
-    model = build_model(config.model, tokenizer, feature_dim_of(train_split), where)
+    feature_dim = feature_dim_of(train_split, config.model, where)
+    model = build_model(
+        config.model, tokenizer, feature_dim, where, region_count_of(train_split, config.model, where)
+    )
     refuse_foreign_checkpoint(checkpoint, model.config, tokenizer, where)
     args = config.training
-    train_pairs = train_split if data.streaming else ImageCaptionPairs(train_split)
-    if not data.streaming:
+    if data.streaming:
+        train_pairs, collator = train_split, RegionCaptionCollator(tokenizer, data.max_words)
+    else:
+        train_pairs = training_pairs(train_split)
         refuse_empty_run(len(train_pairs), args, where)
+        augmentation = data.box_aware_augmentation(where)
+        collator = training_collator(train_split, model, tokenizer, data.max_words, augmentation)
     trainer = MatchingTrainer(
         model=model,
         args=args,
         train_dataset=train_pairs,
         eval_dataset=corpus["validation"],
-        data_collator=RegionCaptionCollator(tokenizer, data.max_words),
+        data_collator=collator,
         processing_class=tokenizer,
         eval_protocol=config.evaluation.protocol,
         captions_per_image=data.captions_per_image,
@@ -221,21 +236,25 @@ def _save_model(
     if trainer.is_world_process_zero() and staging.exists():
         shutil.rmtree(staging)  # left by a run killed while saving its model
     trainer.save_model(str(staging))
+    # An image corpus is seen as the tower's region features (each image encoded once, no gradients).
+    test = tower_feature_split(
+        trainer.model, corpus["test"], batch_size=config.training.per_device_eval_batch_size
+    )
     # Every process takes part: under torch.distributed the gallery is scored in shards and gathered.
     test_metrics = evaluate_matchers(
         [trainer.model],
         [tokenizer],
-        corpus["test"],
+        test,
         config.evaluation.protocol,
         config.data.captions_per_image,
     )
     if not trainer.is_world_process_zero():
         return model_dir
-    if has_grounding(corpus["test"]) and trainer.model.config.has_cross_attention:
+    if has_grounding(test) and trainer.model.config.has_cross_attention:
         test_metrics["attention"] = attention_metrics(
             trainer.model,
             tokenizer,
-            grounding_through_entities_files(corpus["test"], Path(config.output_dir)),
+            grounding_through_entities_files(test, Path(config.output_dir)),
         )
     write_run_records(staging, model_dir, config, trainer, test_metrics, dataset_name)
     if model_dir.exists():

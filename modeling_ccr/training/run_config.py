@@ -186,7 +186,7 @@ class EvaluationConfig:
         return dataclasses.asdict(self)
 
 
-def _class_annotations(cls: type) -> dict[str, Any]:
+def config_class_options(cls: type) -> dict[str, Any]:
     """A model config class's typed options (its own annotations and its bases'), ClassVars left out."""
     annotations: dict[str, Any] = {}
     for base in reversed(cls.__mro__):
@@ -220,7 +220,7 @@ class ModelSection:
             )
         if backbone != ENSEMBLE:
             config_class = BACKBONES[backbone][0]
-            return cls(backbone, typed_section("model", options, _class_annotations(config_class), where))
+            return cls(backbone, typed_section("model", options, config_class_options(config_class), where))
         members = options.pop("members", None)
         if options or not isinstance(members, list) or not members:
             raise ConfigError(f"{where}: an ensemble's model section takes exactly one key, a 'members' list")

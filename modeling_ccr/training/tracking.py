@@ -25,6 +25,8 @@ import numpy as np
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.integrations import TensorBoardCallback
 
+from ..data.image_corpus import tower_feature_split
+from ..data.schema import is_image_corpus
 from ..evaluation.gallery import attention_metrics, grounded_pairs, has_grounding
 from ..text.tokenization import split_words
 
@@ -43,7 +45,8 @@ class AttentionTrackingCallback(TrainerCallback):
     def __init__(self, trainer: Trainer, corpus: datasets.Dataset, n_pictures: int = N_PICTURES):
         self.trainer = trainer
         self.corpus = corpus
-        self.pictures = picture_pairs(corpus, n_pictures)
+        self.n_pictures = n_pictures
+        self.pictures: list[tuple[str, int, int]] | None = None  # chosen at the first evaluation
 
     def on_evaluate(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs
@@ -52,7 +55,11 @@ class AttentionTrackingCallback(TrainerCallback):
         tokenizer = self.trainer.processing_class
         if not state.is_world_process_zero:
             return
-        metrics = attention_metrics(model, tokenizer, self.corpus)
+        # An image corpus: the regions (and their boxes) are what the tower makes of each image now.
+        corpus = tower_feature_split(model, self.corpus, batch_size=args.per_device_eval_batch_size)
+        metrics = attention_metrics(model, tokenizer, corpus)
+        if self.pictures is None:
+            self.pictures = picture_pairs(corpus, self.n_pictures)
         self.trainer.log({f"eval_{name}": float(metrics[name]) for name in ATTENTION_SCALARS})
         writer = tensorboard_writer(self.trainer)
         if writer is None or importlib.util.find_spec("matplotlib") is None:
@@ -60,7 +67,7 @@ class AttentionTrackingCallback(TrainerCallback):
         with tempfile.TemporaryDirectory() as folder:
             for image_id, caption_index, word_index in self.pictures:
                 image = attention_picture(
-                    model, tokenizer, self.corpus, image_id, caption_index, word_index, folder
+                    model, tokenizer, corpus, image_id, caption_index, word_index, folder
                 )
                 writer.add_image(f"eval/attention/{image_id}", image, state.global_step, dataformats="HWC")
         writer.flush()
@@ -118,5 +125,9 @@ def attach_tracking(trainer: Trainer, validation: datasets.Dataset) -> None:
     """Add the attention tracking to a run whose model has cross-attention and whose validation split is
     grounded; a no-op otherwise (retrieval metrics and loss terms are logged by the Trainer anyway)."""
     model = trainer.accelerator.unwrap_model(trainer.model)
-    if getattr(model.config, "has_cross_attention", False) and has_grounding(validation):
+    # An image corpus's regions get their boxes from the tower: grounded phrases are all it needs.
+    grounded = has_grounding(validation) or (
+        is_image_corpus(validation) and "phrases" in validation.column_names
+    )
+    if getattr(model.config, "has_cross_attention", False) and grounded:
         trainer.add_callback(AttentionTrackingCallback(trainer, validation))

@@ -1,0 +1,160 @@
+"""`ccr convert images` + `ccr train` + `ccr evaluate --attention` on real photos and on digit scenes as images.
+
+The photos are the ones matplotlib ships (plus crops), their captions a CSV, their grounding a Flickr30k
+Entities folder written here; the model is SCAN with timm's smallest test network as its vision tower.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import datasets
+import pytest
+import yaml
+
+pytest.importorskip("timm")
+pytest.importorskip("torchvision")
+matplotlib = pytest.importorskip("matplotlib")
+
+from photo_files import CAPTIONS_PER_PHOTO, write_photos  # noqa: E402
+
+from modeling_ccr.cli import main  # noqa: E402
+from modeling_ccr.models.image_processing_matcher import decode_image  # noqa: E402
+
+TOWER = {"architecture": "test_efficientnet", "image_size": 64}
+# Grounding of the test photos: the marked-up caption stem and the entity's box (x1, y1, x2, y2), 1-based,
+# each one cell of the tower's 2 x 2 grid (so a region is gold: IoU 1).
+TEST_ENTITIES = {
+    "hopper_gray.png": ("a grey photo of [/EN#1/people a woman] in uniform", (1, 1, 256, 300)),
+    "present_small.png": ("[/EN#2/other a small blue gift box]", (101, 76, 200, 150)),
+}
+
+
+def write_test_entities(folder: Path, root: Path) -> Path:
+    """Flickr30k Entities files (Sentences/*.txt, Annotations/*.xml) for the test photos."""
+    entities = root / "entities"
+    (entities / "Sentences").mkdir(parents=True)
+    (entities / "Annotations").mkdir()
+    for name, (markup, (x1, y1, x2, y2)) in TEST_ENTITIES.items():
+        width, height = decode_image(folder / name).size
+        (entities / "Sentences" / f"{name}.txt").write_text("".join(f"{markup} {i}\n" for i in range(3)))
+        entity = markup.split("/EN#")[1].split("/")[0]
+        (entities / "Annotations" / f"{name}.xml").write_text(
+            f"<annotation><filename>{name}</filename><size><width>{width}</width><height>{height}</height>"
+            f"<depth>3</depth></size><object><name>{entity}</name><bndbox><xmin>{x1}</xmin><ymin>{y1}</ymin>"
+            f"<xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object></annotation>\n"
+        )
+    return entities
+
+
+def write_run_config(
+    path: Path, source: Path, output_dir: Path, tower: dict, captions_per_image: int
+) -> Path:
+    config = {
+        "seed": 0,
+        "output_dir": str(output_dir),
+        "data": {
+            "source": str(source),
+            "min_word_count": 1,
+            "captions_per_image": captions_per_image,
+            "augmentation": {"crop_scale": [0.8, 1.0], "flip_probability": 0.5},
+        },
+        "model": {"backbone": "scan", "embed_dim": 16, "word_dim": 8, "ccr_weight": 0.1, "ccs_weight": 0.1,
+                  "vision_tower": tower},
+        "training": {"num_train_epochs": 2, "per_device_train_batch_size": 3, "per_device_eval_batch_size": 4,
+                     "learning_rate": 1e-3, "logging_steps": 1},
+    }  # fmt: skip
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.slow
+def test_photos_convert_train_and_evaluate_with_attention(tmp_path, capsys):
+    folder, captions = write_photos(tmp_path)
+    corpus = tmp_path / "corpus"
+    assert main(["convert", "images", str(folder), "--captions", str(captions), "--out", str(corpus)]) == 0
+    config = write_run_config(
+        tmp_path / "run.yaml", corpus, tmp_path / "run", {**TOWER, "grid": 2}, CAPTIONS_PER_PHOTO
+    )
+    assert main(["train", str(config)]) == 0
+    model_dir = tmp_path / "run" / "model"
+    assert (model_dir / "preprocessor_config.json").is_file()
+    recorded = json.loads((model_dir / "eval_results_test.json").read_text())["metrics"]
+    assert recorded["n_images"] == 2 and recorded["n_captions"] == 6
+    capsys.readouterr()
+
+    entities = write_test_entities(folder, tmp_path)
+    out = tmp_path / "evaluation.json"
+    args = ["evaluate", str(model_dir), "--attention", "--entities", str(entities), "--output", str(out)]
+    assert main([*args, "--captions-per-image", str(CAPTIONS_PER_PHOTO)]) == 0
+    evaluated = json.loads(out.read_text())["metrics"]
+    # The same weights, the same test images: the gallery numbers equal the ones the run recorded.
+    assert {k: evaluated[k] for k in recorded} == pytest.approx(recorded)
+    # Every caption holds one grounded phrase; the tower's 2 x 2 grid cells are its regions.
+    (attention,) = evaluated["attention"]
+    assert attention["n_words"] > 0 and 0 <= attention["attention_f1"] <= 1
+
+    # Boxes that no grid cell overlaps enough: nothing to score is said in one line, not a traceback.
+    for xml in (entities / "Annotations").iterdir():
+        xml.write_text(
+            xml.read_text().replace("<xmax>256</xmax>", "<xmax>120</xmax>").replace("<xmin>101", "<xmin>170")
+        )
+    capsys.readouterr()
+    assert (
+        main(
+            [*args, "--captions-per-image", str(CAPTIONS_PER_PHOTO), "--output", str(tmp_path / "other.json")]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err.strip()  # the progress bars of the scoring, then the error
+    assert "Traceback" not in err
+    assert "no grounded word" in err.splitlines()[-1] and str(model_dir) in err.splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_digit_scenes_as_images_train_and_evaluate_with_attention(tmp_path):
+    pytest.importorskip("sklearn")
+    from modeling_ccr.vision.digit_scenes import DigitScenesConfig, save_digit_scenes
+
+    scenes = DigitScenesConfig(train_images=12, validation_images=4, test_images=4, canvas_size=96)
+    saved = save_digit_scenes(tmp_path / "scenes", scenes, as_images=True)
+    tower = {**TOWER, "image_size": 96, "regions": "boxes"}
+    config = write_run_config(
+        tmp_path / "run.yaml", saved, tmp_path / "run", tower, scenes.captions_per_image
+    )
+    assert main(["train", str(config)]) == 0
+    model_dir = tmp_path / "run" / "model"
+    recorded = json.loads((model_dir / "eval_results_test.json").read_text())["metrics"]
+    # The test split is grounded (boxes and digit phrases): the run measured attention on it.
+    assert recorded["attention"]["n_words"] > 0
+
+    out = tmp_path / "evaluation.json"
+    assert main(["evaluate", str(model_dir), "--attention", "--output", str(out)]) == 0
+    (attention,) = json.loads(out.read_text())["metrics"]["attention"]
+    assert attention["attention_f1"] == pytest.approx(recorded["attention"]["attention_f1"])
+
+
+def test_a_feature_model_refuses_an_image_corpus_in_one_line(tmp_path, capsys):
+    folder, captions = write_photos(tmp_path)
+    corpus = tmp_path / "corpus"
+    assert main(["convert", "images", str(folder), "--captions", str(captions), "--out", str(corpus)]) == 0
+    config = write_run_config(tmp_path / "run.yaml", corpus, tmp_path / "run", TOWER, CAPTIONS_PER_PHOTO)
+    settings = yaml.safe_load(config.read_text())
+    del settings["model"]["vision_tower"]
+    config.write_text(yaml.safe_dump(settings))
+    capsys.readouterr()
+    assert main(["train", str(config)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "vision_tower" in err and str(config) in err
+
+
+def test_the_augmentation_section_is_checked_when_the_config_is_read(tmp_path, capsys):
+    datasets.disable_progress_bars()
+    config = write_run_config(tmp_path / "run.yaml", tmp_path, tmp_path / "run", TOWER, CAPTIONS_PER_PHOTO)
+    settings = yaml.safe_load(config.read_text())
+    settings["data"]["augmentation"] = {"flip_probability": 2}
+    config.write_text(yaml.safe_dump(settings))
+    assert main(["train", str(config)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "data.augmentation" in err and "flip_probability" in err and len(err.splitlines()) == 1
