@@ -65,6 +65,10 @@ TEXTURES: tuple[tuple[str, str], ...] = (
     ("bars", "the bars"),
     ("grid", "the grid"),
 )
+# The digit word -> the name of its habitat texture (the context a word's attention may drift to).
+HABITAT_TEXTURES: dict[str, str] = {
+    word: TEXTURES[d % len(TEXTURES)][0] for d, word in enumerate(DIGIT_WORDS)
+}
 RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
 CAPTION_PREFIXES: tuple[str, ...] = ("", "", "there is", "a picture of")
 TEXTURE_GREY = 150
@@ -442,6 +446,47 @@ def generate_digit_scenes(
     ]
 
 
+def scene_textures(
+    config: DigitScenesConfig, split: str, glyph_data: tuple[np.ndarray, np.ndarray] | None = None
+) -> dict[str, list]:
+    """image_id -> the textures drawn in that image of a split, as
+    `modeling_ccr.evaluation.attention_drift.ContextItem`s (label: the texture's name, e.g. "stripes"; box:
+    the tight box of its pixels), for the drift measure. The corpus rows name a texture only when a caption
+    mentions it; the seed fixes the drawing, so the split is drawn again (fast, no features)."""
+    return {
+        scene.image_id: [_context_item(t) for t in scene.textures]
+        for scene in generate_digit_scenes(config, split, glyph_data)
+    }
+
+
+def _context_item(texture: DrawnItem):
+    from ..evaluation.attention_drift import ContextItem
+
+    return ContextItem(TEXTURES[texture.label][0], tuple(float(v) for v in texture.box))
+
+
+def saved_scene_textures(folder: str | Path, split: str) -> dict[str, list]:
+    """`scene_textures` of a saved corpus (`save_digit_scenes`), drawn again from the config recorded with
+    it, and checked against the saved split (same image ids and captions, else a one-line error)."""
+    folder = Path(folder)
+    recorded = folder / CONFIG_FILE
+    if not recorded.is_file():
+        raise DigitScenesError(f"{folder} has no {CONFIG_FILE}: not a corpus written by save_digit_scenes")
+    options = json.loads(recorded.read_text())
+    options.pop(AS_IMAGES_KEY, None)
+    # The record sorts its keys; sizes are drawn in the order of `digit_sizes`, smallest first by default.
+    options["digit_sizes"] = dict(sorted(options["digit_sizes"].items(), key=lambda item: item[1]))
+    config = DigitScenesConfig(**options)
+    scenes = generate_digit_scenes(config, split)
+    saved = datasets.load_from_disk(str(folder))[split].select_columns(["image_id", "captions"])
+    if saved["image_id"] != [s.image_id for s in scenes] or saved["captions"] != [s.captions for s in scenes]:
+        raise DigitScenesError(
+            f"split {split!r} of {folder} is not the corpus its {CONFIG_FILE} draws (other images or "
+            "captions): its textures cannot be recovered"
+        )
+    return {scene.image_id: [_context_item(t) for t in scene.textures] for scene in scenes}
+
+
 def default_extractor(config: DigitScenesConfig):
     """`RegionFeatureExtractor` on `config.backbone` with `config.weights`, or the shipped Lite0 weights
     package, at the canvas size (no resampling of the drawn pixels)."""
@@ -558,18 +603,33 @@ def save_digit_scenes(
     corpus.save_to_disk(str(out_dir))
     for split, dataset in corpus.items():
         write_entities_annotations(dataset, out_dir / ENTITIES_DIR / split)
-    (out_dir / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
+    (out_dir / CONFIG_FILE).write_text(
+        json.dumps(_record(config, as_images), indent=2, sort_keys=True) + "\n"
+    )
     return out_dir
 
 
-def ensure_digit_scenes(out_dir: str | Path, config: DigitScenesConfig, progress: bool = True) -> Path:
-    """`out_dir` holding the corpus of `config`: generated unless a corpus of the same config is there."""
+# Recorded beside the knobs of an image corpus only, so a feature corpus's record is what it always was.
+AS_IMAGES_KEY = "as_images"
+
+
+def _record(config: DigitScenesConfig, as_images: bool) -> dict:
+    """What `CONFIG_FILE` holds: every knob, and `as_images: true` for an image corpus."""
+    return {**config.to_dict(), **({AS_IMAGES_KEY: True} if as_images else {})}
+
+
+def ensure_digit_scenes(
+    out_dir: str | Path, config: DigitScenesConfig, progress: bool = True, as_images: bool = False
+) -> Path:
+    """`out_dir` holding the corpus of `config` (region features, or with `as_images` the pixels):
+    generated unless a corpus of the same config and kind is there."""
     out_dir = Path(out_dir)
     recorded = out_dir / CONFIG_FILE
     if recorded.is_file():
-        if json.loads(recorded.read_text()) == json.loads(json.dumps(config.to_dict())):
+        if json.loads(recorded.read_text()) == json.loads(json.dumps(_record(config, as_images))):
             return out_dir
         raise DigitScenesError(
-            f"{out_dir} holds digit scenes of another configuration ({recorded}); choose another folder"
+            f"{out_dir} holds digit scenes of another configuration or kind ({recorded}; wanted "
+            f"{'images' if as_images else 'region features'}); choose another folder"
         )
-    return save_digit_scenes(out_dir, config, progress=progress)
+    return save_digit_scenes(out_dir, config, progress=progress, as_images=as_images)
