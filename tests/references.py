@@ -4,6 +4,7 @@ caption `(n_words, D)` with its word mask, and uses only the valid rows."""
 
 import torch
 import torch.nn.functional as F
+from test_laps import laps_reference
 from test_pooling import reference_gpo
 from test_sgraf import reference_score as reference_sgraf
 
@@ -142,6 +143,7 @@ REFERENCES = {
     "damsm": damsm,
     "vse_infty": vse_infty,
     "chan": chan,
+    "laps": laps_reference,
     "ensemble": ensemble,
 }
 

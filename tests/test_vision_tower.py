@@ -251,3 +251,11 @@ def test_a_tower_spec_tells_its_feature_size_before_the_model_exists():
     from modeling_ccr.models.vision_tower import tower_feature_dim
 
     assert tower_feature_dim(TOWER) == 256 and tower_feature_dim({**TOWER, "feature_level": 1}) == 24
+
+
+def test_a_channels_last_network_gives_its_map_cells_as_regions():
+    # MambaOut (like Swin) returns (batch, h, w, channels) final features: read as channels, not as a 2-row map.
+    model = tiny_model(architecture="test_mambaout")
+    features, mask, boxes = model.vision_tower(torch.randn(2, 3, 64, 64))
+    assert features.shape == (2, 4, model.vision_tower.feature_dim) and mask.all()
+    assert torch.equal(boxes[0], grid_boxes(64, 64, 2))

@@ -136,6 +136,8 @@ class VisionTower(nn.Module):
             maps = self.model.forward_features(pixel_values)
             if maps.ndim == 3:  # a transformer's tokens: take its last block as a patch grid instead
                 maps = self.model.forward_intermediates(pixel_values, indices=1, intermediates_only=True)[-1]
+            elif getattr(self.model, "output_fmt", "NCHW") == "NHWC":  # Swin, MambaOut: channels last
+                maps = maps.permute(0, 3, 1, 2)
         else:
             maps = self.model.forward_intermediates(pixel_values, indices=[level], intermediates_only=True)[0]
         if maps.ndim != 4:
