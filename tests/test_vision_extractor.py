@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -202,7 +203,8 @@ def extracted(photo_folder, tmp_path_factory) -> Path:
     tmp_path = tmp_path_factory.mktemp("extracted")
     corpus_dir = tmp_path / "corpus"
     argv = ["extract", str(photo_folder), "--captions", str(write_captions_csv(tmp_path / "c.csv"))]
-    assert main([*argv, "--out", str(corpus_dir), "--weights", str(WEIGHTS), "--grid", "4"]) == 0
+    # No --weights: the ImageNet file the efficientnet-lite0 package ships, offline.
+    assert main([*argv, "--out", str(corpus_dir), "--grid", "4"]) == 0
     return corpus_dir
 
 
@@ -217,6 +219,20 @@ def test_extract_writes_one_row_per_photo_with_tiling_boxes(extracted):
         np.testing.assert_allclose(row["boxes"], tiling(width, height, 4).numpy(), rtol=1e-6)
     provenance = json.loads((extracted / "extraction.json").read_text())
     assert provenance["regions"] == "4x4 grid" and provenance["feature_dim"] == 1280
+    # The record names the file that was loaded, and its digest, not "timm's pretrained weights".
+    assert provenance["weights"] == str(WEIGHTS)
+    assert provenance["weights_sha256"] == hashlib.sha256(WEIGHTS.read_bytes()).hexdigest()
+
+
+def test_recorded_weights_are_found_here_or_by_the_digest_of_the_packaged_file(extracted, tmp_path):
+    from modeling_ccr.vision.weights import WeightsError, recorded_weights
+
+    provenance = json.loads((extracted / "extraction.json").read_text())
+    assert recorded_weights(provenance) == str(WEIGHTS)
+    elsewhere = {**provenance, "weights": "/another/venv/lite0.pth"}  # extracted in another environment
+    assert recorded_weights(elsewhere) is None  # the same bytes ship here: the packaged file is used
+    with pytest.raises(WeightsError, match="not a file here"):
+        recorded_weights({**elsewhere, "weights_sha256": "0" * 64})
 
 
 def test_extract_with_given_boxes_stores_exactly_those_boxes(photo_folder, tmp_path):

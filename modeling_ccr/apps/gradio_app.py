@@ -139,12 +139,12 @@ class PhotoReader:
 
     def __init__(self, extraction: dict):
         from ..vision import RegionFeatureExtractor
+        from ..vision.weights import recorded_weights
 
-        weights = extraction.get("weights")
         self.extraction = extraction
         self.extractor = RegionFeatureExtractor(
             extraction.get("backbone", "efficientnet_lite0"),
-            None if weights in (None, "timm pretrained") else weights,
+            recorded_weights(extraction),
             grid=int(extraction.get("grid", 6)),
             image_size=extraction.get("image_size"),
             batch_size=1,

@@ -10,6 +10,7 @@ from pathlib import Path
 def command_extract(args: argparse.Namespace) -> None:
     from ..vision.corpus import extract_corpus, read_boxes, read_captions
     from ..vision.extractor import RegionFeatureExtractor
+    from ..vision.weights import weights_source
 
     captioned = read_captions(args.captions)  # a malformed captions file fails before the backbone loads
     boxes = read_boxes(args.boxes) if args.boxes else None
@@ -20,7 +21,7 @@ def command_extract(args: argparse.Namespace) -> None:
     corpus.save_to_disk(str(args.out))
     provenance = {
         "backbone": args.backbone,
-        "weights": str(args.weights) if args.weights else "timm pretrained",
+        **weights_source(args.backbone, args.weights),  # the file loaded (packaged by default) and its sha256
         "regions": "given boxes" if boxes else f"{args.grid}x{args.grid} grid",
         "image_size": list(extractor.processor.image_size),
         "feature_dim": extractor.feature_dim,

@@ -8,6 +8,7 @@ one-line `WeightsError`.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import timm
@@ -19,6 +20,37 @@ from ..models import timm_weights
 from ..models.timm_weights import PACKAGED_ARCHITECTURE, PACKAGED_WEIGHTS_PACKAGE, packaged_weights
 
 DEFAULT_BACKBONE = PACKAGED_ARCHITECTURE
+
+
+def _sha256(path: str | Path) -> str:
+    with open(path, "rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
+
+
+def weights_source(name: str, weights: str | Path | None) -> dict[str, str | None]:
+    """Where a backbone's weights come from, as `create_backbone` chooses them: the file (`weights`, else
+    the packaged ImageNet file of `name`) and its sha256, or timm's pretrained tag (file None)."""
+    path = weights if weights is not None else packaged_weights(name)
+    if path is None:
+        return {"weights": f"timm pretrained ({name})", "weights_sha256": None}
+    return {"weights": str(path), "weights_sha256": _sha256(path)}
+
+
+def recorded_weights(extraction: dict) -> str | None:
+    """The weights file an `extraction.json` names, for `create_backbone`: None for timm's pretrained
+    weights, or where the recorded file is absent here but the packaged file has its sha256 (the corpus was
+    extracted in another environment); WeightsError when the recorded file cannot be found at all."""
+    weights, digest = extraction.get("weights"), extraction.get("weights_sha256")
+    if weights is None or str(weights).startswith("timm pretrained"):
+        return None
+    if Path(weights).is_file():
+        return str(weights)
+    packaged = packaged_weights(extraction.get("backbone", DEFAULT_BACKBONE))
+    if packaged is not None and digest is not None and _sha256(packaged) == digest:
+        return None
+    raise WeightsError(
+        f"extraction.json names weights {weights!r}, which is not a file here (sha256 {digest})"
+    )
 
 
 class WeightsError(UserError, ValueError):
