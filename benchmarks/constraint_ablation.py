@@ -46,7 +46,12 @@ MODELS = {
     "damsm": {"backbone": "damsm"},
     "dvsa": {"backbone": "dvsa"},
     "vsepp": {"backbone": "vsepp"},  # no attention: base only, the non-attention reference
+    "vse-infty": {"backbone": "vse_infty"},  # GPO pooling, no attention: base only
+    "chan": {"backbone": "chan"},
+    # configs/laps_tiny.yaml's slimming (half the regions kept, aggregated to a quarter), both directions.
+    "laps": {"backbone": "laps", "keep_ratio": 0.5, "aggregation_ratio": 0.5, "direction": "both"},
 }
+NO_ATTENTION = ("vsepp", "vse_infty")  # trained and scored without constraints (the config refuses them)
 SIZE_KEYS = ("embed_dim", "word_dim")
 VARIANTS = {"base": (0.0, 0.0), "+CCR": (1.0, 0.0), "+CCS": (0.0, 1.0), "+both": (1.0, 1.0)}
 METRICS = ("rsum", "attention_precision", "attention_recall", "attention_f1")
@@ -55,8 +60,11 @@ METRICS = ("rsum", "attention_precision", "attention_recall", "attention_f1")
 def model_section(name: str, demo_model: dict, ccr: float, ccs: float, args: argparse.Namespace) -> dict:
     model = {**{k: demo_model[k] for k in SIZE_KEYS}, **MODELS[name]}
     model.update(ccr_weight=ccr, ccs_weight=ccs, ccs_mode=args.ccs_mode)
+    n_regions = args.corpus.get("n_regions", SyntheticCorpusConfig.n_regions)
     if model["backbone"] in ("sgr", "saf"):  # batch norm over region positions: the corpus's region count
-        model["n_regions"] = args.corpus.get("n_regions", SyntheticCorpusConfig.n_regions)
+        model["n_regions"] = n_regions
+    if model["backbone"] == "laps":  # its kept and aggregated token counts are shares of this
+        model["num_patches"] = n_regions
     return model
 
 
@@ -136,7 +144,7 @@ def main() -> None:
         (model, name, ccr, ccs)
         for model in args.models
         for name, ccr, ccs in grid
-        if MODELS[model]["backbone"] != "vsepp" or ccr == ccs == 0
+        if MODELS[model]["backbone"] not in NO_ATTENTION or ccr == ccs == 0
     ]
     with tempfile.TemporaryDirectory(prefix="ccr-ablation-") as tmp:
         # Small CPU matmuls scale poorly over threads: --jobs single-threaded runs side by side go faster.
