@@ -39,14 +39,20 @@ import torch
 import torch.nn.functional as F
 
 from modeling_ccr.models.configuration_bfan import BfanConfig
+from modeling_ccr.models.configuration_chan import ChanConfig
 from modeling_ccr.models.configuration_dvsa import DvsaConfig
+from modeling_ccr.models.configuration_laps import LapsConfig
 from modeling_ccr.models.configuration_scan import ScanConfig
 from modeling_ccr.models.configuration_sgraf import SafConfig, SgrConfig
+from modeling_ccr.models.configuration_vse_infty import VseInftyConfig
 from modeling_ccr.models.gallery_scoring import free_core_threads
 from modeling_ccr.models.modeling_bfan import BfanModel
+from modeling_ccr.models.modeling_chan import ChanModel
 from modeling_ccr.models.modeling_dvsa import DvsaModel
+from modeling_ccr.models.modeling_laps import LapsModel
 from modeling_ccr.models.modeling_scan import ScanModel
 from modeling_ccr.models.modeling_sgraf import SafModel, SgrModel
+from modeling_ccr.models.modeling_vse_infty import VseInftyModel
 
 FLICKR30K_TEST = (1000, 5000)
 COCO_5K = (5000, 25000)
@@ -62,6 +68,12 @@ BACKBONES: dict[str, Callable[[int], torch.nn.Module]] = {
     "sgr": lambda d: SgrModel(SgrConfig(embed_dim=d)),
     "saf": lambda d: SafModel(SafConfig(embed_dim=d)),
     "dvsa": lambda d: DvsaModel(DvsaConfig(embed_dim=d)),
+    "chan": lambda d: ChanModel(ChanConfig(embed_dim=d)),
+    "vse_infty": lambda d: VseInftyModel(VseInftyConfig(embed_dim=d)),
+    # LAPS slims each image's 36 regions per caption (configs/laps_tiny.yaml's ratios).
+    "laps": lambda d: LapsModel(
+        LapsConfig(embed_dim=d, num_patches=36, keep_ratio=0.5, aggregation_ratio=0.5)
+    ),
 }
 # Backbones whose exact scoring is far above the GEMM bound run on a smaller gallery.
 SLOW = ("sgr", "saf")
