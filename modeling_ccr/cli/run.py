@@ -129,6 +129,12 @@ def command_evaluate(args: argparse.Namespace) -> None:
         from ..hub.push import check_model_repo
 
         check_model_repo(args.push, args.push_revision)  # fail before a long evaluation, not after it
+    if args.index is not None and args.rerank_k is None:
+        raise InvalidValueError(
+            f"--index {args.index} is the first stage's index: it needs two-stage retrieval, give --rerank-k K too"
+        )
+    if args.rerank_k is not None and args.rerank_k < 1:
+        raise InvalidValueError(f"--rerank-k must be a positive number of candidates, got {args.rerank_k}")
     result = evaluate_folders(
         args.models,
         dataset=args.dataset,
@@ -136,6 +142,7 @@ def command_evaluate(args: argparse.Namespace) -> None:
         protocol=args.protocol,
         captions_per_image=args.captions_per_image,
         rerank_k=args.rerank_k,
+        index_dir=args.index,
         eccv_subset=args.eccv_subset,
         attention=(
             AttendedSetSpec(args.attended_rule, args.attended_value, args.iou_threshold)
@@ -149,7 +156,10 @@ def command_evaluate(args: argparse.Namespace) -> None:
         print(f"warning: {warning}; these results record the current weights", file=sys.stderr)
     output = write_evaluation(result, args.output)
     metrics = result.metrics
-    print_results(metrics, f"{' + '.join(args.models)} on {result.dataset_name}, split {args.split}")
+    scoring = "" if args.rerank_k is None else f", two-stage (k = {args.rerank_k})"
+    print_results(metrics, f"{' + '.join(args.models)} on {result.dataset_name}, split {args.split}{scoring}")
+    if "first_stage" in metrics:
+        print_first_stage(metrics)
     if "eccv" in metrics:
         from ..metrics.eccv import format_eccv_table
 
@@ -163,6 +173,24 @@ def command_evaluate(args: argparse.Namespace) -> None:
 
         pushed = push_results([output], args.push, model_dir=args.models[0], revision=args.push_revision)
         print_push(pushed, f"the evaluation results {output.name}")
+
+
+FIRST_STAGE_NAMES = {"global_head": "the global head", "mean_pooled": "mean-pooled fragment embeddings"}
+
+
+def print_first_stage(metrics: dict) -> None:
+    """The first stage of two-stage retrieval alone (its own recall), and its index when one was used."""
+    first = metrics["first_stage"]
+    names = " + ".join(FIRST_STAGE_NAMES.get(part, part) for part in first["source"].split("+"))
+    print_results(first, f"First stage alone ({names}), which shortlisted k = {metrics['rerank_k']}")
+    index = metrics.get("first_stage_index")
+    for entry in index if isinstance(index, list) else [index] if index else []:
+        recall = next(value for key, value in entry.items() if key.startswith("shortlist_recall@"))
+        lists = f", {entry['n_lists']} lists, {entry['n_probe']} probed" if entry["kind"] == "ivf" else ""
+        print(
+            f"first-stage index: {entry['kind']}{lists} in {entry['folder']}; "
+            f"shortlist recall against brute force {recall:.3f}"
+        )
 
 
 def add_evaluate_parser(commands) -> None:
@@ -193,7 +221,16 @@ def add_evaluate_parser(commands) -> None:
         type=int,
         default=None,
         metavar="K",
-        help="two-stage retrieval: pooled embeddings shortlist K candidates per query, the model re-ranks them",
+        help="two-stage retrieval: the model's global head (else its mean-pooled fragment embeddings) "
+        "shortlists K candidates per query, the model re-ranks them; the first stage's own recall is reported too",
+    )
+    evaluate.add_argument(
+        "--index",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="with --rerank-k: captions search their images through a faiss index saved in DIR beside the "
+        "first-stage embeddings (flat, or IVF for large galleries), reused while the embeddings are unchanged",
     )
     evaluate.add_argument(
         "--attention", action="store_true", help="also report attention P/R/F1 (needs boxes, phrases)"
@@ -256,6 +293,9 @@ def describe_model(model: dict) -> str:
         for key in SUMMARY_OPTIONS
         if key in model
     ]
+    head = model.get("global_head")
+    if isinstance(head, dict):
+        options.append(f"+ global head ({head.get('pooling', 'mean')})")
     return " ".join([str(model.get("backbone", "?")).upper(), *options])
 
 
