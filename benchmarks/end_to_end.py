@@ -8,15 +8,18 @@ t2i-AVG (256-d) with a timm vision tower (EfficientNet-Lite0 from its packaged I
   trained on those region features; the extraction time is reported, not counted;
 - tower: the same network inside the model, trained end to end (its own learning rate, frozen for the
   first steps, BatchNorm statistics fixed).
-Both at the same input size, feature level and regions, for the same wall-clock budget (or step count).
+Both at the same input size, feature level and regions, for the same step count or wall-clock budget.
 Reports test rSum, attention P / R / F1, and from `modeling_ccr.evaluation.attention_drift` the share of a
 digit word's attention on its own digit's region(s) against uniform, how often that region is the most
 attended, and the drift: the share on the digit's habitat texture against on an unrelated texture in the
 same image, under both region rules ("best": the one region of highest IoU; "inside": the regions at least
-half inside the box). Numbers are for this corpus and machine only.
+half inside the box). The defaults are the settings chosen for the ablation grid (docs/ablation.md, "Corpus
+settings"): 224 px, feature stage 3, the corpus's 24 boxes, the frozen model, 250 steps. Numbers are for this
+corpus and machine only (docs/end_to_end.md).
 
-    python benchmarks/end_to_end.py --models frozen --image-size 224 --feature-level 3 --regions grid \\
-        --budget 180 --out runs/e2e/frozen_224_l3.json
+    python benchmarks/end_to_end.py --seed 0 --out runs/e2e/base_seed0.json            # the chosen base
+    python benchmarks/end_to_end.py --models frozen,tower --budget 300 --max-steps 0     # same wall clock
+    python benchmarks/end_to_end.py --feature-level -1 --image-size 128 --regions grid   # another setting
 """
 
 from __future__ import annotations
@@ -158,18 +161,18 @@ def tower_throughput(model, batch_size: int, image_size: int, repeats: int = 2) 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", default="frozen,tower", help=f"comma-separated, of {MODELS}")
+    parser.add_argument("--models", default="frozen", help=f"comma-separated, of {MODELS}")
     parser.add_argument("--train", type=int, default=200, help="training images")
     parser.add_argument("--test", type=int, default=100, help="test images")
-    parser.add_argument("--budget", type=float, default=240.0, help="training seconds per model (0: none)")
-    parser.add_argument("--max-steps", type=int, default=None, help="training steps per model (None: none)")
+    parser.add_argument("--budget", type=float, default=0.0, help="training seconds per model (0: none)")
+    parser.add_argument("--max-steps", type=int, default=250, help="training steps per model (0: none)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--image-size", type=int, default=224, help="tower input side (canvas: 224 px)")
     parser.add_argument(
-        "--feature-level", type=int, default=-1, help="tower feature stage (-1: final features)"
+        "--feature-level", type=int, default=3, help="tower feature stage (-1: final features)"
     )
     parser.add_argument(
-        "--regions", choices=("grid", "boxes"), default="grid",
+        "--regions", choices=("grid", "boxes"), default="boxes",
         help="grid: every cell of the tower's map; boxes: the corpus's 8 component slots + 4 x 4 grid",
     )  # fmt: skip
     parser.add_argument("--grid", type=int, default=None, help="grid regions pooled to grid x grid")
@@ -192,6 +195,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("runs/end_to_end.json"))
     args = parser.parse_args()
     args.budget = args.budget or None
+    args.max_steps = args.max_steps or None
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = sorted(set(args.models) - set(MODELS))
     if unknown or not args.models:
