@@ -201,3 +201,36 @@ def test_shortlist_is_the_top_k_inner_products():
 def test_a_non_positive_k_is_a_user_error(model):
     with pytest.raises(RerankError, match="--rerank-k must be a positive number of candidates, got 0"):
         two_stage_similarity(model, *gallery(), k=0)
+
+
+def test_exact_scoring_and_batched_reranking_run_on_the_free_cores(model, monkeypatch):
+    """Both loops run under `free_core_threads`: with one core free, every product runs on one thread."""
+    from modeling_ccr.evaluation import two_stage
+    from modeling_ccr.models import gallery_scoring
+
+    monkeypatch.setattr(gallery_scoring, "scoring_threads", lambda threads=None: 1)
+    seen = []
+
+    def recorded(function):
+        def call(*args, **kwargs):
+            seen.append(torch.get_num_threads())
+            return function(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(model, "score_pairs", recorded(model.score_pairs))
+    row_score = two_stage.CrossAttentionRowScorer.score
+    monkeypatch.setattr(
+        two_stage.CrossAttentionRowScorer, "score", lambda self, *a: recorded(row_score)(self, *a)
+    )
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        inputs = gallery()
+        model.similarity(*inputs)
+        exact_calls = len(seen)
+        two_stage_similarity(model, *inputs, k=2)
+        assert torch.get_num_threads() == 2  # restored after each loop
+    finally:
+        torch.set_num_threads(previous)
+    assert exact_calls and len(seen) > exact_calls and set(seen) == {1}
