@@ -208,3 +208,19 @@ def test_attention_drift_reads_the_models_attention_on_each_image_with_that_imag
     assert found["habitat_share"] == pytest.approx(expected, abs=1e-6)
     expected = (float(three0[1] - three0[2]) + float(seven0[2] - seven0[1])) / 2
     assert found["drift"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_the_other_object_share_is_the_attention_on_the_other_digit_the_caption_names():
+    pair = pair_with({2: [0.6, 0.3, 0.1, 0.0], 7: [0.1, 0.0, 0.4, 0.5]})
+    three, seven = pair_word_drifts(pair, CONTEXTS, HABITATS, "t2i", ("other",))
+    assert three.other == pytest.approx(0.0)  # the seven is bottom right (region 3)
+    assert seven.other == pytest.approx(0.1)  # the three is top left (region 0)
+    assert three.other_uniform == pytest.approx(0.25)
+    summary = summarize_drift([three, seven])
+    assert summary["words_with_other_object"] == 2
+    assert summary["other_object_share"] == pytest.approx(0.05)
+    assert summary["own_minus_other_object"] == pytest.approx(((0.6 - 0.0) + (0.5 - 0.1)) / 2)
+    # A caption naming one digit has no other object to compare with.
+    alone = GroundedWordAttention(0, PHRASES[:1], pair.words, pair.word_mask, ALL, GRID)
+    (only,) = pair_word_drifts(alone, CONTEXTS, HABITATS, "t2i", ("other",))
+    assert only.other is None

@@ -12,6 +12,9 @@ shares of a matched pair's word-level attention measure that:
   word's habitat). Context items are placed independently of the objects, so without drift the two are
   equal up to sampling; the paired difference (habitat - unrelated, over words whose image holds both)
   is the drift.
+- other-object share: the share on the region(s) of another object the same caption names (another digit),
+  the fairer baseline for the own-region share where regions are object proposals: a model that attends
+  objects at all, but not the right one, puts more than the uniform share on every object.
 
 Which regions belong to a box (`item_regions`): "best", the single region of highest IoU with the box (the
 rule the end-to-end benchmark used first); or "inside", every region whose area lies at least half inside
@@ -108,6 +111,8 @@ class WordDrift:
     habitat_uniform: float | None = None
     unrelated: float | None = None  # mean over the unrelated context items in the image
     unrelated_uniform: float | None = None
+    other: float | None = None  # mean over the boxes of the other objects the caption names
+    other_uniform: float | None = None
 
 
 def word_drift(
@@ -119,11 +124,12 @@ def word_drift(
     unrelated_boxes: Sequence[torch.Tensor],
     word: str = "",
     rule: str = "best",
+    other_boxes: Sequence[torch.Tensor] = (),
 ) -> WordDrift | None:
     """The shares of one word's attention `distribution` `(n_regions,)` (see `word_region_distribution`).
 
-    own_box `(4,)`: the word's object; habitat_box `(4,)` or None; unrelated_boxes: `(4,)` each. Regions of
-    the word's own object are removed from a context item's set (a grid cell shared by a digit and a texture
+    own_box `(4,)`: the word's object; habitat_box `(4,)` or None; unrelated_boxes, other_boxes (the other
+    objects the caption names): `(4,)` each. Regions of the word's own object are removed from another item's set (a grid cell shared by a digit and a texture
     beside it says nothing about drift). None when no region stands for the own box.
     """
     region_mask = region_mask.bool()
@@ -153,6 +159,10 @@ def word_drift(
     if unrelated:
         result.unrelated = sum(s for s, _ in unrelated) / len(unrelated)
         result.unrelated_uniform = sum(u for _, u in unrelated) / len(unrelated)
+    others = [s for s in (context_share(b) for b in other_boxes) if s is not None]
+    if others:
+        result.other = sum(s for s, _ in others) / len(others)
+        result.other_uniform = sum(u for _, u in others) / len(others)
     return result
 
 
@@ -163,13 +173,15 @@ def _mean(values: list[float]) -> float | None:
 def summarize_drift(words: Iterable[WordDrift]) -> dict[str, float | int | None]:
     """Means over head words: own-region share and its uniform share, how often the own region is the most
     attended, the habitat and unrelated shares (over words whose image holds such an item), and the paired
-    drift: mean of habitat - unrelated over words whose image holds both."""
+    drift: mean of habitat - unrelated over words whose image holds both; the other-object share (over words
+    whose caption names another object)."""
     words = list(words)
     if not words:
         raise ValueError("no head word with a region for its own box: nothing to measure")
     habitat = [w for w in words if w.habitat is not None]
     unrelated = [w for w in words if w.unrelated is not None]
     paired = [w for w in words if w.habitat is not None and w.unrelated is not None]
+    others = [w for w in words if w.other is not None]
     own = _mean([w.own for w in words])
     own_uniform = _mean([w.own_uniform for w in words])
     return {
@@ -186,6 +198,10 @@ def summarize_drift(words: Iterable[WordDrift]) -> dict[str, float | int | None]
         "unrelated_uniform_share": _mean([w.unrelated_uniform for w in unrelated]),
         "words_with_both": len(paired),
         "drift": _mean([w.habitat - w.unrelated for w in paired]),
+        "words_with_other_object": len(others),
+        "other_object_share": _mean([w.other for w in others]),
+        "other_object_uniform_share": _mean([w.other_uniform for w in others]),
+        "own_minus_other_object": _mean([w.own - w.other for w in others]),
     }
 
 
@@ -200,11 +216,11 @@ def pair_word_drifts(
     """The `WordDrift` of every head word in one grounded caption: the last word of each phrase whose type
     is in `head_phrase_types`, when that word is one of `habitats`' keys (its habitat label) and was not
     truncated. contexts: the items drawn in the pair's image; the habitat is the item labelled
-    `habitats[word]`, the unrelated items are every other one."""
+    `habitats[word]`, the unrelated items are every other one; the other objects are the boxes of the caption's
+    other phrases of those types."""
     found = []
-    for phrase in pair.phrases:
-        if phrase["phrase_type"] not in head_phrase_types or not phrase["boxes"]:
-            continue
+    heads = [p for p in pair.phrases if p["phrase_type"] in head_phrase_types and p["boxes"]]
+    for phrase in heads:
         head = phrase["first_word"] + phrase["num_words"] - 1
         word = split_words(phrase["phrase"])[-1]
         if word not in habitats or head not in pair.phrase_words(phrase):
@@ -214,6 +230,12 @@ def pair_word_drifts(
         own_box = own_box[int(box_iou(pair.boxes.float(), own_box).max(0).values.argmax())]
         habitat = [torch.tensor(c.box, dtype=torch.float32) for c in contexts if c.label == habitats[word]]
         unrelated = [torch.tensor(c.box, dtype=torch.float32) for c in contexts if c.label != habitats[word]]
+        others = [
+            torch.tensor(box, dtype=torch.float32)
+            for other in heads
+            if other is not phrase and other.get("entity_id") != phrase.get("entity_id")
+            for box in other["boxes"]
+        ]
         drift = word_drift(
             word_region_distribution(pair, head, direction),
             pair.boxes.float(),
@@ -223,6 +245,7 @@ def pair_word_drifts(
             unrelated,
             word,
             rule,
+            others,
         )
         if drift is not None:
             found.append(drift)
