@@ -312,3 +312,23 @@ def test_the_first_stage_metrics_are_the_retrieval_metrics_of_the_heads_own_scor
     expected = evaluate_retrieval(images @ texts.T, caption_to_image, check_captions_per_image=5)
     assert metrics["first_stage"] == {"source": "global_head", **expected}
     assert metrics["rsum"] != expected["rsum"]  # the re-ranked scores, not the first stage's
+
+
+def test_a_run_logs_the_heads_loss_terms_beside_the_base_loss(trained_with_head):
+    _, model_dir = trained_with_head
+    history = json.loads((model_dir / "run_info.json").read_text())["log_history"]
+    logged = [entry for entry in history if "loss" in entry]
+    assert logged
+    for entry in logged:
+        assert {"global_loss", "global_contrastive_loss", "global_distill_loss"} <= set(entry)
+        assert entry["global_loss"] > 0
+
+
+def test_an_ensemble_sums_its_members_head_losses_into_its_output():
+    ensemble = build("ensemble", global_head={"pooling": "gpo"}).train()
+    torch.manual_seed(0)
+    output = ensemble(**batch(), return_loss=True)
+    torch.manual_seed(0)
+    members = [member(**batch(), return_loss=True) for member in ensemble.members]
+    for name in ("global_loss", "global_contrastive_loss"):
+        torch.testing.assert_close(getattr(output, name), sum(getattr(m, name) for m in members))

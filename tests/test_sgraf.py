@@ -284,3 +284,18 @@ def test_checkpoints_reload_every_weight_and_batch_norm_statistic_bit_for_bit(tm
         with torch.no_grad():
             logits = reloaded(**inputs).logits_per_image
         torch.testing.assert_close(logits, expected[name])
+
+
+def test_sgraf_initialisation_leaves_a_vision_towers_layers_to_timm():
+    pytest.importorskip("timm")
+    pytest.importorskip("torchvision")
+    from modeling_ccr.models.configuration_sgraf import SgrConfig
+    from modeling_ccr.models.modeling_sgraf import SgrModel
+
+    tower = {"architecture": "test_vit", "image_size": 64}
+    torch.manual_seed(0)
+    model = SgrModel(SgrConfig(vocab_size=20, embed_dim=16, word_dim=8, n_regions=16, vision_tower=tower))
+    qkv = model.vision_tower.model.blocks[0].attn.qkv
+    # timm's ViT init: truncated normal, std 0.02; SGRAF's Xavier would give std ~0.09 at this width.
+    assert float(qkv.weight.std()) < 0.03
+    assert float(model.score_head.weight.abs().max()) > 0.03  # SGRAF's own layers do get Xavier

@@ -123,6 +123,9 @@ class EnsembleModel(GalleryScoring, PreTrainedModel):
             ccs_loss=summed(outputs, "ccs_loss"),
             ccr_active_fraction=averaged(outputs, "ccr_active_fraction"),
             ccs_active_fraction=averaged(outputs, "ccs_active_fraction"),
+            global_loss=summed(outputs, "global_loss"),
+            global_contrastive_loss=summed(outputs, "global_contrastive_loss"),
+            global_distill_loss=summed(outputs, "global_distill_loss"),
         )
 
 

@@ -117,16 +117,23 @@ class SgrafPreTrainedModel(MatcherPreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
+        if self._in_vision_tower(module):
+            return  # a tower keeps timm's initialisation (or its pretrained weights), as in every matcher
         if isinstance(module, nn.Linear):
             # SGRAF's init: uniform(-r, r) with r = sqrt(6 / (fan_in + fan_out)), i.e. Xavier; zero bias.
             init.xavier_uniform_(module.weight)
-            init.zeros_(module.bias)
+            if module.bias is not None:
+                init.zeros_(module.bias)
         elif isinstance(module, nn.BatchNorm1d):
             init.ones_(module.weight)
             init.zeros_(module.bias)
             init.zeros_(module.running_mean)
             init.ones_(module.running_var)
             init.zeros_(module.num_batches_tracked)
+
+    def _in_vision_tower(self, module: nn.Module) -> bool:
+        tower = getattr(self, "vision_tower", None)
+        return tower is not None and any(module is part for part in tower.modules())
 
     def aggregate(self, nodes: torch.Tensor, node_mask: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} must implement aggregate")

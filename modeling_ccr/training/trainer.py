@@ -31,9 +31,18 @@ from ..evaluation.gallery import evaluate_matchers
 from ..metrics.retrieval import chance_metrics
 
 # Per-step values of the model output logged separately (means over the steps since the last log).
-LOGGED_TERMS = ("base_loss", "ccr_loss", "ccs_loss", "ccr_active_fraction", "ccs_active_fraction")
+LOGGED_TERMS = (
+    "base_loss",
+    "ccr_loss",
+    "ccs_loss",
+    "ccr_active_fraction",
+    "ccs_active_fraction",
+    "global_loss",
+    "global_contrastive_loss",
+    "global_distill_loss",
+)
 # The loss terms a non-finite loss or gradient is traced to, with the names users know them by.
-LOSS_TERMS = {"base_loss": "base", "ccr_loss": "CCR", "ccs_loss": "CCS"}
+LOSS_TERMS = {"base_loss": "base", "ccr_loss": "CCR", "ccs_loss": "CCS", "global_loss": "global head"}
 COLLAPSE_GUARDS = ("warn", "stop", "off")
 # Image ids named in a one-line error; divergence.json in the output folder lists them all.
 SHOWN_IMAGE_IDS = 8
