@@ -16,9 +16,19 @@ the cost of a re-ranked pair against an exactly scored one. With --per-image-k i
 per-image re-ranking (one `model.similarity` call per image) at that K. Times are the minimum of
 --repeats runs; the device is the model's (--device).
 
+--query-sample N (seeded by --sample-seed) measures a gallery too large to score exactly: N caption
+queries (t2i, each against ALL images) and N * n_images / n_captions image queries (i2t, each against ALL
+captions; N/5 with 5 captions an image), drawn without replacement. Each sampled query's rank is its
+rank in the whole gallery, so R@K over the sample is an unbiased estimate of the full gallery's. Exact
+scoring scores the sampled queries' rows and columns; two-stage shortlists over the whole gallery (every
+image's K captions and every caption's K images, so a query's re-ranked set is the one it has without
+sampling) and re-ranks the shortlisted pairs of the sampled queries. Both times are those of the same
+sampled queries (measured, not extrapolated); the first stage's time is the whole gallery's, and each
+two-stage row is followed by where its time went (first-stage embeddings, shortlist, re-ranking).
+
     python benchmarks/two_stage_curve.py --backbones scan --test-images 1000 [--model scan=DIR]
         [--ks 8,16,32,64,128] [--head auto|model|mean|gpo|none] [--joint-head gpo] [--head-steps 200]
-        [--device cuda]
+        [--device cuda] [--query-sample 1000 [--sample-seed 0]]
 """
 
 from __future__ import annotations
@@ -40,13 +50,15 @@ from modeling_ccr.data.corpora import DataConfig, load_corpus
 from modeling_ccr.data.pairs import caption_table
 from modeling_ccr.evaluation.gallery import encode_captions, encode_images
 from modeling_ccr.evaluation.two_stage import (
+    first_stage_embeddings,
     has_global_head,
     head_embeddings,
     pooled_embeddings,
+    rerank_pair_scores,
     shortlisted_pairs,
     two_stage_similarity,
 )
-from modeling_ccr.metrics.retrieval import evaluate_retrieval
+from modeling_ccr.metrics.retrieval import evaluate_retrieval, recall_metrics
 from modeling_ccr.models.global_head import GlobalHead, fit_global_head
 from modeling_ccr.training.experiment import load_yaml, parse_experiment_config, run_experiment
 
@@ -115,7 +127,7 @@ def corpus_splits(model_dir: Path, test_images: int):
     )
 
 
-def min_time(function: Callable[[], torch.Tensor], repeats: int) -> tuple[float, torch.Tensor]:
+def min_time(function: Callable[[], Any], repeats: int) -> tuple[float, Any]:
     """Shortest of `repeats` runs and the last result (device work waited for)."""
     best, result = float("inf"), None
     for _ in range(repeats):
@@ -203,6 +215,170 @@ def train_head(model, corpus, tokenizer, args) -> tuple[GlobalHead, float]:
     return head, seconds
 
 
+# -- a sample of the queries (--query-sample) -------------------------------------------------------------
+
+
+def query_sample(n_images: int, n_captions: int, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded sample without replacement: sorted caption indices `(n,)` and image indices
+    `(max(1, round(n * n_images / n_captions)),)` (n/5 with 5 captions an image); with n = n_captions
+    both are every index, in order."""
+    if not 1 <= n <= n_captions:
+        raise SystemExit(f"--query-sample: expected 1 to {n_captions} caption queries, found {n}")
+    generator = torch.Generator().manual_seed(seed)
+    captions = torch.randperm(n_captions, generator=generator)[:n].sort().values
+    n_image_queries = min(n_images, max(1, round(n * n_images / n_captions)))
+    images = torch.randperm(n_images, generator=generator)[:n_image_queries].sort().values
+    return captions, images
+
+
+def sampled_ranks(
+    columns: torch.Tensor,
+    rows: torch.Tensor,
+    caption_to_image: torch.Tensor,
+    captions: torch.Tensor,
+    images: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Whole-gallery ranks of the sampled queries, with `retrieval_ranks`' pessimistic ties.
+
+    columns `(n_images, n)`: every image's score with each sampled caption `captions` `(n,)`; rows
+    `(m, n_captions)`: each sampled image `images` `(m,)` with every caption; caption_to_image
+    `(n_captions,)`. Returns i2t ranks `(m,)` (the rank of the image's best own caption) and t2i ranks
+    `(n,)`.
+    """
+    device = columns.device
+    caption_to_image = torch.as_tensor(caption_to_image, device=device)
+    captions, images = captions.to(device), images.to(device)
+    true_image = caption_to_image[captions]
+    true_scores = columns[true_image, torch.arange(len(captions), device=device)]
+    wrong = torch.arange(columns.shape[0], device=device)[:, None] != true_image[None, :]
+    t2i = 1 + ((columns >= true_scores[None, :]) & wrong).sum(dim=0)
+    own = caption_to_image[None, :] == images[:, None]
+    best_own = rows.masked_fill(~own, -float("inf")).amax(dim=1)
+    i2t = 1 + ((rows >= best_own[:, None]) & ~own).sum(dim=1)
+    return i2t.cpu(), t2i.cpu()
+
+
+def sampled_exact(model, gallery, captions: torch.Tensor, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Exact scores of the sampled queries: columns `(n_images, n)` of the sampled captions and rows
+    `(m, n_captions)` of the sampled images (gallery as `model.similarity`'s inputs)."""
+    image_embeds, region_mask, text_embeds, word_mask = gallery
+    captions, images = captions.to(image_embeds.device), images.to(image_embeds.device)
+    columns = model.similarity(image_embeds, region_mask, text_embeds[captions], word_mask[captions])
+    rows = model.similarity(image_embeds[images], region_mask[images], text_embeds, word_mask)
+    return columns, rows
+
+
+def sampled_first_stage(stage_embeds, gallery, captions, images) -> tuple[torch.Tensor, ...]:
+    """First-stage scores alone of the sampled queries (columns, rows as `sampled_exact`)."""
+    global_images, global_captions = first_stage_embeddings(*gallery, stage_embeds)
+    captions, images = captions.to(global_images.device), images.to(global_images.device)
+    return global_images @ global_captions[captions].T, global_images[images] @ global_captions.T
+
+
+def sampled_two_stage(
+    model,
+    gallery,
+    k: int,
+    stage: Callable[[], tuple[torch.Tensor, torch.Tensor]],
+    captions: torch.Tensor,
+    images: torch.Tensor,
+    phases: dict | None = None,
+) -> tuple[torch.Tensor, ...]:
+    """Two-stage scores of the sampled queries (columns, rows as `sampled_exact`), each query's ranking
+    that of `two_stage_similarity` on the whole gallery: the shortlists are the whole gallery's (a pair
+    is re-ranked when the image is among the caption's k or the caption among the image's k), the
+    shortlisted pairs of the sampled queries get the model's exact scores, every other pair its
+    first-stage score shifted below them. phases: filled with the seconds of the first-stage embeddings
+    (`embed`), the shortlist (`shortlist`) and the re-ranking (`rerank`), and the re-ranked `pairs`."""
+    start = time.perf_counter()
+    global_images, global_captions = first_stage_embeddings(*gallery, stage())
+    embedded = time.perf_counter()
+    device = global_images.device
+    captions, images = captions.to(device), images.to(device)
+    rerank = shortlisted_pairs(global_images, global_captions, k)
+    sampled = torch.zeros_like(rerank)
+    sampled[:, captions] = True
+    sampled[images] = True
+    image_index, caption_index = (rerank & sampled).nonzero(as_tuple=True)
+    shortlisted = time.perf_counter()
+    exact = rerank_pair_scores(model, *gallery, image_index, caption_index)
+    reranked = time.perf_counter()
+    # As two_stage_similarity: first-stage cosines in [-1, 1] shifted below every re-ranked score, so a
+    # query's re-ranked candidates come first in exact order and the rest follow in first-stage order.
+    shift = exact.min() - 3.0 if len(exact) else 0.0
+    columns = global_images @ global_captions[captions].T + shift
+    rows = global_images[images] @ global_captions.T + shift
+    column_of = torch.full((len(global_captions),), -1, dtype=torch.long, device=device)
+    column_of[captions] = torch.arange(len(captions), device=device)
+    row_of = torch.full((len(global_images),), -1, dtype=torch.long, device=device)
+    row_of[images] = torch.arange(len(images), device=device)
+    in_column, in_row = column_of[caption_index] >= 0, row_of[image_index] >= 0
+    columns[image_index[in_column], column_of[caption_index[in_column]]] = exact[in_column]
+    rows[row_of[image_index[in_row]], caption_index[in_row]] = exact[in_row]
+    if phases is not None:
+        phases.update(
+            embed=embedded - start,
+            shortlist=shortlisted - embedded,
+            rerank=reranked - shortlisted,
+            pairs=len(exact),
+        )
+    return columns, rows
+
+
+def sampled_metrics(scores, caption_to_image, captions, images) -> dict:
+    """Recall metrics of the sampled queries from (columns, rows)."""
+    return recall_metrics(*sampled_ranks(*scores, caption_to_image, captions, images))
+
+
+def sampled_curve(model, gallery, caption_to_image, stages: dict, args: argparse.Namespace) -> None:
+    """The rows of `curve` measured on a seeded sample of the queries (--query-sample)."""
+    n_images, n_captions = gallery[0].shape[0], gallery[2].shape[0]
+    captions, images = query_sample(n_images, n_captions, args.query_sample, args.sample_seed)
+    exact_pairs = n_images * len(captions) + len(images) * n_captions
+    print(
+        f"query sample (seed {args.sample_seed}): {len(captions)} caption queries (t2i, against all "
+        f"{n_images} images) and {len(images)} image queries (i2t, against all {n_captions} captions); "
+        f"exact scoring of the sample: {exact_pairs} pairs; 'pairs scored' is a share of these"
+    )
+    print(
+        "| setting | i2t R@1/5/10 | t2i R@1/5/10 | rSum | % of exact rSum | pairs scored | seconds "
+        "| time / exact | re-ranked pair / exact pair |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    exact_seconds, exact = min_time(lambda: sampled_exact(model, gallery, captions, images), args.repeats)
+    exact_metrics = sampled_metrics(exact, caption_to_image, captions, images)
+    print_row("exact", exact_metrics, exact_metrics, 1.0, exact_seconds, exact_seconds, None)
+    splits = []
+    for stage_name, stage in stages.items():
+        seconds, scores = min_time(
+            lambda stage=stage: sampled_first_stage(stage(), gallery, captions, images), args.repeats
+        )
+        metrics = sampled_metrics(scores, caption_to_image, captions, images)
+        print_row(f"first stage: {stage_name}", metrics, exact_metrics, 0.0, seconds, exact_seconds, None)
+        for k in args.ks:
+            phases: dict = {}
+            with torch.no_grad():
+                seconds, scores = min_time(
+                    partial(sampled_two_stage, model, gallery, k, stage, captions, images, phases),
+                    args.repeats,
+                    tuple_result=True,
+                )
+            metrics = sampled_metrics(scores, caption_to_image, captions, images)
+            pairs = phases["pairs"]
+            pair_cost = (seconds / pairs) / (exact_seconds / exact_pairs)
+            label = f"{stage_name}, k = {k}"
+            print_row(label, metrics, exact_metrics, pairs / exact_pairs, seconds, exact_seconds, pair_cost)
+            splits.append((label, phases))
+    print("\nwhere the two-stage time went (last run of each row; seconds):")
+    print("| setting | first-stage embeddings | shortlist (whole gallery) | re-ranking | pairs re-ranked |")
+    print("|---|---|---|---|---|")
+    for label, phases in splits:
+        print(
+            f"| {label} | {phases['embed']:.2f} | {phases['shortlist']:.2f} | {phases['rerank']:.2f} | "
+            f"{phases['pairs']} |"
+        )
+
+
 def curve(model_dir: Path, args: argparse.Namespace) -> None:
     """Print the exact, first-stage and two-stage rows of one model on its corpus's test split."""
     model, tokenizer = load_matcher(model_dir)
@@ -229,11 +405,6 @@ def curve(model_dir: Path, args: argparse.Namespace) -> None:
         f"\n## {model.config.model_type} ({model_dir}) on the {dataset_name}, test split: "
         f"{n_images} images x {n_captions} captions, device {image_embeds.device}"
     )
-    print(
-        "| setting | i2t R@1/5/10 | t2i R@1/5/10 | rSum | % of exact rSum | pairs scored | seconds "
-        "| time / exact | re-ranked pair / exact pair |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|")
 
     def mean_stage():
         return pooled_embeddings(image_embeds, region_mask), pooled_embeddings(text_embeds, word_mask)
@@ -250,6 +421,15 @@ def curve(model_dir: Path, args: argparse.Namespace) -> None:
     stages = {"mean-pooled": mean_stage} if "mean" in args.first_stages else {}
     if head is not None or own_head:
         stages["head"] = head_stage
+    if args.query_sample is not None:
+        with torch.no_grad():
+            sampled_curve(model, gallery, torch.as_tensor(caption_to_image), stages, args)
+        return
+    print(
+        "| setting | i2t R@1/5/10 | t2i R@1/5/10 | rSum | % of exact rSum | pairs scored | seconds "
+        "| time / exact | re-ranked pair / exact pair |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     exact_seconds, exact = min_time(lambda: model.similarity(*gallery), args.repeats)
     exact_metrics = evaluate_retrieval(exact.cpu(), caption_to_image, protocol="full")
     total = n_images * n_captions
@@ -331,6 +511,14 @@ def main() -> None:
         "--per-image-k", type=int, default=None, help="also time per-image re-ranking at this K"
     )
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument(
+        "--query-sample",
+        type=int,
+        default=None,
+        metavar="N",
+        help="measure on N sampled caption queries and N/5 image queries, each against the whole gallery",
+    )
+    parser.add_argument("--sample-seed", type=int, default=0, help="seed of --query-sample")
     parser.add_argument("--workdir", type=Path, default=Path("runs/two_stage_curve"))
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -338,6 +526,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     args.ks = [int(k) for k in args.ks.split(",")]
+    if args.query_sample is not None and args.per_image_k is not None:
+        raise SystemExit("--per-image-k: not measured with --query-sample (it re-ranks whole image rows)")
     given = dict(item.split("=", 1) for item in args.model)
     joint_head = None
     if args.joint_head is not None:

@@ -1,5 +1,8 @@
 """Two-stage retrieval: first-stage shortlist, batched exact re-ranking by the cross-attention model."""
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -16,6 +19,7 @@ from modeling_ccr.evaluation.two_stage import (
     shortlisted_pairs,
     two_stage_similarity,
 )
+from modeling_ccr.metrics.retrieval import evaluate_retrieval, retrieval_ranks
 from modeling_ccr.models.configuration_bfan import BfanConfig
 from modeling_ccr.models.configuration_damsm import DamsmConfig
 from modeling_ccr.models.configuration_dvsa import DvsaConfig
@@ -234,3 +238,82 @@ def test_exact_scoring_and_batched_reranking_run_on_the_free_cores(model, monkey
     finally:
         torch.set_num_threads(previous)
     assert exact_calls and len(seen) > exact_calls and set(seen) == {1}
+
+
+# -- benchmarks/two_stage_curve.py --query-sample: each sampled query ranked against the whole gallery ----
+
+
+@pytest.fixture(scope="module")
+def curve_script():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "two_stage_curve.py"
+    spec = importlib.util.spec_from_file_location("two_stage_curve", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def sampled_gallery():
+    """8 images x 40 captions, 5 captions an image (caption j of image j // 5)."""
+    return gallery(n_images=8, n_captions=40, n_words=9, seed=8), torch.arange(40) // 5
+
+
+def mean_stage(inputs):
+    return lambda: (pooled_embeddings(*inputs[:2]), pooled_embeddings(*inputs[2:]))
+
+
+def test_a_sample_of_every_query_gives_the_unsampled_numbers(curve_script, model):
+    inputs, caption_to_image = sampled_gallery()
+    captions, images = curve_script.query_sample(8, 40, 40, seed=3)
+    assert torch.equal(captions, torch.arange(40)) and torch.equal(images, torch.arange(8))
+    exact = model.similarity(*inputs)
+    sampled = curve_script.sampled_exact(model, inputs, captions, images)
+    full_metrics = evaluate_retrieval(exact, caption_to_image, protocol="full")
+    metrics = curve_script.sampled_metrics(sampled, caption_to_image, captions, images)
+    assert metrics == {key: full_metrics[key] for key in metrics}
+    for k in (2, 3, 5):
+        stage = mean_stage(inputs)
+        scores = two_stage_similarity(model, *inputs, k, global_embeds=stage())
+        phases = {}
+        columns, rows = curve_script.sampled_two_stage(model, inputs, k, stage, captions, images, phases)
+        assert phases["pairs"] == int(shortlisted_pairs(*stage(), k).sum())
+        assert torch.equal(columns, scores) and torch.equal(rows, scores)
+        expected = evaluate_retrieval(scores, caption_to_image, protocol="full")
+        got = curve_script.sampled_metrics((columns, rows), caption_to_image, captions, images)
+        assert got == {key: expected[key] for key in got}
+
+
+def test_sampled_queries_keep_their_whole_gallery_ranks(curve_script, model):
+    inputs, caption_to_image = sampled_gallery()
+    captions, images = curve_script.query_sample(8, 40, 15, seed=3)
+    assert (len(captions), len(images)) == (15, 3)
+    assert torch.equal(captions, curve_script.query_sample(8, 40, 15, seed=3)[0])
+    assert not torch.equal(captions, curve_script.query_sample(8, 40, 15, seed=4)[0])
+    exact = model.similarity(*inputs)
+    i2t, t2i = retrieval_ranks(exact, caption_to_image)
+    sampled = curve_script.sampled_exact(model, inputs, captions, images)
+    sampled_i2t, sampled_t2i = curve_script.sampled_ranks(*sampled, caption_to_image, captions, images)
+    assert torch.equal(sampled_i2t, i2t[images]) and torch.equal(sampled_t2i, t2i[captions])
+    stage = mean_stage(inputs)
+    for k in (2, 3):
+        full = two_stage_similarity(model, *inputs, k, global_embeds=stage())
+        i2t, t2i = retrieval_ranks(full, caption_to_image)
+        phases = {}
+        columns, rows = curve_script.sampled_two_stage(model, inputs, k, stage, captions, images, phases)
+        # The sampled queries' re-ranked pairs are those of the whole-gallery shortlist: both directions.
+        rerank = shortlisted_pairs(*stage(), k)
+        assert phases["pairs"] == int(
+            rerank[:, captions].sum() + rerank[images].sum() - rerank[images][:, captions].sum()
+        )
+        assert phases["pairs"] < int(rerank.sum())
+        sampled_i2t, sampled_t2i = curve_script.sampled_ranks(
+            columns, rows, caption_to_image, captions, images
+        )
+        assert torch.equal(sampled_i2t, i2t[images]) and torch.equal(sampled_t2i, t2i[captions])
+        # Re-ranked entries are the model's scores (the rest are shifted by the sample's lowest one).
+        torch.testing.assert_close(columns[rerank[:, captions]], full[:, captions][rerank[:, captions]])
+        torch.testing.assert_close(rows[rerank[images]], full[images][rerank[images]])
+
+
+def test_a_query_sample_larger_than_the_captions_is_refused(curve_script):
+    with pytest.raises(SystemExit, match="--query-sample: expected 1 to 40 caption queries, found 41"):
+        curve_script.query_sample(8, 40, 41)
