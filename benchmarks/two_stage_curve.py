@@ -361,7 +361,6 @@ def sampled_curve(model, gallery, caption_to_image, stages: dict, args: argparse
                 seconds, scores = min_time(
                     partial(sampled_two_stage, model, gallery, k, stage, captions, images, phases),
                     args.repeats,
-                    tuple_result=True,
                 )
             metrics = sampled_metrics(scores, caption_to_image, captions, images)
             pairs = phases["pairs"]

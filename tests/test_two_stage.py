@@ -317,3 +317,25 @@ def test_sampled_queries_keep_their_whole_gallery_ranks(curve_script, model):
 def test_a_query_sample_larger_than_the_captions_is_refused(curve_script):
     with pytest.raises(SystemExit, match="--query-sample: expected 1 to 40 caption queries, found 41"):
         curve_script.query_sample(8, 40, 41)
+
+
+def test_the_sampled_curve_prints_every_row_with_its_time_split(curve_script, model, capsys):
+    import argparse
+
+    inputs, caption_to_image = sampled_gallery()
+    args = argparse.Namespace(query_sample=15, sample_seed=0, repeats=1, ks=[2, 3])
+    curve_script.sampled_curve(model, inputs, caption_to_image, {"mean-pooled": mean_stage(inputs)}, args)
+    out = capsys.readouterr().out
+    assert "15 caption queries (t2i, against all 8 images) and 3 image queries" in out
+    assert "exact scoring of the sample: 240 pairs" in out  # 8 x 15 + 3 x 40
+    labels = [line.split(" | ")[0] for line in out.splitlines() if line.startswith("| ")]
+    assert labels == [
+        "| setting",
+        "| exact",
+        "| first stage: mean-pooled",
+        "| mean-pooled, k = 2",
+        "| mean-pooled, k = 3",
+        "| setting",
+        "| mean-pooled, k = 2",
+        "| mean-pooled, k = 3",
+    ]
