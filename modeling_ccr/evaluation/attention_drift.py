@@ -35,7 +35,7 @@ import datasets
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from ..metrics.attention import box_iou
+from ..metrics.attention import ContextItem, box_iou
 from ..models.modeling_matcher import MatcherPreTrainedModel
 from ..text.tokenization import split_words
 from .gallery import GroundedWordAttention, grounded_word_attentions
@@ -43,14 +43,6 @@ from .gallery import GroundedWordAttention, grounded_word_attentions
 REGION_RULES: tuple[str, ...] = ("best", "inside")
 # A region belongs to a box under the "inside" rule when at least this share of its area is in the box.
 INSIDE_SHARE = 0.5
-
-
-@dataclass(frozen=True)
-class ContextItem:
-    """A context object drawn in an image (a texture patch): its label and `(x1, y1, x2, y2)` pixel box."""
-
-    label: str
-    box: tuple[float, float, float, float]
 
 
 def item_regions(

@@ -18,6 +18,15 @@ from ..models.constraints import ATTENDED_SET_NAMES, attended_set
 
 
 @dataclass(frozen=True)
+class ContextItem:
+    """A context object drawn in an image (a texture patch beside a digit, say): its label and its
+    `(x1, y1, x2, y2)` pixel box; what the attention drift measure (`evaluation/attention_drift.py`) reads."""
+
+    label: str
+    box: tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
 class AttendedSetSpec:
     """Which regions count as attended. `inverse_n`: a >= 1/n_valid_keys (the default);
     `threshold`: a >= value; `top_k`: the k largest weights (ties broken by index)."""

@@ -139,7 +139,10 @@ class VisionTower(nn.Module):
             elif getattr(self.model, "output_fmt", "NCHW") == "NHWC":  # Swin, MambaOut: channels last
                 maps = maps.permute(0, 3, 1, 2)
         else:
-            maps = self.model.forward_intermediates(pixel_values, indices=[level], intermediates_only=True)[0]
+            # stop_early: the blocks after the chosen stage would run for nothing.
+            maps = self.model.forward_intermediates(
+                pixel_values, indices=[level], intermediates_only=True, stop_early=True
+            )[0]
         if maps.ndim != 4:
             raise ValueError(
                 f"vision tower {self.spec['architecture']!r} gives features of shape {tuple(maps.shape)}, not a "

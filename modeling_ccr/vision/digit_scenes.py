@@ -450,7 +450,7 @@ def scene_textures(
     config: DigitScenesConfig, split: str, glyph_data: tuple[np.ndarray, np.ndarray] | None = None
 ) -> dict[str, list]:
     """image_id -> the textures drawn in that image of a split, as
-    `modeling_ccr.evaluation.attention_drift.ContextItem`s (label: the texture's name, e.g. "stripes"; box:
+    `modeling_ccr.metrics.attention.ContextItem`s (label: the texture's name, e.g. "stripes"; box:
     the tight box of its pixels), for the drift measure. The corpus rows name a texture only when a caption
     mentions it; the seed fixes the drawing, so the split is drawn again (fast, no features)."""
     return {
@@ -460,7 +460,7 @@ def scene_textures(
 
 
 def _context_item(texture: DrawnItem):
-    from ..evaluation.attention_drift import ContextItem
+    from ..metrics.attention import ContextItem
 
     return ContextItem(TEXTURES[texture.label][0], tuple(float(v) for v in texture.box))
 
