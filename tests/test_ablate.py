@@ -270,3 +270,22 @@ def test_the_paired_table_holds_each_seeds_variant_minus_base(finished):
         "| scan-t2i | +both | 2 | "
         in (ablation.output_dir / "ablation.md").read_text().split("Change against")[1]
     )
+
+
+def test_an_image_corpus_is_generated_for_the_grid_when_it_asks_for_one(tmp_path, monkeypatch):
+    from modeling_ccr.training import ablation as ablation_module
+    from modeling_ccr.vision import digit_scenes
+
+    asked = {}
+
+    def fake_ensure(folder, config, as_images=False, **_):
+        asked.update(folder=folder, as_images=as_images)
+        return folder
+
+    monkeypatch.setattr(digit_scenes, "ensure_digit_scenes", fake_ensure)
+    corpus = {"path": str(tmp_path / "scenes"), "digit_scenes": {"train_images": 4}, "as_images": True}
+    overrides = ablation_module.prepare_corpus(load_ablation(write_grid(tmp_path, corpus=corpus)))
+    assert asked == {"folder": tmp_path / "scenes", "as_images": True}
+    assert overrides == {"data.source": str(tmp_path / "scenes")}
+    with pytest.raises(AblationError, match="corpus.as_images must be true or false, found 'yes'"):
+        load_ablation(write_grid(tmp_path, corpus={**corpus, "as_images": "yes"}))

@@ -7,8 +7,9 @@ An ablation file (`configs/ablation_*.yaml`) names:
 - `output_dir`: every run is an ordinary model folder `<output_dir>/<model>/<variant>/seed<k>/model`;
   the tables go to `<output_dir>/ablation.md` and `ablation.json`.
 - `set` (optional): dotted overrides of the base config for every run (`training.num_train_epochs: 3`).
-- `corpus` (optional): `{digit_scenes: {knobs}, path: FOLDER}` generates the digit-scenes corpus at
-  FOLDER once (modeling_ccr.vision.digit_scenes) and trains every run on it.
+- `corpus` (optional): `{digit_scenes: {knobs}, path: FOLDER, as_images: false}` generates the digit-scenes
+  corpus at FOLDER once (modeling_ccr.vision.digit_scenes; `as_images: true` writes the pixels, for models
+  with a `vision_tower`) and trains every run on it.
 - `model_defaults` (optional): model options shared by every model (sizes, margins).
 - `models`: name -> `{model: {backbone, options...}, variants: [names], set: {per-model overrides},
   base: a run config for this model only}`; without `model`, the model section of the model's base
@@ -166,7 +167,9 @@ def load_ablation(path: str | Path, overrides: dict[str, Any] | None = None) -> 
     corpus = raw.get("corpus")
     if corpus is not None:
         corpus = _mapping(corpus, f"{path}: corpus")
-        _unknown(corpus, {"digit_scenes", "path"}, f"{path}: corpus")
+        _unknown(corpus, {"digit_scenes", "path", "as_images"}, f"{path}: corpus")
+        if not isinstance(corpus.get("as_images", False), bool):
+            raise AblationError(f"{path}: corpus.as_images must be true or false, found {corpus['as_images']!r}")
         if "path" not in corpus:
             raise AblationError(f"{path}: corpus needs a 'path' (the folder the corpus is generated in)")
     return Ablation(str(path), output_dir, runs, corpus)
@@ -201,7 +204,8 @@ def prepare_corpus(ablation: Ablation) -> dict[str, Any]:
         config = DigitScenesConfig(**knobs)
     except TypeError as err:
         raise AblationError(f"{ablation.source}: corpus.digit_scenes: {err}") from err
-    ensure_digit_scenes(folder, config)
+    # as_images: the pixels, for models with a vision_tower (end to end); else region features.
+    ensure_digit_scenes(folder, config, as_images=ablation.corpus.get("as_images", False))
     return {"data.source": str(folder)}
 
 
