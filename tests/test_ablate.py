@@ -287,5 +287,5 @@ def test_an_image_corpus_is_generated_for_the_grid_when_it_asks_for_one(tmp_path
     overrides = ablation_module.prepare_corpus(load_ablation(write_grid(tmp_path, corpus=corpus)))
     assert asked == {"folder": tmp_path / "scenes", "as_images": True}
     assert overrides == {"data.source": str(tmp_path / "scenes")}
-    with pytest.raises(AblationError, match="corpus.as_images must be true or false, found 'yes'"):
+    with pytest.raises(AblationError, match=r"corpus\.as_images must be true or false, found 'yes'"):
         load_ablation(write_grid(tmp_path, corpus={**corpus, "as_images": "yes"}))

@@ -113,7 +113,7 @@ def test_photos_convert_train_and_evaluate_with_attention(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_digit_scenes_as_images_train_and_evaluate_with_attention(tmp_path):
+def test_digit_scenes_as_images_train_and_evaluate_with_attention(tmp_path, capsys):
     pytest.importorskip("sklearn")
     from modeling_ccr.vision.digit_scenes import DigitScenesConfig, save_digit_scenes
 
@@ -126,13 +126,20 @@ def test_digit_scenes_as_images_train_and_evaluate_with_attention(tmp_path):
     assert main(["train", str(config)]) == 0
     model_dir = tmp_path / "run" / "model"
     recorded = json.loads((model_dir / "eval_results_test.json").read_text())["metrics"]
-    # The test split is grounded (boxes and digit phrases): the run measured attention on it.
+    # The test split is grounded (boxes and digit phrases): the run measured attention on it, and, the
+    # corpus being digit scenes, where the digit words' attention goes (own digit, habitat texture).
     assert recorded["attention"]["n_words"] > 0
+    drift = recorded["attention_drift"]
+    assert drift["head_words"] > 0 and 0 <= drift["own_region_share"] <= 1
+    assert drift["own_uniform_share"] == pytest.approx(1 / 24)  # one best-IoU region of 24 boxes
 
     out = tmp_path / "evaluation.json"
+    capsys.readouterr()
     assert main(["evaluate", str(model_dir), "--attention", "--output", str(out)]) == 0
-    (attention,) = json.loads(out.read_text())["metrics"]["attention"]
-    assert attention["attention_f1"] == pytest.approx(recorded["attention"]["attention_f1"])
+    assert "habitat texture" in capsys.readouterr().out
+    evaluated = json.loads(out.read_text())["metrics"]
+    assert evaluated["attention"][0]["attention_f1"] == pytest.approx(recorded["attention"]["attention_f1"])
+    assert evaluated["attention_drift"][0] == pytest.approx(drift)
 
 
 def test_a_feature_model_refuses_an_image_corpus_in_one_line(tmp_path, capsys):

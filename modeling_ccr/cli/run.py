@@ -51,6 +51,17 @@ def format_attention(attention: dict, name: str) -> str:
     )
 
 
+def format_drift(drift: dict, name: str) -> str:
+    def share(key: str) -> str:
+        return "n/a" if drift[key] is None else f"{100 * drift[key]:.1f} %"
+
+    return (
+        f"where {name}'s digit words attend ({drift['head_words']} words): own digit {share('own_region_share')} "
+        f"(uniform {share('own_uniform_share')}), habitat texture {share('habitat_share')}, unrelated texture "
+        f"{share('unrelated_share')}, drift (habitat - unrelated) {share('drift')}"
+    )
+
+
 def command_train(args: argparse.Namespace) -> Path:
     from ..training.experiment import load_experiment_config, run_experiment
 
@@ -93,6 +104,8 @@ def command_demo(args: argparse.Namespace) -> None:
     )
     if "attention" in record["metrics"]:
         print(format_attention(record["metrics"]["attention"], "SCAN"))
+    if "attention_drift" in record["metrics"]:
+        print(format_drift(record["metrics"]["attention_drift"], "SCAN"))
     print(f"\nLoad it with: AutoModel.from_pretrained({str(model_dir)!r})")
 
 
@@ -166,6 +179,9 @@ def command_evaluate(args: argparse.Namespace) -> None:
         print(format_eccv_table(metrics["eccv"]))
     for model_dir, attention in zip(args.models, metrics.get("attention", []), strict=False):
         print(format_attention(attention, model_dir))
+    for model_dir, drift in zip(args.models, metrics.get("attention_drift", []), strict=False):
+        if drift is not None:
+            print(format_drift(drift, model_dir))
     print(f"\nWrote {output}")
     if args.push:
         from ..hub.push import push_results

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import datasets
 import torch
@@ -291,3 +292,25 @@ def attention_drift(
         head_phrase_types,
         rule,
     )
+
+
+def digit_scenes_drift(
+    model: MatcherPreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    split: datasets.Dataset,
+    corpus_folder: str | Path | None,
+    split_name: str,
+    rule: str = "best",
+) -> dict[str, float | int | None] | None:
+    """`attention_drift` of a split of a saved digit-scenes corpus (its textures drawn again from the config
+    recorded in the folder, and checked against the split), digit words as the head words; None when
+    `corpus_folder` is not a digit-scenes corpus or the model has no cross-attention. `split`: the feature
+    split the model scores (an image corpus already through `tower_feature_split`)."""
+    from ..vision.digit_scenes import CONFIG_FILE, DIGIT_PHRASE_TYPE, HABITAT_TEXTURES, saved_scene_textures
+
+    if corpus_folder is None or not (Path(corpus_folder) / CONFIG_FILE).is_file():
+        return None
+    if not getattr(model.config, "has_cross_attention", False):
+        return None
+    contexts = saved_scene_textures(corpus_folder, split_name)
+    return attention_drift(model, tokenizer, split, contexts, HABITAT_TEXTURES, (DIGIT_PHRASE_TYPE,), rule)

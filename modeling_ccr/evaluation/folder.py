@@ -22,6 +22,7 @@ from ..data.image_corpus import tower_feature_split
 from ..data.schema import is_image_corpus
 from ..errors import InvalidValueError
 from ..metrics.attention import AttendedSetSpec
+from .attention_drift import digit_scenes_drift
 from .gallery import attention_metrics, evaluate_matchers
 
 
@@ -91,6 +92,13 @@ def evaluate_folders(
             _attention(model, tokenizer, data, attention, progress, name, dataset_name)
             for model, tokenizer, name in zip(matchers, tokenizers, names, strict=True)
         ]
+        # A digit-scenes corpus knows where every texture is drawn: the drift of each model's attention.
+        drifts = [
+            digit_scenes_drift(m, t, data, _corpus_folder(dataset_name), split)
+            for m, t in zip(matchers, tokenizers, strict=True)
+        ]
+        if any(drift is not None for drift in drifts):
+            metrics["attention_drift"] = drifts
     return FolderEvaluation(names, dataset_name, split, metrics, warnings)
 
 
@@ -102,6 +110,11 @@ def _attention(
         return attention_metrics(model, tokenizer, data, spec, progress=progress)
     except ValueError as err:
         raise InvalidValueError(f"{name} on {dataset_name}: attention metrics: {err}") from None
+
+
+def _corpus_folder(dataset_name: str) -> Path | None:
+    """The folder the split was read from (load_corpus names a saved corpus by its path), else None."""
+    return Path(dataset_name) if Path(dataset_name).is_dir() else None
 
 
 def _as_seen_by(matchers: Sequence[Any], names: list[str], data: Any, dataset_name: str) -> Any:

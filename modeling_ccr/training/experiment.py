@@ -25,6 +25,7 @@ from ..data.image_corpus import tower_feature_split, training_collator, training
 from ..data.schema import validate_corpus
 from ..data.streaming import StreamingImageCaptionPairs, load_streaming_corpus
 from ..errors import ConfigError, UserError, first_line
+from ..evaluation.attention_drift import digit_scenes_drift
 from ..evaluation.gallery import attention_metrics, evaluate_matchers, has_grounding
 from .ensembles import assemble_ensemble
 from .model_building import (
@@ -256,6 +257,12 @@ def _save_model(
             tokenizer,
             grounding_through_entities_files(test, Path(config.output_dir)),
         )
+        source = None if config.data.source == SYNTHETIC_SOURCE else config.data.source
+        drift = digit_scenes_drift(trainer.model, tokenizer, test, source, "test")
+        if (
+            drift is not None
+        ):  # digit scenes: where a digit word's attention goes (own digit, habitat texture)
+            test_metrics["attention_drift"] = drift
     write_run_records(staging, model_dir, config, trainer, test_metrics, dataset_name)
     if model_dir.exists():
         shutil.rmtree(model_dir)  # the model of an earlier, finished session of this run (--resume)
