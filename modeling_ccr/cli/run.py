@@ -13,6 +13,8 @@ from ..errors import InvalidValueError
 from ..resources import published_configs, resolve_config
 
 DEMO_CONFIG = "demo"  # a published config (configs/demo.yaml)
+# `ccr demo --corpus digit-scenes` trains the base cell of this grid (configs/ablation_digit_scenes_e2e.yaml).
+DIGIT_SCENES_GRID = "ablation_digit_scenes_e2e"
 # Model options that tell published configs of one backbone apart, in the order they are shown.
 SUMMARY_OPTIONS = ("direction", "aggregation", "focal", "sgr_steps")
 
@@ -88,15 +90,28 @@ def add_train_parser(commands) -> None:
     train.set_defaults(handler=command_train)
 
 
+def digit_scenes_demo(args: argparse.Namespace) -> None:
+    """Point a demo at the base cell of the end-to-end digit-scenes grid (DIGIT_SCENES_GRID): its corpus
+    (the pixels, written once into its folder or --corpus-dir) and, unless --config names another, its
+    base run config (SCAN t2i with the EfficientNet-Lite0 tower)."""
+    from ..training.ablation import load_ablation, prepare_corpus
+    from .ablate import resolve_ablation
+
+    grid = load_ablation(resolve_ablation(DIGIT_SCENES_GRID))
+    if args.corpus_dir is not None:
+        grid.corpus = {**grid.corpus, "path": args.corpus_dir}
+    if args.config == DEMO_CONFIG:
+        args.config = str(grid.runs[0].base)
+    source = prepare_corpus(grid)["data.source"]
+    args.set = [f"data.source={source}", "output_dir=runs/demo_digit_scenes", *args.set]
+
+
 def command_demo(args: argparse.Namespace) -> None:
     import json
 
     args.resume = None
-    if args.corpus == "digit-scenes":  # generated once into --corpus-dir, then read from there
-        from ..vision.digit_scenes import DigitScenesConfig, ensure_digit_scenes
-
-        ensure_digit_scenes(args.corpus_dir, DigitScenesConfig())
-        args.set = [f"data.source={args.corpus_dir}", "output_dir=runs/demo_digit_scenes", *args.set]
+    if args.corpus == "digit-scenes":
+        digit_scenes_demo(args)
     model_dir = command_train(args)
     record = json.loads((model_dir / "eval_results_test.json").read_text())
     print_results(
@@ -123,12 +138,13 @@ def add_demo_parser(commands) -> None:
         "--corpus",
         default="synthetic",
         choices=["synthetic", "digit-scenes"],
-        help="the built-in synthetic corpus, or digit scenes: real handwritten-digit pixels (docs/digit_scenes.md)",
+        help="the built-in synthetic corpus, or digit scenes: real handwritten-digit pixels, trained end to end "
+        "with a vision tower (docs/digit_scenes.md)",
     )
     demo.add_argument(
         "--corpus-dir",
-        default="runs/digit_scenes",
-        help="where digit scenes are generated once (%(default)s)",
+        default=None,
+        help=f"where the digit scenes are written once (default: the folder configs/{DIGIT_SCENES_GRID}.yaml names)",
     )
     add_overwrite_flag(demo)
     demo.set_defaults(handler=command_demo)
