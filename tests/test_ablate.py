@@ -289,3 +289,157 @@ def test_an_image_corpus_is_generated_for_the_grid_when_it_asks_for_one(tmp_path
     assert overrides == {"data.source": str(tmp_path / "scenes")}
     with pytest.raises(AblationError, match=r"corpus\.as_images must be true or false, found 'yes'"):
         load_ablation(write_grid(tmp_path, corpus={**corpus, "as_images": "yes"}))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Paired statistics, on hand-built result files whose answers are known
+# ---------------------------------------------------------------------------------------------------------
+
+RETRIEVAL_KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10")
+
+
+def fake_record(rsum: float, f1: float, drift: dict | None) -> dict:
+    """An `eval_results_test.json` as a digit-scenes run writes it (retrieval, attention, drift)."""
+    metrics = {key: rsum / 6 for key in RETRIEVAL_KEYS}
+    metrics["rsum"] = rsum
+    metrics["attention"] = {"attention_precision": f1, "attention_recall": f1, "attention_f1": f1}
+    if drift is not None:
+        metrics["attention_drift"] = {"head_words": 40, "words_with_both": 12, **drift}
+    return {"dataset": "digit_scenes", "split": "test", "metrics": metrics}
+
+
+def fake_grid(tmp_path: Path, cells: dict[str, list[dict]], seeds: list[int]):
+    """An ablation whose runs are finished with the given result files: variant -> one record per seed."""
+    variants = {name: {"ccr_weight": 0.0 if name == "base" else 0.1} for name in cells}
+    ablation = load_ablation(write_grid(tmp_path, variants=variants, seeds=seeds))
+    for run in ablation.runs:
+        run.model_dir.mkdir(parents=True)
+        record = cells[run.variant][seeds.index(run.seed)]
+        (run.model_dir / "eval_results_test.json").write_text(json.dumps(record))
+    ablation_module.write_tables(ablation)
+    summary = json.loads((ablation.output_dir / "ablation.json").read_text())
+    markdown = (ablation.output_dir / "ablation.md").read_text()
+    return ablation, {row["variant"]: row for row in summary["paired"]}, markdown
+
+
+BASE_RSUM = [300.0, 320.0, 310.0, 290.0, 305.0]
+BASE_DRIFT = [0.30, 0.20, 0.25, 0.35, 0.28]
+
+
+def five_seed_grid(tmp_path: Path):
+    """base; +both: rSum +1..+3 and drift -0.03..-0.06 on every seed, F1 unchanged on seed 2;
+    +mixed: rSum up on some seeds and down on others; +nodrift: no drift recorded."""
+    rsum_gain, drift_drop = [1.0, 2.0, 1.5, 3.0, 2.5], [0.05, 0.04, 0.06, 0.03, 0.05]
+    f1_gain = [0.010, 0.020, 0.0, 0.030, 0.010]
+    cells = {
+        "base": [
+            fake_record(r, 0.4, {"own_region_share": 0.25, "habitat_share": 0.3 + d, "drift": d})
+            for r, d in zip(BASE_RSUM, BASE_DRIFT, strict=True)
+        ],
+        "+both": [
+            fake_record(
+                r + g, 0.4 + f, {"own_region_share": 0.27, "habitat_share": 0.3 + d - dd, "drift": d - dd}
+            )
+            for r, d, g, dd, f in zip(BASE_RSUM, BASE_DRIFT, rsum_gain, drift_drop, f1_gain, strict=True)
+        ],
+        "+mixed": [
+            fake_record(r + g, 0.4, {"own_region_share": 0.25, "habitat_share": 0.3 + d, "drift": None})
+            for r, d, g in zip(BASE_RSUM, BASE_DRIFT, [4.0, -3.0, 2.0, -5.0, 1.0], strict=True)
+        ],
+        "+nodrift": [fake_record(r - 10.0, 0.4, None) for r in BASE_RSUM],
+    }
+    return fake_grid(tmp_path, cells, [0, 1, 2, 3, 4])
+
+
+def test_sign_test_is_exact_and_drops_zero_differences():
+    from modeling_ccr.training.ablation import sign_test_p
+
+    assert sign_test_p([1.0, 2.0, 0.5, 3.0, 0.1]) == pytest.approx(0.0625)  # 2 / 2**5
+    assert sign_test_p([-1.0] * 5) == pytest.approx(0.0625)
+    assert sign_test_p([1.0, 2.0, 0.5, 3.0, -0.1]) == pytest.approx(0.375)  # 2 * (1 + 5) / 32
+    assert sign_test_p([1.0, 2.0, 0.0, 3.0, 0.1]) == pytest.approx(0.125)  # the zero is dropped: 2 / 2**4
+    assert sign_test_p([0.0, 0.0, 0.0]) == 1.0
+
+
+def test_a_consistent_gain_is_significant_and_helps(tmp_path):
+    _, paired, markdown = five_seed_grid(tmp_path)
+    row = paired["+both"]
+    assert row["seeds"] == [0, 1, 2, 3, 4]
+    assert row["mean"]["rsum"] == pytest.approx(2.0)
+    assert row["sign_test_p"]["rsum"] == pytest.approx(0.0625) and row["n_zero"]["rsum"] == 0
+    low, high = row["ci95"]["rsum"]
+    assert 0 < low < 2.0 < high <= 3.0  # excludes 0, contains the mean, inside the observed range
+    assert row["verdict"]["rsum"] == "helps"
+    cell = f"+2.0 [{low:+.1f}, {high:+.1f}] (5/5, p=0.062) helps"
+    assert cell in markdown.split("Change against")[1]
+
+
+def test_a_drift_decrease_helps_and_a_tie_is_dropped_and_stated(tmp_path):
+    _, paired, markdown = five_seed_grid(tmp_path)
+    row = paired["+both"]
+    assert row["mean"]["drift"] == pytest.approx(-0.046)
+    low, high = row["ci95"]["drift"]
+    assert low < -0.046 < high < 0
+    assert row["n_positive"]["drift"] == 0 and row["sign_test_p"]["drift"] == pytest.approx(0.0625)
+    assert row["verdict"]["drift"] == "helps" and row["verdict"]["habitat_share"] == "helps"
+    assert row["verdict"]["own_region_share"] == "helps"
+    # F1 does not change on seed 2: that seed is dropped from the sign test (4 of 4 positive) and stated.
+    assert row["n_zero"]["attention_f1"] == 1 and row["sign_test_p"]["attention_f1"] == pytest.approx(0.125)
+    assert "(4/5, 1 zero, p=0.12) helps" in markdown
+
+
+def test_a_loss_hurts_and_mixed_signs_are_no_effect(tmp_path):
+    _, paired, _ = five_seed_grid(tmp_path)
+    assert paired["+nodrift"]["verdict"]["rsum"] == "hurts"
+    assert paired["+nodrift"]["ci95"]["rsum"] == pytest.approx([-10.0, -10.0])
+    mixed = paired["+mixed"]
+    low, high = mixed["ci95"]["rsum"]
+    assert low < 0 < high and mixed["verdict"]["rsum"] == "no effect larger than the interval"
+    assert mixed["sign_test_p"]["rsum"] == pytest.approx(1.0)  # 3 of 5 positive
+
+
+def test_missing_drift_is_na_in_both_tables(tmp_path):
+    ablation, paired, markdown = five_seed_grid(tmp_path)
+    summary = json.loads((ablation.output_dir / "ablation.json").read_text())
+    rows = {row["variant"]: row for row in summary["rows"]}
+    assert rows["base"]["mean"]["own_region_share"] == pytest.approx(0.25)
+    assert rows["base"]["mean"]["drift"] == pytest.approx(statistics.fmean(BASE_DRIFT))
+    assert "drift" not in rows["+nodrift"]["mean"] and "drift" not in rows["+mixed"]["mean"]  # null: n/a
+    assert "own_region_share" in rows["+mixed"]["mean"]
+    assert "drift" not in paired["+nodrift"]["mean"] and "drift" not in paired["+mixed"]["mean"]
+    main_table, paired_table = markdown.split("Change against")
+    (nodrift_row,) = [line for line in main_table.splitlines() if "| +nodrift |" in line]
+    assert nodrift_row.endswith("| n/a | n/a | n/a |")
+    (nodrift_paired,) = [line for line in paired_table.splitlines() if "| +nodrift |" in line]
+    assert nodrift_paired.endswith("| n/a | n/a | n/a |")
+    (base_row,) = [line for line in main_table.splitlines() if "| base |" in line]
+    assert "| 0.250 ± 0.000 |" in base_row
+
+
+def test_the_bootstrap_is_reproducible(tmp_path):
+    ablation, _, _ = five_seed_grid(tmp_path)
+    first = (ablation.output_dir / "ablation.json").read_text()
+    ablation_module.write_tables(ablation)
+    assert (ablation.output_dir / "ablation.json").read_text() == first
+
+
+def test_fewer_than_three_seeds_gives_no_verdict(tmp_path):
+    cells = {
+        "base": [fake_record(300.0, 0.4, None), fake_record(310.0, 0.4, None)],
+        "+both": [fake_record(305.0, 0.5, None), fake_record(320.0, 0.5, None)],
+    }
+    _, paired, markdown = fake_grid(tmp_path, cells, [0, 1])
+    row = paired["+both"]
+    assert row["verdict"]["rsum"] == "too few seeds" and row["ci95"]["rsum"] is None
+    assert row["sign_test_p"]["rsum"] == pytest.approx(0.5)
+    assert "+7.5 ± 3.5 (2/2, p=0.5) too few seeds" in markdown
+
+
+def test_a_drift_record_that_is_not_a_mapping_is_a_one_line_error_naming_the_file(tmp_path):
+    record = fake_record(300.0, 0.4, None)
+    record["metrics"]["attention_drift"] = [{"drift": 0.1}]
+    cells = {"base": [record] * 3, "+both": [record] * 3}
+    with pytest.raises(
+        AblationError, match=r"seed0/model/eval_results_test\.json: metrics\.attention_drift: "
+    ):
+        fake_grid(tmp_path, cells, [0, 1, 2])

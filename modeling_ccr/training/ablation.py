@@ -19,7 +19,9 @@ An ablation file (`configs/ablation_*.yaml`) names:
 - `seeds`: the training seeds.
 
 A run whose `model/eval_results_test.json` exists is finished and skipped; an unfinished one is trained
-again from the start. The tables report mean and sample standard deviation over the finished seeds.
+again from the start. The tables report mean and sample standard deviation over the finished seeds, and,
+against the `base` variant on the same seed, the paired differences with an exact sign test, a seeded bootstrap
+95 % interval of their mean and a verdict (`paired_statistics`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import multiprocessing
 import os
 import re
@@ -35,6 +38,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from ..errors import UserError
@@ -60,9 +64,33 @@ ATTENTION_COLUMNS = (
     ("attention R", "attention_recall"),
     ("attention F1", "attention_f1"),
 )
+# Digit scenes only: where a digit word's attention goes (metrics["attention_drift"], the dict of
+# evaluation/attention_drift.py `summarize_drift`); a run on another corpus has none and shows n/a.
+DRIFT_COLUMNS = (
+    ("own share", "own_region_share"),
+    ("habitat share", "habitat_share"),
+    ("drift", "drift"),
+)
 # Columns of the paired table (variant minus base, same seed): the seed spread of a corpus can be larger
 # than a variant's effect, and the same seed shares the corpus draw and initialisation.
-PAIRED_COLUMNS = (("rSum", "rsum"), *ATTENTION_COLUMNS)
+PAIRED_COLUMNS = (("rSum", "rsum"), *ATTENTION_COLUMNS, *DRIFT_COLUMNS)
+# Which side of a paired difference is an improvement: the habitat share and the drift (habitat minus
+# unrelated texture) are the failure mode the constraints are meant to reduce, so lower is better there.
+HIGHER_IS_BETTER = {
+    **{key: True for _, key in (*RETRIEVAL_COLUMNS, *ATTENTION_COLUMNS)},
+    "own_region_share": True,
+    "habitat_share": False,
+    "drift": False,
+}
+# Paired statistics: below MIN_SEEDS no verdict is given (an exact sign test over 2 seeds cannot go below
+# p = 0.5, and a bootstrap of 2 values is their range). The bootstrap RNG seed is fixed so that rewriting the
+# tables from the same runs gives the same intervals.
+MIN_SEEDS = 3
+BOOTSTRAP_RESAMPLES = 10_000
+BOOTSTRAP_SEED = 0
+CONFIDENCE = 0.95
+NO_EFFECT = "no effect larger than the interval"
+TOO_FEW_SEEDS = "too few seeds"
 
 
 class AblationError(UserError, ValueError):
@@ -169,7 +197,9 @@ def load_ablation(path: str | Path, overrides: dict[str, Any] | None = None) -> 
         corpus = _mapping(corpus, f"{path}: corpus")
         _unknown(corpus, {"digit_scenes", "path", "as_images"}, f"{path}: corpus")
         if not isinstance(corpus.get("as_images", False), bool):
-            raise AblationError(f"{path}: corpus.as_images must be true or false, found {corpus['as_images']!r}")
+            raise AblationError(
+                f"{path}: corpus.as_images must be true or false, found {corpus['as_images']!r}"
+            )
         if "path" not in corpus:
             raise AblationError(f"{path}: corpus needs a 'path' (the folder the corpus is generated in)")
     return Ablation(str(path), output_dir, runs, corpus)
@@ -262,13 +292,30 @@ def run_ablation(ablation: Ablation, jobs: int = 1, progress=print) -> list[Abla
 # ---------------------------------------------------------------------------------------------------------
 
 
-def run_values(record: dict[str, Any]) -> dict[str, float]:
-    """The table's numbers of one result file (`eval_results_test.json`); attention keys only if measured."""
+def run_values(record: dict[str, Any], source: str | Path = RESULT_FILE) -> dict[str, float]:
+    """The table's numbers of one result file (`eval_results_test.json`); attention and drift keys only if
+    measured (a drift value of None, e.g. no word whose image holds both textures, counts as not measured)."""
     metrics = record["metrics"]
     values = {key: float(metrics[key]) for _, key in RETRIEVAL_COLUMNS}
     attention = metrics.get("attention")
     if isinstance(attention, dict):
         values.update({key: float(attention[key]) for _, key in ATTENTION_COLUMNS})
+    drift = metrics.get("attention_drift")
+    if drift is not None:
+        if not isinstance(drift, dict):
+            raise AblationError(
+                f"{source}: metrics.attention_drift: expected a mapping (summarize_drift), "
+                f"found {type(drift).__name__}"
+            )
+        for _, key in DRIFT_COLUMNS:
+            value = drift.get(key)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise AblationError(
+                    f"{source}: metrics.attention_drift.{key}: expected a number or null, found {value!r}"
+                )
+            values[key] = float(value)
     return values
 
 
@@ -279,9 +326,10 @@ def summarise(ablation: Ablation) -> dict[str, Any]:
     for run in ablation.runs:
         if not run.finished:
             continue
-        record = json.loads((run.model_dir / RESULT_FILE).read_text())
+        result = run.model_dir / RESULT_FILE
+        record = json.loads(result.read_text())
         datasets_seen.add(record.get("dataset", "?"))
-        values = run_values(record)
+        values = run_values(record, result)
         runs.append(
             {
                 "model": run.model,
@@ -293,7 +341,8 @@ def summarise(ablation: Ablation) -> dict[str, Any]:
         )
         cells.setdefault((run.model, run.variant), []).append(values)
     for (model, variant), seeds in cells.items():
-        keys = [k for _, k in (*RETRIEVAL_COLUMNS, *ATTENTION_COLUMNS) if all(k in v for v in seeds)]
+        columns = (*RETRIEVAL_COLUMNS, *ATTENTION_COLUMNS, *DRIFT_COLUMNS)
+        keys = [k for _, k in columns if all(k in v for v in seeds)]
         rows.append(
             {
                 "model": model,
@@ -308,13 +357,82 @@ def summarise(ablation: Ablation) -> dict[str, Any]:
         "datasets": sorted(datasets_seen),
         "rows": rows,
         "paired": paired_differences(runs),
+        "statistics": {
+            "sign_test": "exact two-sided binomial test over the seeds; zero differences (ties) dropped",
+            "bootstrap": "percentile interval of the mean paired difference, resampling the seeds",
+            "bootstrap_resamples": BOOTSTRAP_RESAMPLES,
+            "bootstrap_seed": BOOTSTRAP_SEED,
+            "confidence": CONFIDENCE,
+            "min_seeds": MIN_SEEDS,
+            "better": {key: "higher" if up else "lower" for key, up in HIGHER_IS_BETTER.items()},
+        },
         "runs": runs,
     }
 
 
+def sign_test_p(differences: list[float]) -> float:
+    """Exact two-sided sign test of paired differences: zero differences are dropped, then the p-value of
+    as few positives (or negatives) as observed under Binomial(n, 1/2); 1.0 when every difference is zero."""
+    signs = [d for d in differences if d != 0]
+    n = len(signs)
+    if n == 0:
+        return 1.0
+    positive = sum(d > 0 for d in signs)
+    tail = sum(math.comb(n, i) for i in range(min(positive, n - positive) + 1))
+    return min(1.0, 2 * tail / 2**n)
+
+
+def bootstrap_interval(
+    differences: list[float],
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+    confidence: float = CONFIDENCE,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of `differences` (one per seed): `resamples` draws of the
+    seeds with replacement from an RNG seeded with `seed`, so the interval depends only on its input."""
+    if not differences:
+        raise ValueError("bootstrap_interval: no differences to resample")
+    values = np.asarray(differences, dtype=np.float64)  # (n_seeds,)
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(values), size=(resamples, len(values)))  # (resamples, n_seeds)
+    means = values[draws].mean(axis=1)  # (resamples,)
+    alpha = (1.0 - confidence) / 2
+    low, high = np.quantile(means, [alpha, 1.0 - alpha])
+    return float(low), float(high)
+
+
+def verdict(key: str, interval: tuple[float, float] | None, n_seeds: int) -> str:
+    """The verdict on one metric: helps / hurts when the interval excludes 0 (direction by the metric's better
+    side), else no effect larger than the interval; too few seeds below MIN_SEEDS."""
+    if n_seeds < MIN_SEEDS or interval is None:
+        return TOO_FEW_SEEDS
+    low, high = interval
+    if low > 0 or high < 0:
+        improved = (low > 0) == HIGHER_IS_BETTER[key]
+        return "helps" if improved else "hurts"
+    return NO_EFFECT
+
+
+def paired_statistics(key: str, differences: list[float]) -> dict[str, Any]:
+    """The paired statistics of one metric: mean, sample sd, counts of positive / negative / zero
+    differences, sign-test p, bootstrap interval (None below MIN_SEEDS) and verdict."""
+    n = len(differences)
+    interval = bootstrap_interval(differences) if n >= MIN_SEEDS else None
+    return {
+        "mean": statistics.fmean(differences),
+        "sd": statistics.stdev(differences) if n > 1 else None,
+        "n_positive": sum(d > 0 for d in differences),
+        "n_negative": sum(d < 0 for d in differences),
+        "n_zero": sum(d == 0 for d in differences),
+        "sign_test_p": sign_test_p(differences),
+        "ci95": list(interval) if interval is not None else None,
+        "verdict": verdict(key, interval, n),
+    }
+
+
 def paired_differences(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per (model, variant other than base): variant minus base on each seed both finished, as mean and
-    sample sd over those seeds, and on how many seeds the difference is positive."""
+    """Per (model, variant other than base): variant minus base on each seed both finished, with
+    `paired_statistics` of every metric both measured; each statistic is a dict metric -> value."""
     by_cell = {(r["model"], r["variant"], r["seed"]): r["values"] for r in runs}
     cells = dict.fromkeys((r["model"], r["variant"]) for r in runs if r["variant"] != BASELINE_VARIANT)
     paired = []
@@ -328,17 +446,11 @@ def paired_differences(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         pairs = [(by_cell[model, variant, seed], by_cell[model, BASELINE_VARIANT, seed]) for seed in seeds]
         keys = [k for _, k in PAIRED_COLUMNS if all(k in v and k in b for v, b in pairs)]
-        deltas = {k: [v[k] - b[k] for v, b in pairs] for k in keys}
-        paired.append(
-            {
-                "model": model,
-                "variant": variant,
-                "seeds": seeds,
-                "mean": {k: statistics.fmean(d) for k, d in deltas.items()},
-                "sd": {k: statistics.stdev(d) if len(d) > 1 else None for k, d in deltas.items()},
-                "n_positive": {k: sum(x > 0 for x in d) for k, d in deltas.items()},
-            }
-        )
+        stats = {k: paired_statistics(k, [v[k] - b[k] for v, b in pairs]) for k in keys}
+        row: dict[str, Any] = {"model": model, "variant": variant, "seeds": seeds}
+        for name in ("mean", "sd", "n_positive", "n_negative", "n_zero", "sign_test_p", "ci95", "verdict"):
+            row[name] = {k: s[name] for k, s in stats.items()}
+        paired.append(row)
     return paired
 
 
@@ -351,7 +463,7 @@ def _cell(row: dict[str, Any], key: str, digits: int) -> str:
 
 def format_markdown(summary: dict[str, Any]) -> str:
     """The markdown table of a summary: one row per (model, variant), mean ± sd over seeds."""
-    columns = [*RETRIEVAL_COLUMNS, *ATTENTION_COLUMNS]
+    columns = [*RETRIEVAL_COLUMNS, *ATTENTION_COLUMNS, *DRIFT_COLUMNS]
     lines = [
         f"Ablation `{summary['ablation']}`; data: {', '.join(summary['datasets']) or 'no finished run'}; test split.",
         "Values are mean ± sample standard deviation over the seeds (`seeds` column).",
@@ -361,7 +473,7 @@ def format_markdown(summary: dict[str, Any]) -> str:
     ]
     for row in summary["rows"]:
         cells = [_cell(row, key, 1) for _, key in RETRIEVAL_COLUMNS] + [
-            _cell(row, key, 3) for _, key in ATTENTION_COLUMNS
+            _cell(row, key, 3) for _, key in (*ATTENTION_COLUMNS, *DRIFT_COLUMNS)
         ]
         lines.append(f"| {row['model']} | {row['variant']} | {row['n_seeds']} | " + " | ".join(cells) + " |")
     if summary.get("paired"):
@@ -369,23 +481,42 @@ def format_markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _paired_cell(row: dict[str, Any], key: str) -> str:
+    """`+0.021 [+0.004, +0.040] (5/5, p=0.062) helps`: mean difference, bootstrap interval (mean ± sd below
+    MIN_SEEDS), seeds positive, zero differences when any, sign-test p, verdict."""
+    if key not in row["mean"]:
+        return "n/a"
+    digits = 1 if key == "rsum" else 3
+    mean, interval = row["mean"][key], row["ci95"][key]
+    if interval is not None:
+        spread = f"[{interval[0]:+.{digits}f}, {interval[1]:+.{digits}f}]"
+    elif row["sd"][key] is not None:
+        spread = f"± {row['sd'][key]:.{digits}f}"
+    else:
+        spread = ""
+    counts = f"{row['n_positive'][key]}/{len(row['seeds'])}"
+    if row["n_zero"][key]:
+        counts += f", {row['n_zero'][key]} zero"
+    head = f"{mean:+.{digits}f} {spread}".rstrip()
+    return f"{head} ({counts}, p={row['sign_test_p'][key]:.2g}) {row['verdict'][key]}"
+
+
 def _paired_markdown(paired: list[dict[str, Any]]) -> list[str]:
+    better = ", ".join(label for label, key in PAIRED_COLUMNS if not HIGHER_IS_BETTER[key])
     lines = [
         "",
-        f"Change against `{BASELINE_VARIANT}` on the same seed: mean ± sample sd of (variant - base) over the "
-        "seeds both finished, and in brackets on how many of them it is positive.",
+        f"Change against `{BASELINE_VARIANT}` on the same seed: mean of (variant - base) over the seeds both "
+        f"finished, its {CONFIDENCE:.0%} percentile bootstrap interval ({BOOTSTRAP_RESAMPLES} resamples of the "
+        f"seeds, RNG seed {BOOTSTRAP_SEED}; mean ± sample sd below {MIN_SEEDS} seeds), on how many seeds it is "
+        "positive (and how many are zero), the exact two-sided sign-test p (zero differences dropped), and the "
+        f"verdict: helps / hurts when the interval excludes 0, by the metric's better side (lower for {better}, "
+        f"higher for the others), else {NO_EFFECT}; {TOO_FEW_SEEDS} below {MIN_SEEDS}.",
         "",
         "| model | variant | seeds | " + " | ".join(f"Δ {label}" for label, _ in PAIRED_COLUMNS) + " |",
         "|" + "---|" * (3 + len(PAIRED_COLUMNS)),
     ]
     for row in paired:
-        cells = []
-        for _, key in PAIRED_COLUMNS:
-            digits = 1 if key == "rsum" else 3
-            cell = _cell(row, key, digits)
-            if key in row["n_positive"]:
-                cell = f"{'+' if row['mean'][key] > 0 else ''}{cell} ({row['n_positive'][key]}/{len(row['seeds'])})"
-            cells.append(cell)
+        cells = [_paired_cell(row, key) for _, key in PAIRED_COLUMNS]
         lines.append(
             f"| {row['model']} | {row['variant']} | {len(row['seeds'])} | " + " | ".join(cells) + " |"
         )
