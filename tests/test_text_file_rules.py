@@ -254,3 +254,15 @@ def test_an_entities_file_cut_before_its_last_period_is_refused_by_the_converter
         ground_with_entities(tmp_path, "123", [caption, caption], None)
     sentences.write_text(f"{SENTENCE}\n{SENTENCE}")  # complete, only the final newline missing: accepted
     assert ground_with_entities(tmp_path, "123", [caption, caption], None)[0] == [caption, caption]
+
+
+def test_a_boxes_file_with_a_bom_reads_as_the_clean_file_and_a_cut_one_names_the_line(tmp_path):
+    from modeling_ccr.vision.corpus import read_boxes
+
+    text = '{"a.jpg": [[0, 0, 10, 10]],\n "b.jpg": [[1, 2, 3, 4]]}\n'
+    (tmp_path / "boxes.json").write_bytes(BOM + text.encode())
+    boxes = read_boxes(tmp_path / "boxes.json")
+    assert sorted(boxes) == ["a.jpg", "b.jpg"] and boxes["b.jpg"].tolist() == [[1, 2, 3, 4]]
+    (tmp_path / "cut.json").write_text(text[:40])
+    with pytest.raises(CaptionsError, match=r"cut\.json, line 2, column \d+: not valid JSON"):
+        read_boxes(tmp_path / "cut.json")

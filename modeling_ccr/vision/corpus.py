@@ -159,14 +159,13 @@ def read_captions(path: str | Path) -> list[CaptionedImage]:
 
 
 def read_boxes(path: str | Path) -> dict[str, np.ndarray]:
-    """A JSON file `{image file name: [[x1, y1, x2, y2], ...]}` of boxes in original pixels."""
+    """A JSON file `{image file name: [[x1, y1, x2, y2], ...]}` of boxes in original pixels, read by the
+    text rules of `data/text_files.py` (as the captions files are: a byte-order mark is dropped, a
+    non-UTF-8 byte or a file cut mid-way is named by line)."""
     path = Path(path)
-    try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as err:
-        raise CaptionsError(f"{path}: boxes file not found") from err
-    except json.JSONDecodeError as err:
-        raise CaptionsError(f"{path}: not valid JSON ({err})") from err
+    if not path.is_file():
+        raise CaptionsError(f"{path}: boxes file not found")
+    payload = read_json(path, error=CaptionsError, what="boxes file")
     if not isinstance(payload, dict):
         raise CaptionsError(f"{path}: expected an object mapping image file names to box lists")
     boxes = {}
