@@ -11,13 +11,14 @@ from pathlib import Path
 
 import datasets
 import pytest
+import torch
 import yaml
 
 pytest.importorskip("timm")
 pytest.importorskip("torchvision")
 matplotlib = pytest.importorskip("matplotlib")
 
-from photo_files import CAPTIONS_PER_PHOTO, write_photos  # noqa: E402
+from photo_files import CAPTIONS_PER_PHOTO, PHOTOS, write_photos  # noqa: E402
 
 from modeling_ccr.cli import main  # noqa: E402
 from modeling_ccr.models.image_processing_matcher import decode_image  # noqa: E402
@@ -165,3 +166,51 @@ def test_the_augmentation_section_is_checked_when_the_config_is_read(tmp_path, c
     assert main(["train", str(config)]) == 2
     err = capsys.readouterr().err.strip()
     assert "data.augmentation" in err and "flip_probability" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_a_tower_frozen_for_the_whole_run_trains_on_features_encoded_once_with_the_same_result(
+    tmp_path, monkeypatch
+):
+    from safetensors.torch import load_file
+
+    from modeling_ccr.training import experiment
+
+    encoded = []  # the splits each run encoded through the tower: (run, number of images)
+    original = experiment.tower_feature_split
+
+    def recording(model, split, **kwargs):
+        encoded.append((name, len(split)))
+        return original(model, split, **kwargs)
+
+    monkeypatch.setattr(experiment, "tower_feature_split", recording)
+
+    folder, captions = write_photos(tmp_path)
+    corpus = tmp_path / "corpus"
+    assert main(["convert", "images", str(folder), "--captions", str(captions), "--out", str(corpus)]) == 0
+    tower = {**TOWER, "grid": 2, "freeze_steps": 100}
+    weights = {}
+    # An identity augmentation keeps the run on the pixels (the tower runs every step, frozen); without
+    # one the images are encoded once. Same seed, same steps: the same model.
+    for name, augmentation in (
+        ("pixels", {"crop_scale": [1.0, 1.0], "flip_probability": 0.0}),
+        ("cached", None),
+    ):
+        config = write_run_config(
+            tmp_path / f"{name}.yaml", corpus, tmp_path / name, tower, CAPTIONS_PER_PHOTO
+        )
+        settings = yaml.safe_load(config.read_text())
+        settings["data"]["augmentation"] = augmentation
+        settings["training"].update(
+            num_train_epochs=1, eval_strategy="no", save_strategy="no", load_best_model_at_end=False
+        )
+        config.write_text(yaml.safe_dump(settings))
+        assert main(["train", str(config)]) == 0
+        weights[name] = load_file(str(tmp_path / name / "model" / "model.safetensors"))
+    train_images = sum(split == "train" for _, split in PHOTOS.values())
+    assert ("cached", train_images) in encoded and ("pixels", train_images) not in encoded
+    assert weights["pixels"].keys() == weights["cached"].keys()
+    for key, value in weights["pixels"].items():
+        torch.testing.assert_close(weights["cached"][key], value, atol=1e-5, rtol=1e-4, msg=key)
+    untrained = [k for k in weights["pixels"] if k.startswith("vision_tower.")]
+    assert untrained and not any(k.startswith("region_encoder") for k in untrained)

@@ -9,6 +9,7 @@ finished runs (`ensembles.py`). Their public names are re-exported here, where r
 from __future__ import annotations
 
 import errno
+import math
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -108,6 +109,21 @@ def refuse_empty_run(n_pairs: int, args: TrainingArguments, where: str) -> None:
         )
 
 
+def tower_frozen_throughout(model: Any, args: TrainingArguments, n_pairs: int) -> bool:
+    """Whether the model's vision tower stays frozen (`vision_tower.freeze_steps`) for every optimizer step
+    the run will take (`max_steps`, else the epochs over `n_pairs` at the global batch)."""
+    tower = getattr(model, "vision_tower", None)
+    if tower is None or tower.spec.get("freeze_steps", 0) <= 0:
+        return False
+    if args.max_steps > 0:
+        total = args.max_steps
+    else:
+        global_batch = args.per_device_train_batch_size * max(args.world_size, 1)
+        batches = n_pairs // global_batch if args.dataloader_drop_last else math.ceil(n_pairs / global_batch)
+        total = math.ceil(args.num_train_epochs * math.ceil(batches / args.gradient_accumulation_steps))
+    return tower.spec["freeze_steps"] >= total
+
+
 def streaming_train_pairs(
     data: DataConfig | Mapping[str, Any], seed: int, where: str
 ) -> StreamingImageCaptionPairs:
@@ -186,6 +202,11 @@ def _run_experiment(
         train_pairs = training_pairs(train_split)
         refuse_empty_run(len(train_pairs), args, where)
         augmentation = data.box_aware_augmentation(where)
+        if augmentation is None and tower_frozen_throughout(model, args, len(train_pairs)):
+            # A tower frozen for every step is a fixed function of each image: encode the training images
+            # once (the same features every step would recompute) and train on them as region features.
+            train_split = tower_feature_split(model, train_split, batch_size=args.per_device_eval_batch_size)
+            train_pairs = training_pairs(train_split)
         collator = training_collator(train_split, model, tokenizer, data.max_words, augmentation)
     trainer = MatchingTrainer(
         model=model,
