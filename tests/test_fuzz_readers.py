@@ -282,6 +282,33 @@ def test_model_folder_loading_raises_only_named_user_errors(model_folder, pristi
         assert str(model_folder) in str(err), str(err)
 
 
+def test_a_tokenizer_json_that_only_python_reads_as_json_is_a_named_load_error(model_folder, pristine):
+    # Found by the long profile: Python's json accepts NaN, the Rust tokenizers library does not and
+    # raised a bare Exception ("expected `,` or `}` at line 2 column 12").
+    for name, data in pristine.items():
+        (model_folder / name).write_bytes(data)
+    broken = pristine["tokenizer.json"].replace(b'"version": "1.0"', b'"version": NaN', 1)
+    assert broken != pristine["tokenizer.json"]
+    (model_folder / "tokenizer.json").write_bytes(broken)
+    with pytest.raises(UserError, match="the tokenizer cannot be loaded") as raised:
+        load_matcher(model_folder)
+    assert str(model_folder) in str(raised.value)
+    (model_folder / "tokenizer.json").write_bytes(pristine["tokenizer.json"])
+
+
+def test_a_precomp_array_whose_header_shape_overflows_is_a_named_error(workdir):
+    # Found by the long profile: numpy's memmap raised OverflowError for a shape of 1e20 rows.
+    folder = _precomp_folder(workdir / "precomp_overflow")
+    header = b"{'descr': '<f4', 'fortran_order': False, 'shape': (99999999999999999999, 3, 4), }"
+    header = header.ljust(117) + b"\n"
+    (folder / "train_ims.npy").write_bytes(
+        b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + bytes(96)
+    )
+    only_user_errors(
+        lambda: open_precomp_split(folder, "train", captions_per_image=5), folder / "train_ims.npy"
+    )
+
+
 # ------------------------------------------------------------------------------ images for ccr extract
 def _png() -> bytes:
     from PIL import Image

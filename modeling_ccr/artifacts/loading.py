@@ -90,7 +90,9 @@ def load_matcher(path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizer
         )
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    except (OSError, ValueError, KeyError, RuntimeError, TypeError, AttributeError) as err:
+    # `Exception` itself: the Rust tokenizers library reports a malformed tokenizer.json as a bare
+    # Exception ("expected `,` or `}` at line 2 column 12"), not as one of its subclasses.
+    except Exception as err:
         raise ModelLoadError(f"{folder}: the tokenizer cannot be loaded: {first_line(err)}") from err
     return model.eval(), tokenizer
 

@@ -149,6 +149,10 @@ def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
         raise PrecompFormatError(f"{path}: file not found") from None
     except (OSError, ValueError, EOFError) as error:  # EOFError: an empty or header-truncated file
         raise PrecompFormatError(f"{path}: not a readable .npy file ({error})") from None
+    except OverflowError:  # a header whose shape has more elements than any file can hold
+        raise PrecompFormatError(
+            f"{path}: not a readable .npy file (its header's shape is too large)"
+        ) from None
     shape, dtype, offset = mapped.shape, mapped.dtype, mapped.offset
     fortran_order = mapped.flags.f_contiguous and not mapped.flags.c_contiguous
     del mapped  # unmaps the file
