@@ -296,6 +296,18 @@ def test_a_tokenizer_json_that_only_python_reads_as_json_is_a_named_load_error(m
     (model_folder / "tokenizer.json").write_bytes(pristine["tokenizer.json"])
 
 
+def test_a_precomp_array_whose_header_is_cut_inside_its_shape_is_a_named_error(workdir):
+    # Found by the long profile: numpy's fallback header parse raised tokenize.TokenError.
+    folder = _precomp_folder(workdir / "precomp_cut_header")
+    header = b"{'descr': '<f4', 'fortran_order': False, 'shape': (2, \n"
+    (folder / "train_ims.npy").write_bytes(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header)
+    only_user_errors(
+        lambda: open_precomp_split(folder, "train", captions_per_image=5), folder / "train_ims.npy"
+    )
+    with pytest.raises(UserError):
+        open_precomp_split(folder, "train", captions_per_image=5)
+
+
 def test_a_precomp_array_whose_header_shape_overflows_is_a_named_error(workdir):
     # Found by the long profile: numpy's memmap raised OverflowError for a shape of 1e20 rows.
     folder = _precomp_folder(workdir / "precomp_overflow")

@@ -23,6 +23,7 @@ mapped pages count towards the process's resident memory while the map is open, 
 from __future__ import annotations
 
 import dataclasses
+import tokenize
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -149,6 +150,10 @@ def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
         raise PrecompFormatError(f"{path}: file not found") from None
     except (OSError, ValueError, EOFError) as error:  # EOFError: an empty or header-truncated file
         raise PrecompFormatError(f"{path}: not a readable .npy file ({error})") from None
+    except tokenize.TokenError as error:  # numpy's fallback parse of a header cut inside its dict
+        raise PrecompFormatError(
+            f"{path}: not a readable .npy file (its header is cut off: {error})"
+        ) from None
     except OverflowError:  # a header whose shape has more elements than any file can hold
         raise PrecompFormatError(
             f"{path}: not a readable .npy file (its header's shape is too large)"
