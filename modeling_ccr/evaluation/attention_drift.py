@@ -306,11 +306,18 @@ def digit_scenes_drift(
     recorded in the folder, and checked against the split), digit words as the head words; None when
     `corpus_folder` is not a digit-scenes corpus or the model has no cross-attention. `split`: the feature
     split the model scores (an image corpus already through `tower_feature_split`)."""
-    from ..vision.digit_scenes import CONFIG_FILE, DIGIT_PHRASE_TYPE, HABITAT_TEXTURES, saved_scene_textures
-
-    if corpus_folder is None or not (Path(corpus_folder) / CONFIG_FILE).is_file():
+    if corpus_folder is None or not getattr(model.config, "has_cross_attention", False):
         return None
-    if not getattr(model.config, "has_cross_attention", False):
+    try:
+        from ..vision.digit_scenes import (
+            CONFIG_FILE,
+            DIGIT_PHRASE_TYPE,
+            HABITAT_TEXTURES,
+            saved_scene_textures,
+        )
+    except ImportError:  # no vision extra (timm): no digit-scenes corpus was written with this install
+        return None
+    if not (Path(corpus_folder) / CONFIG_FILE).is_file():
         return None
     contexts = saved_scene_textures(corpus_folder, split_name)
     return attention_drift(model, tokenizer, split, contexts, HABITAT_TEXTURES, (DIGIT_PHRASE_TYPE,), rule)
