@@ -133,7 +133,11 @@ class SgrafPreTrainedModel(MatcherPreTrainedModel):
 
     def _in_vision_tower(self, module: nn.Module) -> bool:
         tower = getattr(self, "vision_tower", None)
-        return tower is not None and any(module is part for part in tower.modules())
+        if tower is None:
+            return False
+        if getattr(self, "_tower_module_ids", None) is None:  # once, not a scan of the tower per module
+            self._tower_module_ids = frozenset(id(part) for part in tower.modules())
+        return id(module) in self._tower_module_ids
 
     def aggregate(self, nodes: torch.Tensor, node_mask: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} must implement aggregate")

@@ -55,8 +55,12 @@ class AttentionTrackingCallback(TrainerCallback):
         tokenizer = self.trainer.processing_class
         if not state.is_world_process_zero:
             return
-        # An image corpus: the regions (and their boxes) are what the tower makes of each image now.
-        corpus = tower_feature_split(model, self.corpus, batch_size=args.per_device_eval_batch_size)
+        # An image corpus: the regions (and their boxes) are what the tower makes of each image now, as
+        # the evaluation that calls back just encoded them (encoded again only for another split).
+        source, encoded = getattr(self.trainer, "evaluated_split", (None, None))
+        if source is not self.corpus:
+            encoded = tower_feature_split(model, self.corpus, batch_size=args.per_device_eval_batch_size)
+        corpus = encoded
         metrics = attention_metrics(model, tokenizer, corpus)
         if self.pictures is None:
             self.pictures = picture_pairs(corpus, self.n_pictures)

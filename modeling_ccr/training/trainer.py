@@ -415,8 +415,11 @@ class MatchingTrainer(Trainer):
         if corpus is None:
             raise ValueError("MatchingTrainer.evaluate needs an eval_dataset (a one-row-per-image split)")
         model = self.accelerator.unwrap_model(self.model)
-        # An image corpus is encoded once through the vision tower (no gradient, batches, model's device).
+        # An image corpus is encoded once through the vision tower (no gradient, batches, model's device);
+        # kept with its source for the callbacks of this evaluation (the attention tracking reads it).
+        source = corpus
         corpus = tower_feature_split(model, corpus, batch_size=self.args.per_device_eval_batch_size)
+        self.evaluated_split = (source, corpus)
         metrics = evaluate_matchers(
             [model], [self.processing_class], corpus, self.eval_protocol, self.captions_per_image
         )
