@@ -443,3 +443,38 @@ def test_a_drift_record_that_is_not_a_mapping_is_a_one_line_error_naming_the_fil
         AblationError, match=r"seed0/model/eval_results_test\.json: metrics\.attention_drift: "
     ):
         fake_grid(tmp_path, cells, [0, 1, 2])
+
+
+def test_an_entry_model_keeps_the_base_vision_tower_unless_it_names_its_own(tmp_path):
+    plain = load_ablation(write_grid(tmp_path, models={"chan": {"model": {"backbone": "chan"}}}))
+    assert all("vision_tower" not in run.overrides["model"] for run in plain.runs)
+    tower = {"architecture": "test_efficientnet", "image_size": 32, "regions": "grid", "grid_size": 2}
+    own_tower = {**tower, "grid_size": 3}
+    models = {
+        "scan": {},
+        "chan": {"model": {"backbone": "chan"}},
+        "laps": {"model": {"backbone": "laps", "vision_tower": own_tower}},
+    }
+    path = write_grid(tmp_path, models=models)
+    base = {**TINY_BASE, "model": {"backbone": "scan", "vision_tower": tower}}
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))  # write_grid wrote the tower-less base
+    sections = {
+        run.model: run.overrides["model"] for run in load_ablation(path).runs if run.variant == "base"
+    }
+    assert sections["scan"]["vision_tower"] == tower
+    off = {"ccr_weight": 0.0, "ccs_weight": 0.0}
+    assert sections["chan"] == {
+        "embed_dim": 16,
+        "word_dim": 8,
+        "backbone": "chan",
+        "vision_tower": tower,
+        **off,
+    }
+    assert sections["laps"]["vision_tower"] == own_tower
+
+
+def test_threads_per_run_below_one_is_refused_before_training(tmp_path, capsys):
+    path = write_grid(tmp_path)
+    assert main(["ablate", str(path), "--threads", "0"]) == 2
+    assert "--threads must be >= 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "grid").exists()

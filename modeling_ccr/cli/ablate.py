@@ -28,7 +28,7 @@ def command_ablate(args: argparse.Namespace) -> None:
     if args.tables_only:
         markdown, _ = write_tables(ablation)
     else:
-        run_ablation(ablation, jobs=args.jobs)
+        run_ablation(ablation, jobs=args.jobs, threads=args.threads)
         markdown = ablation.output_dir / "ablation.md"
     print(f"\n{markdown.read_text()}\nWrote {markdown} and {markdown.with_suffix('.json')}")
     if args.push:
@@ -44,6 +44,12 @@ def add_commands(commands) -> None:
         "config", help="an ablation YAML (docs/ablation.md), or a shipped one by name (ablation_f30k, ...)"
     )
     ablate.add_argument("--jobs", type=int, default=1, help="runs trained side by side (default 1)")
+    ablate.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads per run (default: the cores divided by --jobs); 1 lets another grid share the machine",
+    )
     add_set_flag(ablate, help="override a run-config key in every run (e.g. training.num_train_epochs=2)")
     ablate.add_argument(
         "--tables-only", action="store_true", help="only rewrite the tables from the finished runs"

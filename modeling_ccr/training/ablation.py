@@ -13,7 +13,9 @@ An ablation file (`configs/ablation_*.yaml`) names:
 - `model_defaults` (optional): model options shared by every model (sizes, margins).
 - `models`: name -> `{model: {backbone, options...}, variants: [names], set: {per-model overrides},
   base: a run config for this model only}`; without `model`, the model section of the model's base
-  config is used (the published settings of `configs/<backbone>_f30k.yaml`, say).
+  config is used (the published settings of `configs/<backbone>_f30k.yaml`, say). A `model` that names no
+  `vision_tower` keeps the base's: the tower decides what the pixels become (the regions every matcher
+  of an end-to-end grid is compared on), so it belongs to the grid's data, not to one matcher.
 - `variants`: name -> model options (`{ccr_weight: 0.1, ccs_weight: 0.1}`, or any constraint option),
   plus an optional `set` of dotted run overrides for that variant (`{training.constraint_warmup_steps: 46}`).
 - `seeds`: the training seeds.
@@ -171,7 +173,7 @@ def load_ablation(path: str | Path, overrides: dict[str, Any] | None = None) -> 
         entry = _mapping(entry, where)
         _unknown(entry, MODEL_KEYS, where)
         base = resolve_config(str(entry.get("base", raw["base"])))
-        model = _mapping(entry.get("model") or base_model_section(base), f"{where}.model")
+        model = model_section(entry.get("model"), base, f"{where}.model")
         if "backbone" not in model:
             raise AblationError(f"{where}.model: needs a 'backbone'")
         names = entry.get("variants", list(variants))
@@ -203,6 +205,17 @@ def load_ablation(path: str | Path, overrides: dict[str, Any] | None = None) -> 
         if "path" not in corpus:
             raise AblationError(f"{path}: corpus needs a 'path' (the folder the corpus is generated in)")
     return Ablation(str(path), output_dir, runs, corpus)
+
+
+def model_section(entry_model: Any, base: Path, where: str) -> dict[str, Any]:
+    """A grid entry's model section: its own `model` (keeping the base's vision tower) or the base's."""
+    base_section = base_model_section(base)
+    if not entry_model:
+        return base_section
+    model = dict(_mapping(entry_model, where))
+    if "vision_tower" in base_section:
+        model.setdefault("vision_tower", copy.deepcopy(base_section["vision_tower"]))
+    return model
 
 
 def base_model_section(base: Path) -> dict[str, Any]:
@@ -259,10 +272,15 @@ def _train_one(base: Path, overrides: dict[str, Any], threads: int) -> str:
     return str(model_dir)
 
 
-def run_ablation(ablation: Ablation, jobs: int = 1, progress=print) -> list[AblationRun]:
-    """Train every unfinished run (`jobs` side by side), then write the tables; returns the runs trained."""
+def run_ablation(
+    ablation: Ablation, jobs: int = 1, progress=print, threads: int | None = None
+) -> list[AblationRun]:
+    """Train every unfinished run (`jobs` side by side, `threads` torch threads each; default: the cores
+    shared out), then write the tables; returns the runs trained."""
     if jobs < 1:
         raise AblationError(f"--jobs must be >= 1, got {jobs}")
+    if threads is not None and threads < 1:
+        raise AblationError(f"--threads must be >= 1, got {threads}")
     corpus_overrides = prepare_corpus(ablation)
     for run in ablation.runs:  # every run's config is validated before the first one trains
         run_config(ablation, run, corpus_overrides)
@@ -270,7 +288,7 @@ def run_ablation(ablation: Ablation, jobs: int = 1, progress=print) -> list[Abla
     progress(
         f"{len(ablation.runs) - len(todo)} of {len(ablation.runs)} runs already finished; {len(todo)} to train"
     )
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = threads or max(1, (os.cpu_count() or 1) // jobs)
     arguments = [(run.base, {**run.overrides, **corpus_overrides}, threads) for run in todo]
     if jobs == 1:
         for run, args in zip(todo, arguments, strict=True):
