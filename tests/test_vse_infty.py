@@ -134,3 +134,27 @@ def test_the_bert_text_variant_pools_projected_token_states():
     caption = F.normalize(reference_gpo(model.word_pooling, words[0], attention_mask[0].bool()), dim=0)
     image = F.normalize(model.region_pooling(out.image_embeds[:1], region_mask[:1])[0], dim=0)
     torch.testing.assert_close(out.logits_per_image[0, 0], image @ caption, rtol=0, atol=1e-5)
+
+
+def test_gallery_scoring_pools_each_item_once_and_equals_the_pair_scores():
+    model = tiny_model().eval()
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(7, 5, model.config.embed_dim, generator=generator, dtype=torch.float64)
+    region_mask = torch.ones(7, 5, dtype=torch.bool)
+    region_mask[2, 3:] = False
+    texts = torch.randn(9, 6, model.config.embed_dim, generator=generator, dtype=torch.float64)
+    word_mask = torch.arange(6).expand(9, 6) < torch.tensor([6, 2, 4, 1, 6, 3, 5, 2, 6]).unsqueeze(1)
+    pooled = []
+    hook = model.region_pooling.register_forward_hook(lambda module, args, out: pooled.append(len(args[0])))
+    with torch.no_grad():
+        scores = model.similarity(images, region_mask, texts, word_mask, image_block=4, caption_block=4)
+        hook.remove()
+        expected = torch.stack(
+            [
+                model.score_pairs(images[i : i + 1], region_mask[i : i + 1], texts, word_mask)[0]
+                for i in range(7)
+            ]
+        )
+    # Two blocks of images (4 + 3), each pooled once, however many blocks of captions the gallery has.
+    assert pooled == [4, 3]
+    torch.testing.assert_close(scores, expected.float(), rtol=1e-5, atol=1e-6)
