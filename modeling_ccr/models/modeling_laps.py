@@ -14,7 +14,7 @@ from transformers import initialization as init
 from .configuration_laps import LapsConfig
 from .constraints import AttentionFunction, MatchedAttention
 from .cross_attention import matched_view
-from .encoders import l2_normalize
+from .encoders import NORM_EPS, l2_normalize
 from .modeling_dvsa import best_region_attention
 from .modeling_matcher import MatcherPreTrainedModel
 
@@ -52,19 +52,24 @@ class LapsAggregation(nn.Module):
 
 @dataclass
 class SlimmedPatches:
-    """The slimmed tokens of every (image, caption) pair.
+    """The slimmed tokens of every (image, caption) pair, as mixtures of the image's original regions.
 
-    tokens: `(n_images, n_captions, T, D)` l2-normalised, T = [1 (cls)] + N_s + 1 (the fused token);
+    mixing: `(n_images, n_captions, T, n_regions)`, T = [1 (cls)] + N_s + 1 (the fused token): each token
+        as a convex combination of the image's ORIGINAL regions (rows of valid tokens sum to 1);
     token_mask: `(n_images, n_captions, T)` bool (the fused token is invalid when no patch was dropped);
-    mixing: `(n_images, n_captions, T, n_regions)`: each token as a convex combination of the image's
-        ORIGINAL regions (rows of valid tokens sum to 1), before normalisation;
-    kept: `(n_images, n_captions, n_regions)` bool, the spatial patches the selection kept.
+    kept: `(n_images, n_captions, n_regions)` bool, the spatial patches the selection kept;
+    regions: `(n_images, n_regions, D)`, the raw region projections the mixing is over.
     """
 
-    tokens: torch.Tensor
-    token_mask: torch.Tensor
     mixing: torch.Tensor
+    token_mask: torch.Tensor
     kept: torch.Tensor
+    regions: torch.Tensor
+
+    @property
+    def tokens(self) -> torch.Tensor:
+        """The l2-normalised tokens `(n_images, n_captions, T, D)`."""
+        return l2_normalize(mixed_tokens(self.mixing, self.regions))
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -127,26 +132,30 @@ def slim_patches(
     mixing = torch.cat(
         [aggregation_weights, fused_weights.unsqueeze(2)], dim=2
     )  # (images, captions, N_s+1, L)
-    slimmed = mixing @ patches.unsqueeze(1)
     token_mask = torch.cat(
         [torch.ones_like(mixing[..., :-1, 0], dtype=torch.bool), dropped.any(dim=-1, keepdim=True)], dim=-1
     )
     if cls_token:
-        n_captions = slimmed.shape[1]
-        slimmed = torch.cat([cls.unsqueeze(1).expand(-1, n_captions, -1, -1), slimmed], dim=2)
-        token_mask = torch.cat([torch.ones_like(token_mask[..., :1]), token_mask], dim=-1)
         # Mixing over the original regions: [CLS] is region 0 itself; the others shift by one.
         mixing = F.pad(mixing, (1, 0))
         cls_row = torch.zeros_like(mixing[..., :1, :])
         cls_row[..., 0] = 1.0
         mixing = torch.cat([cls_row, mixing], dim=2)
+        token_mask = torch.cat([torch.ones_like(token_mask[..., :1]), token_mask], dim=-1)
         kept = F.pad(kept, (1, 0))
-    return SlimmedPatches(l2_normalize(slimmed), token_mask, mixing, kept)
+        patches = torch.cat([cls, patches], dim=1)
+    return SlimmedPatches(mixing, token_mask, kept, patches)
+
+
+def mixed_tokens(mixing: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
+    """The tokens `(n_images, n_captions, T, D)` that mixing `(n_images, n_captions, T, L)` makes of patches
+    `(n_images, L, D)`: one (captions * T, L) @ (L, D) product per image (a broadcast
+    `mixing @ patches[:, None]` would copy every image's patches once per caption first)."""
+    return torch.bmm(mixing.flatten(1, 2), patches).view(*mixing.shape[:-1], patches.shape[-1])
 
 
 def sparse_alignment_scores(
-    tokens: torch.Tensor,
-    token_mask: torch.Tensor,
+    slimmed: SlimmedPatches,
     words: torch.Tensor,
     word_mask: torch.Tensor,
     directions: tuple[str, ...],
@@ -154,12 +163,22 @@ def sparse_alignment_scores(
 ) -> torch.Tensor:
     """LAPS's sparse patch-word alignment: `(n_images, n_captions)`.
 
-    tokens `(n_images, n_captions, T, D)` l2-normalised with token_mask `(n_images, n_captions, T)`, words
-    `(n_captions, n_words, D)` l2-normalised with word_mask `(n_captions, n_words)`. s_tk = leaky_relu(
-    <w_t, v_k>); t2i = mean over words of max_k s_tk; i2t = mean over tokens of max_t s_tk; summed over
-    `directions`.
+    words `(n_captions, n_words, D)` l2-normalised with word_mask `(n_captions, n_words)` bool; v_k the
+    slimmed tokens, l2-normalised. s_tk = leaky_relu(<w_t, v_k>); t2i = mean over words of max_k s_tk;
+    i2t = mean over tokens of max_t s_tk; summed over `directions`.
+
+    The tokens are never built: with v_k = sum_j M_kj p_j, <w_t, v_k> = sum_j M_kj <w_t, p_j> and
+    |v_k|^2 = M_k G M_k^T (G the image's region Gram matrix), so the only D-wide work is the one product
+    of all regions with all words that every cross-attention matcher pays (docs/scoring.md).
     """
-    sims = F.leaky_relu(torch.einsum("ickd,cwd->icwk", tokens, words), negative_slope=leaky_slope)
+    regions, mixing, token_mask = slimmed.regions, slimmed.mixing, slimmed.token_mask
+    word_region = torch.einsum("ild,cwd->icwl", regions, words)
+    token_word = word_region @ mixing.transpose(-1, -2)  # (images, captions, words, T)
+    gram = regions @ regions.transpose(1, 2)
+    squared_norms = (torch.bmm(mixing.flatten(1, 2), gram).view_as(mixing) * mixing).sum(dim=-1)
+    # l2_normalize's x / (|x| + eps), applied to the products instead of the tokens.
+    norms = squared_norms.clamp_min(0.0).sqrt() + NORM_EPS
+    sims = F.leaky_relu(token_word / norms.unsqueeze(2), negative_slope=leaky_slope)
     words_valid = word_mask.unsqueeze(0).expand(sims.shape[0], -1, -1)  # (images, captions, words)
     total = sims.new_zeros(sims.shape[:2])
     if "t2i" in directions:
@@ -219,8 +238,7 @@ class LapsModel(MatcherPreTrainedModel):
     ) -> torch.Tensor:
         slimmed = self.slim(image_embeds, region_mask, text_embeds, word_mask)
         return sparse_alignment_scores(
-            slimmed.tokens,
-            slimmed.token_mask,
+            slimmed,
             l2_normalize(text_embeds),
             word_mask.bool(),
             self.config.directions,
@@ -228,12 +246,10 @@ class LapsModel(MatcherPreTrainedModel):
         )
 
     def pair_scoring_bytes(self, n_regions: int, n_words: int, embed_dim: int) -> int:
-        # Per pair: the mixing weights (softmax input, output, gradient-free copy), the slimmed tokens
-        # (raw and normalised) and the token-word similarities (raw, leaky, masked).
+        # Per pair: the mixing weights (softmax input, output, gradient-free copy, times the Gram matrix),
+        # the word-region products and the token-word similarities (raw, leaky, masked); no D-wide tensor.
         n_tokens = self.config.aggregated_tokens + 2
-        return 4 * (
-            3 * n_tokens * n_regions + 2 * n_tokens * embed_dim + 3 * n_words * n_tokens + 4 * n_regions
-        )
+        return 4 * (4 * n_tokens * n_regions + n_words * n_regions + 3 * n_words * n_tokens + 4 * n_regions)
 
     @property
     def constrained_directions(self) -> tuple[str, ...]:
