@@ -222,7 +222,8 @@ def test_a_tower_model_loads_with_trust_remote_code_where_the_package_is_absent(
     assert result.returncode == 0, result.stderr[-3000:]
     with torch.no_grad():
         expected = model(**inputs).logits_per_image
-    assert torch.equal(torch.load(tmp_path / "remote.pt"), expected)
+    # Another process may take another BLAS kernel for the same product: equal to float32 rounding.
+    torch.testing.assert_close(torch.load(tmp_path / "remote.pt"), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():
