@@ -33,12 +33,16 @@ import yaml
 from transformers import PreTrainedTokenizerBase
 
 from ..artifacts.loading import load_matcher
+from ..data.image_corpus import tower_feature_split
+from ..data.schema import IMAGE_COLUMN, is_image_corpus
 from ..errors import UserError, first_line
 from ..evaluation.gallery import encode_captions, encode_images
 from ..evaluation.pictures import check_boxes, draw_attention, find_word, word_attention_over_regions
 from ..models.modeling_matcher import MatcherPreTrainedModel
 from ..models.pipelines import MAX_CAPTION_CHARS
 from ..text.tokenization import split_words
+from ..vision.digit_scenes import CONFIG_FILE as DIGIT_SCENES_CONFIG
+from ..vision.digit_scenes import DIGIT_WORDS
 
 
 class AppError(UserError, ValueError):
@@ -76,13 +80,17 @@ def load_app_matcher(model: str) -> Matcher:
 class Gallery:
     """A corpus split the app ranks and draws: `split` (one row per image), `images_dir` with its photos.
 
-    Region embeddings are encoded once per model (`embeddings`) and reused by every search.
+    An image corpus (the pixels, for models with a vision tower) is seen by each model through its own
+    tower, once (`seen_by`); its pictures are its own pixels. Region embeddings are encoded once per model
+    (`embeddings`) and reused by every search.
     """
 
     split: datasets.Dataset
     name: str
     images_dir: Path | None = None
+    _views: dict[int, datasets.Dataset] = field(default_factory=dict, repr=False)
     _embeddings: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
+    _pixels_dir: Path | None = field(default=None, repr=False)
 
     @property
     def image_ids(self) -> list[str]:
@@ -94,10 +102,29 @@ class Gallery:
             raise AppError(f"image {image_id!r} is not in {self.name}; some of its images: {ids[:5]}")
         return ids.index(image_id)
 
-    def regions(self, image_id: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """`(n_regions, feature_dim)` features and `(n_regions, 4)` boxes (None without a boxes column)."""
-        columns = ["features", "boxes"] if "boxes" in self.split.column_names else ["features"]
-        row = self.split.with_format("torch", columns=columns)[self.row(image_id)]
+    def seen_by(self, matcher: Matcher | None) -> datasets.Dataset:
+        """The split as `matcher` scores it: region features as stored, or an image corpus through the
+        matcher's vision tower (each image once, kept)."""
+        if not is_image_corpus(self.split):
+            return self.split
+        if matcher is None or getattr(matcher.model, "vision_tower", None) is None:
+            name = "the app" if matcher is None else matcher.name
+            raise AppError(
+                f"{self.name} holds images, but {name} reads region features: give it a feature corpus"
+            )
+        key = id(matcher.model)
+        if key not in self._views:
+            self._views[key] = tower_feature_split(matcher.model, self.split)
+        return self._views[key]
+
+    def regions(
+        self, image_id: str, matcher: Matcher | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`(n_regions, feature_dim)` features (of an image corpus: `matcher`'s tower features) and
+        `(n_regions, 4)` boxes in the image's pixels (None without a boxes column)."""
+        split = self.seen_by(matcher)
+        columns = ["features", "boxes"] if "boxes" in split.column_names else ["features"]
+        row = split.with_format("torch", columns=columns)[self.row(image_id)]
         return row["features"].float(), (row["boxes"].float() if "boxes" in row else None)
 
     def captions(self, image_id: str) -> list[str]:
@@ -110,7 +137,9 @@ class Gallery:
         return tuple(size) if size else None
 
     def photo(self, image_id: str) -> Path | None:
-        """The photo file of a row, when the gallery has an images folder holding it."""
+        """The photo file of a row: in the images folder, or an image corpus's own pixels (written once)."""
+        if is_image_corpus(self.split):
+            return self._pixels(image_id)
         if self.images_dir is None:
             return None
         path = self.images_dir / image_id
@@ -120,8 +149,20 @@ class Gallery:
         """`(n_images, max_regions, D)` region embeddings and mask of every row, for this matcher."""
         key = id(matcher.model)
         if key not in self._embeddings:
-            self._embeddings[key] = encode_images(matcher.model, self.split)
+            self._embeddings[key] = encode_images(matcher.model, self.seen_by(matcher))
         return self._embeddings[key]
+
+    def _pixels(self, image_id: str) -> Path:
+        """An image corpus row's encoded image as a file, for drawing on (its bytes as stored)."""
+        if self._pixels_dir is None:
+            self._pixels_dir = Path(tempfile.mkdtemp(prefix="ccr-app-images-"))
+        index = self.row(image_id)
+        path = self._pixels_dir / f"{index}.png"
+        if not path.is_file():
+            # The `image` feature decodes the stored bytes (or file) to a PIL image.
+            stored = self.split.select_columns([IMAGE_COLUMN]).with_format(None)[index][IMAGE_COLUMN]
+            stored.convert("RGB").save(path)
+        return path
 
 
 def corpus_of(matcher: Matcher) -> Path | None:
@@ -222,15 +263,16 @@ def search_images(matcher: Matcher, gallery: Gallery, caption: str, k: int) -> l
     return [(ids[i], float(scores[i])) for i in top]
 
 
-def default_word(caption: str) -> str:
-    """The word whose attention is drawn when none is chosen: the caption's longest word."""
+def default_word(caption: str, preferred: Sequence[str] = ()) -> str:
+    """The word whose attention is drawn when none is chosen: the caption's first `preferred` word (the
+    digit words on digit scenes), else its longest word."""
     words = [w for w in split_words(caption) if w.isalnum()] or split_words(caption)
-    return max(words, key=len)
+    return next((w for w in words if w in preferred), None) or max(words, key=len)
 
 
 def attention_figure(
     matchers: list[Matcher],
-    features: torch.Tensor,
+    features: torch.Tensor | Sequence[torch.Tensor],
     boxes: torch.Tensor,
     caption: str,
     word: str,
@@ -238,15 +280,20 @@ def attention_figure(
     image_path: str | Path | None = None,
     image_size: tuple[int, int] | None = None,
 ) -> Path:
-    """A PNG of `word`'s attention over the boxes, one panel per matcher, drawn on the photo when given."""
-    check_boxes(torch.as_tensor(boxes), features.shape[0])
+    """A PNG of `word`'s attention over the boxes, one panel per matcher, drawn on the photo when given.
+
+    features: the image's `(n_regions, feature_dim)` features, or one such tensor per matcher (each
+    vision tower's own features of the same regions)."""
+    per_matcher = [features] * len(matchers) if isinstance(features, torch.Tensor) else list(features)
+    for regions in per_matcher:
+        check_boxes(torch.as_tensor(boxes), regions.shape[0])
     word_index = find_word(caption, word or default_word(caption))
     panels = []
-    for matcher in matchers:
+    for matcher, regions in zip(matchers, per_matcher, strict=True):
         if not matcher.model.config.has_cross_attention:
             continue  # global-embedding models attend nowhere
         weights, _ = word_attention_over_regions(
-            matcher.model, matcher.tokenizer, features, caption, word_index
+            matcher.model, matcher.tokenizer, regions, caption, word_index
         )
         panels.append({"name": matcher.name, "boxes": boxes, "weights": weights})
     if not panels:
@@ -278,15 +325,31 @@ MAX_RESULTS = 12
 
 
 class MatchingApp:
-    """The app's state: one or two matchers, an optional gallery, an optional photo reader."""
+    """The app's state: one or two matchers, an optional gallery, an optional photo reader.
 
-    def __init__(self, matchers: list[Matcher], gallery: Gallery | None, photos: PhotoReader | None):
+    shown: the corpus image the page opens with, already ranked (None: an empty page); preferred_words:
+    the words drawn by default when the caption has one (the digit words on digit scenes)."""
+
+    def __init__(
+        self,
+        matchers: list[Matcher],
+        gallery: Gallery | None,
+        photos: PhotoReader | None,
+        shown: str | None = None,
+        preferred_words: Sequence[str] = (),
+    ):
         if not 1 <= len(matchers) <= 2:
             raise AppError(f"the app compares one or two models, got {len(matchers)}")
+        if shown is not None and gallery is None:
+            raise AppError(f"--show {shown}: the app has no corpus to show it from (give --corpus DIR)")
         self.matchers = matchers
         self.gallery = gallery
         self.photos = photos
+        self.shown = shown
+        self.preferred_words = tuple(preferred_words)
         self.scratch = Path(tempfile.mkdtemp(prefix="ccr-app-"))
+        if shown is not None:
+            gallery.row(shown)  # an unknown image is refused at start, in one line
 
     # -- the three answers --------------------------------------------------------------------------
     def rank(
@@ -297,11 +360,11 @@ class MatchingApp:
         lines = [line for line in (captions or "").splitlines() if line.strip()]
         if not lines and image_id and self.gallery is not None and not photo:
             lines = self.gallery.captions(image_id)
-        rankings = [dict(rank_captions(m, features, lines)) for m in self.matchers]
+        rankings = [dict(rank_captions(m, f, lines)) for m, f in zip(self.matchers, features, strict=True)]
         order = list(rankings[0])
         rows = [[i + 1, c, *[round(r[c], 4) for r in rankings]] for i, c in enumerate(order)]
         top = order[0]
-        chosen = word.strip() if word and word.strip() else default_word(top)
+        chosen = word.strip() if word and word.strip() else default_word(top, self.preferred_words)
         picture = attention_figure(
             self.matchers, features, boxes, top, chosen, self.scratch / "attention.png", image_path, size
         )
@@ -328,16 +391,19 @@ class MatchingApp:
 
     # -- helpers ------------------------------------------------------------------------------------
     def _image(self, photo: str | None, image_id: str | None):
-        """Features, boxes, photo path and size of the uploaded photo, else of the picked corpus image."""
+        """Features (one tensor per matcher), boxes, photo path and size of the uploaded photo, else of the
+        picked corpus image."""
         if photo:
             if self.photos is None:
                 raise AppError("photos need the region extractor: start the app with the corpus's extraction")
             features, boxes, size = self.photos.read(photo)
-            return features, boxes, photo, size
+            return [features] * len(self.matchers), boxes, photo, size
         if image_id and self.gallery is not None:
-            features, boxes = self.gallery.regions(image_id)
+            seen = [self.gallery.regions(image_id, m) for m in self.matchers]
+            boxes = seen[0][1]
             if boxes is None:
                 raise AppError(f"{self.gallery.name} has no region boxes: attention cannot be drawn")
+            features = [regions for regions, _ in seen]
             return features, boxes, self.gallery.photo(image_id), self.gallery.image_size(image_id)
         raise AppError("upload a photo or pick an image of the corpus")
 
@@ -347,7 +413,7 @@ class MatchingApp:
             from ..vision import read_image
 
             return np.asarray(read_image(photo))
-        _, boxes = self.gallery.regions(image_id)
+        _, boxes = self.gallery.regions(image_id, self.matchers[0])
         if boxes is None:
             raise AppError(f"{self.gallery.name} has neither photos (--images) nor boxes to draw")
         out = self.scratch / f"layout_{abs(hash(image_id))}.png"
@@ -430,6 +496,11 @@ def build_demo(app: MatchingApp):
 
     names = [m.name for m in app.matchers]
     image_ids = app.gallery.image_ids if app.gallery is not None else []
+    # The opening view: the shown image, its own captions ranked, its default word's attention.
+    opening = {"captions": "", "preview": None, "rows": None, "picture": None, "note": ""}
+    if app.shown is not None:
+        opening["captions"], opening["preview"] = app.pick(app.shown)
+        opening["rows"], opening["picture"], opening["note"] = app.rank(None, app.shown, "", "")
     with gr.Blocks(title="modeling-ccr: image-text matching") as demo:
         gr.Markdown(
             f"# Image-text matching with {' vs '.join(names)}\n"
@@ -448,20 +519,27 @@ def build_demo(app: MatchingApp):
                         )
                     )
                     picked = gr.Dropdown(
-                        image_ids, value=None, label="...or pick an image of the corpus", elem_id="pick"
+                        image_ids, value=app.shown, label="...or pick an image of the corpus", elem_id="pick"
                     )
-                    captions = gr.Textbox(lines=5, label="Captions, one per line", elem_id="captions")
+                    captions = gr.Textbox(
+                        opening["captions"], lines=5, label="Captions, one per line", elem_id="captions"
+                    )
                     word = gr.Textbox(label="Word to show (default: the longest word)", elem_id="word")
                     rank_button = gr.Button("Rank captions", variant="primary", elem_id="rank")
                 with gr.Column():
                     ranked = gr.Dataframe(
+                        opening["rows"],
                         headers=["rank", "caption", *[f"score ({n})" for n in names]],
                         label="Ranked captions",
                         elem_id="ranked",
                     )
-                    note = gr.Markdown(elem_id="note")
-                    attention = gr.Image(label="Attention over the regions", elem_id="attention")
-            preview = gr.Image(label="Picked image", elem_id="preview", visible=bool(image_ids))
+                    note = gr.Markdown(opening["note"], elem_id="note")
+                    attention = gr.Image(
+                        opening["picture"], label="Attention over the regions", elem_id="attention"
+                    )
+            preview = gr.Image(
+                opening["preview"], label="Picked image", elem_id="preview", visible=bool(image_ids)
+            )
         with gr.Tab("Search the corpus with a caption"):
             query = gr.Textbox(label="Caption", elem_id="query")
             k = gr.Slider(1, MAX_RESULTS, value=4, step=1, label="Images to show", elem_id="k")
@@ -484,12 +562,25 @@ def build_demo(app: MatchingApp):
 # ---------------------------------------------------------------------------------------------------------
 
 
+# `ccr demo --corpus digit-scenes` writes these (modeling_ccr/cli/run.py, DIGIT_SCENES_DEMO_DIR); with no
+# --model the app opens them, the constrained model beside the plain one.
+DEMO_DIR = "runs/demo_digit_scenes"
+DEMO_MODELS = ("constrained", "plain")
+DEMO_COMMAND = "ccr demo --corpus digit-scenes"
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     env = os.environ.get
     parser = argparse.ArgumentParser(
-        prog="app.py", description="Web app: rank captions for a photo, search a corpus, see the attention."
+        prog="app.py",
+        description="Web app: rank captions for a photo, search a corpus, see the attention. With no --model: "
+        f"the digit-scenes demo models ({DEMO_DIR}/{{{','.join(DEMO_MODELS)}}}, made by `{DEMO_COMMAND}`).",
     )
-    parser.add_argument("--model", default=env("CCR_MODEL"), help="model folder or Hub id (env CCR_MODEL)")
+    parser.add_argument(
+        "--model",
+        default=env("CCR_MODEL"),
+        help="model folder or Hub id (env CCR_MODEL; default: the demo's)",
+    )
     parser.add_argument("--model2", default=env("CCR_MODEL2"), help="a second model shown side by side")
     parser.add_argument(
         "--corpus", default=env("CCR_CORPUS"),
@@ -508,16 +599,36 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--host", default=env("GRADIO_SERVER_NAME", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(env("GRADIO_SERVER_PORT", "7860")))
+    parser.add_argument(
+        "--show", default=env("CCR_SHOW"),
+        help="a corpus image (image_id) the page opens with, ranked (default with the demo models: the test "
+        "split's first image)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
-    if not args.model:
-        parser.error("give --model (a model folder or a Hub id) or set CCR_MODEL")
+    args.demo = not args.model
+    if args.demo and args.model2:
+        parser.error("--model2 needs --model (with neither, the app opens the two demo models)")
     return args
+
+
+def demo_model_folders(root: str | Path = DEMO_DIR) -> list[Path]:
+    """The demo's model folders, constrained first; missing ones are a one-line error naming the command."""
+    folders = [Path(root) / name / "model" for name in DEMO_MODELS]
+    missing = [str(folder) for folder in folders if not (folder / "config.json").is_file()]
+    if missing:
+        raise AppError(
+            f"the demo models are missing ({', '.join(missing)}): make them with `{DEMO_COMMAND}` "
+            "(a few minutes on a CPU), or give --model DIR"
+        )
+    return folders
 
 
 def build_app(args: argparse.Namespace):
     """The `MatchingApp` (models, gallery, photo reader) described by the parsed arguments."""
     from ..data.corpora import load_evaluation_split
 
+    if args.demo:
+        args.model, args.model2 = map(str, demo_model_folders())
     matchers = [load_app_matcher(m) for m in (args.model, args.model2) if m]
     gallery = None
     if args.corpus or (matchers[0].folder / "training_config.yaml").is_file():
@@ -536,7 +647,11 @@ def build_app(args: argparse.Namespace):
             f"the photo extractor gives {photos.feature_dim}-d features; {matchers[0].name} takes "
             f"{matchers[0].feature_dim}-d: photos need the extractor the model was trained with"
         )
-    return MatchingApp(matchers, gallery, photos)
+    shown = args.show
+    if shown is None and args.demo and gallery is not None:
+        shown = gallery.image_ids[0]
+    digit_scenes = corpus is not None and (corpus / DIGIT_SCENES_CONFIG).is_file()
+    return MatchingApp(matchers, gallery, photos, shown, DIGIT_WORDS if digit_scenes else ())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

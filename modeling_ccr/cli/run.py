@@ -15,6 +15,10 @@ from ..resources import published_configs, resolve_config
 DEMO_CONFIG = "demo"  # a published config (configs/demo.yaml)
 # `ccr demo --corpus digit-scenes` trains the base cell of this grid (configs/ablation_digit_scenes_e2e.yaml).
 DIGIT_SCENES_GRID = "ablation_digit_scenes_e2e"
+# ...twice, into DIGIT_SCENES_DEMO_DIR/<name>: plain (the grid's base variant) and constrained (CCR + CCS);
+# the app opens these two by default (modeling_ccr/apps/gradio_app.py).
+DIGIT_SCENES_DEMO_DIR = "runs/demo_digit_scenes"
+DIGIT_SCENES_DEMO_MODELS = {"plain": "base", "constrained": "+both"}
 # Model options that tell published configs of one backbone apart, in the order they are shown.
 SUMMARY_OPTIONS = ("direction", "aggregation", "focal", "sgr_steps")
 
@@ -90,38 +94,73 @@ def add_train_parser(commands) -> None:
     train.set_defaults(handler=command_train)
 
 
-def digit_scenes_demo(args: argparse.Namespace) -> None:
-    """Point a demo at the base cell of the end-to-end digit-scenes grid (DIGIT_SCENES_GRID): its corpus
-    (the pixels, written once into its folder or --corpus-dir) and, unless --config names another, its
-    base run config (SCAN t2i with the EfficientNet-Lite0 tower)."""
+def digit_scenes_demo(args: argparse.Namespace) -> list[Path]:
+    """Train the demo's two models on the digit scenes: the base cell of the end-to-end grid
+    (DIGIT_SCENES_GRID: its corpus, written once into its folder or --corpus-dir, and, unless --config names
+    another, its base run config: SCAN t2i with the frozen EfficientNet-Lite0 tower), once plain and once
+    with the grid's constrained variant, into `<root>/plain/model` and `<root>/constrained/model` (root:
+    DIGIT_SCENES_DEMO_DIR, or `--set output_dir=DIR`). The other --set keys apply to both models."""
     from ..training.ablation import load_ablation, prepare_corpus
+    from ..training.experiment import load_experiment_config, run_experiment
     from .ablate import resolve_ablation
 
     grid = load_ablation(resolve_ablation(DIGIT_SCENES_GRID))
     if args.corpus_dir is not None:
         grid.corpus = {**grid.corpus, "path": args.corpus_dir}
-    if args.config == DEMO_CONFIG:
-        args.config = str(grid.runs[0].base)
-    source = prepare_corpus(grid)["data.source"]
-    args.set = [f"data.source={source}", "output_dir=runs/demo_digit_scenes", *args.set]
+    base = grid.runs[0].base if args.config == DEMO_CONFIG else resolve_config(args.config)
+    overrides = {**prepare_corpus(grid), **parse_overrides(args.set)}
+    root = Path(overrides.pop("output_dir", DIGIT_SCENES_DEMO_DIR))
+    model_dirs = []
+    for name, variant in DIGIT_SCENES_DEMO_MODELS.items():
+        weights = {f"model.{key}": value for key, value in demo_constraints(grid, variant).items()}
+        config = load_experiment_config(base, {**overrides, **weights, "output_dir": str(root / name)})
+        model_dirs.append(run_experiment(config, overwrite=args.overwrite))
+    return model_dirs
 
 
-def command_demo(args: argparse.Namespace) -> None:
+def demo_constraints(grid, variant: str) -> dict[str, float]:
+    """The CCR and CCS weights of one variant of the grid's first model (its first seed's cell)."""
+    first = grid.runs[0]
+    cells = [r for r in grid.runs if (r.model, r.variant, r.seed) == (first.model, variant, first.seed)]
+    if not cells:
+        raise InvalidValueError(
+            f"{grid.source}: model {first.model!r} has no variant {variant!r} for the demo"
+        )
+    return {key: float(cells[0].overrides["model"].get(key, 0.0)) for key in ("ccr_weight", "ccs_weight")}
+
+
+def print_demo_model(model_dir: Path, title: str) -> None:
     import json
 
-    args.resume = None
-    if args.corpus == "digit-scenes":
-        digit_scenes_demo(args)
-    model_dir = command_train(args)
     record = json.loads((model_dir / "eval_results_test.json").read_text())
     print_results(
-        record["metrics"], f"SCAN on the test split of the {record['dataset']} (chance level below)"
+        record["metrics"], f"{title} on the test split of the {record['dataset']} (chance level below)"
     )
     if "attention" in record["metrics"]:
         print(format_attention(record["metrics"]["attention"], "SCAN"))
     if "attention_drift" in record["metrics"]:
         print(format_drift(record["metrics"]["attention_drift"], "SCAN"))
-    print(f"\nLoad it with: AutoModel.from_pretrained({str(model_dir)!r})")
+    print(f"Load it with: AutoModel.from_pretrained({str(model_dir)!r})")
+
+
+def command_demo(args: argparse.Namespace) -> None:
+    if args.corpus == "digit-scenes":
+        model_dirs = digit_scenes_demo(args)
+        for model_dir, name in zip(model_dirs, DIGIT_SCENES_DEMO_MODELS, strict=True):
+            weights = ", ".join(f"{k} {v:g}" for k, v in demo_constraints_of(model_dir).items())
+            print_demo_model(model_dir, f"SCAN {name} ({weights})")
+        print(
+            f"\nSee them side by side: python app.py (it opens {DIGIT_SCENES_DEMO_DIR}/{{constrained,plain}})"
+        )
+        return
+    args.resume = None
+    print_demo_model(command_train(args), "SCAN")
+
+
+def demo_constraints_of(model_dir: Path) -> dict[str, float]:
+    """The CCR and CCS weights a trained model folder records (its training_config.yaml)."""
+    model = (yaml.safe_load((model_dir / "training_config.yaml").read_text()) or {}).get("model", {})
+    return {key: float(model.get(key, 0.0)) for key in ("ccr_weight", "ccs_weight")}
 
 
 def add_demo_parser(commands) -> None:
