@@ -3,7 +3,8 @@ drawn over the region boxes, and search a corpus with a caption; one or two mode
 
 `python app.py --model runs/demo/model [--model2 DIR] [--corpus DIR] [--images DIR]` (or
 `python -m modeling_ccr.apps.gradio_app ...`); on a Hugging Face Space the same settings come from the environment
-(CCR_MODEL, CCR_MODEL2, CCR_CORPUS, CCR_SPLIT, CCR_IMAGES). docs/app.md.
+(CCR_MODEL, CCR_MODEL2, CCR_CORPUS, CCR_SPLIT, CCR_IMAGES, CCR_SHOW). With no model the app opens the
+digit-scenes demo models (`ccr demo --corpus digit-scenes`, DEMO_DIR) on a test scene, ranked. docs/app.md.
 
 - What the app computes, without any UI: `Matcher` (a loaded model, from a folder or a Hub id),
   `Gallery` (a corpus split whose region embeddings are encoded once per model, with its photo folder),
@@ -496,6 +497,7 @@ def build_demo(app: MatchingApp):
 
     names = [m.name for m in app.matchers]
     image_ids = app.gallery.image_ids if app.gallery is not None else []
+    default_choice = "a digit word, else the longest word" if app.preferred_words else "the longest word"
     # The opening view: the shown image, its own captions ranked, its default word's attention.
     opening = {"captions": "", "preview": None, "rows": None, "picture": None, "note": ""}
     if app.shown is not None:
@@ -524,7 +526,7 @@ def build_demo(app: MatchingApp):
                     captions = gr.Textbox(
                         opening["captions"], lines=5, label="Captions, one per line", elem_id="captions"
                     )
-                    word = gr.Textbox(label="Word to show (default: the longest word)", elem_id="word")
+                    word = gr.Textbox(label=f"Word to show (default: {default_choice})", elem_id="word")
                     rank_button = gr.Button("Rank captions", variant="primary", elem_id="rank")
                 with gr.Column():
                     ranked = gr.Dataframe(
@@ -532,6 +534,9 @@ def build_demo(app: MatchingApp):
                         headers=["rank", "caption", *[f"score ({n})" for n in names]],
                         label="Ranked captions",
                         elem_id="ranked",
+                        # Long captions wrap, so every model's score column stays in view.
+                        wrap=True,
+                        column_widths=["10%", f"{90 - 18 * len(names)}%", *[f"{18}%"] * len(names)],
                     )
                     note = gr.Markdown(opening["note"], elem_id="note")
                     attention = gr.Image(
