@@ -149,9 +149,12 @@ def command_demo(args: argparse.Namespace) -> None:
         for model_dir, name in zip(model_dirs, DIGIT_SCENES_DEMO_MODELS, strict=True):
             weights = ", ".join(f"{k} {v:g}" for k, v in demo_constraints_of(model_dir).items())
             print_demo_model(model_dir, f"SCAN {name} ({weights})")
-        print(
-            f"\nSee them side by side: python app.py (it opens {DIGIT_SCENES_DEMO_DIR}/{{constrained,plain}})"
-        )
+        plain, constrained = model_dirs
+        default = [str(d) for d in model_dirs] == [
+            f"{DIGIT_SCENES_DEMO_DIR}/{n}/model" for n in DIGIT_SCENES_DEMO_MODELS
+        ]
+        app = "python app.py" if default else f"python app.py --model {constrained} --model2 {plain}"
+        print(f"\nSee them side by side: {app}")
         return
     args.resume = None
     print_demo_model(command_train(args), "SCAN")
@@ -177,8 +180,9 @@ def add_demo_parser(commands) -> None:
         "--corpus",
         default="synthetic",
         choices=["synthetic", "digit-scenes"],
-        help="the built-in synthetic corpus, or digit scenes: real handwritten-digit pixels, trained end to end "
-        "with a vision tower (docs/digit_scenes.md)",
+        help="the built-in synthetic corpus, or digit scenes: real handwritten-digit pixels, two models (plain "
+        f"and CCR + CCS) trained end to end with a vision tower into {DIGIT_SCENES_DEMO_DIR}/{{plain,constrained}} "
+        "(--set output_dir=DIR for another folder), which `python app.py` opens (docs/app.md)",
     )
     demo.add_argument(
         "--corpus-dir",
