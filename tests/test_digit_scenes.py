@@ -256,7 +256,7 @@ def test_ccr_demo_trains_the_end_to_end_grids_base_cell_on_digit_scenes_as_image
     assert main([*argv, f"--set=output_dir={tmp_path / 'run'}"]) == 0
     out = capsys.readouterr().out
     assert "attention of SCAN" in out and "habitat texture" in out  # the drift of the digit words
-    record = yaml.safe_load((tmp_path / "run" / "model" / "training_config.yaml").read_text())
+    record = yaml.safe_load((tmp_path / "run" / "plain" / "model" / "training_config.yaml").read_text())
     assert record["data"]["source"] == str(tmp_path / "digits")
     assert record["model"]["vision_tower"]["architecture"] == "test_efficientnet"  # the grid's base config
     assert (tmp_path / "digits" / "digit_scenes_config.json").is_file()
