@@ -169,6 +169,58 @@ class GalleryScoring:
         return self._compiled_score_pairs
 
 
+class GlobalEmbeddingScoring:
+    """Scoring for matchers whose score is the product of independent global embeddings (VSE++,
+    VSE-infinity): the subclass defines `image_embedding(image_embeds, region_mask)` and
+    `text_embedding(text_embeds, word_mask)`, each `(batch, embed_dim)` l2-normalised. Put it before
+    MatcherPreTrainedModel in the bases."""
+
+    def score_pairs(
+        self,
+        image_embeds: torch.Tensor,
+        region_mask: torch.Tensor,
+        text_embeds: torch.Tensor,
+        word_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        return self.image_embedding(image_embeds, region_mask) @ self.text_embedding(text_embeds, word_mask).T
+
+    def similarity(
+        self,
+        image_embeds: torch.Tensor,
+        region_mask: torch.Tensor,
+        text_embeds: torch.Tensor,
+        word_mask: torch.Tensor,
+        image_block: int | None = None,
+        caption_block: int | None = None,
+        dtype: torch.dtype | None = None,
+        compile: bool = False,
+    ) -> torch.Tensor:
+        """`GalleryScoring.similarity` for global embeddings: each image and each caption pooled once, then
+        one product (the pair tiles would pool every image again for every block of captions).
+        image_block / caption_block bound how many items are pooled at once (default 1024); dtype runs
+        under autocast; compile compiles the poolings."""
+        device = image_embeds.device
+        embed_images = torch.compile(self.image_embedding, dynamic=True) if compile else self.image_embedding
+        embed_texts = torch.compile(self.text_embedding, dynamic=True) if compile else self.text_embedding
+        with (
+            torch.autocast(device.type, dtype=dtype, enabled=dtype is not None),
+            free_core_threads(device),
+        ):
+            images = pooled_in_blocks(embed_images, image_embeds, region_mask, image_block or 1024)
+            captions = pooled_in_blocks(embed_texts, text_embeds, word_mask, caption_block or 1024)
+            return (images @ captions.T).float()
+
+
+def pooled_in_blocks(
+    pool: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    items: torch.Tensor,
+    mask: torch.Tensor,
+    block: int,
+) -> torch.Tensor:
+    """`pool(items, mask)` `(n, embed_dim)` of items `(n, length, dim)`, at most `block` items at a time."""
+    return torch.cat([pool(items[i : i + block], mask[i : i + block]) for i in range(0, len(items), block)])
+
+
 class MatcherPreTrainedModel(GalleryScoring, PreTrainedModel):
     config_class = MatcherConfig
     base_model_prefix = "matcher"

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import nn
 from transformers import initialization as init
 
 from .configuration_vse_infty import VseInftyConfig
 from .encoders import l2_normalize
-from .gallery_scoring import free_core_threads
-from .modeling_matcher import MatcherPreTrainedModel
+from .modeling_matcher import GlobalEmbeddingScoring, MatcherPreTrainedModel
 from .modeling_sgraf import masked_batch_norm
 from .pooling import GeneralizedPooling
 
@@ -50,7 +47,7 @@ class VseInftyRegionMlp(nn.Module):
         return self.output(hidden) * mask.unsqueeze(-1).to(hidden.dtype)
 
 
-class VseInftyModel(MatcherPreTrainedModel):
+class VseInftyModel(GlobalEmbeddingScoring, MatcherPreTrainedModel):
     """Score = cos(GPO of an image's region embeddings, GPO of a caption's word embeddings).
 
     Regions: linear projection (+ the residual MLP with `region_mlp`); words: the word GRU (mean of both
@@ -96,51 +93,3 @@ class VseInftyModel(MatcherPreTrainedModel):
     def text_embedding(self, text_embeds: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
         """The global caption vector `(batch, embed_dim)`, l2-normalised, of word embeddings."""
         return l2_normalize(self.word_pooling(text_embeds, word_mask))
-
-    def similarity(
-        self,
-        image_embeds: torch.Tensor,
-        region_mask: torch.Tensor,
-        text_embeds: torch.Tensor,
-        word_mask: torch.Tensor,
-        image_block: int | None = None,
-        caption_block: int | None = None,
-        dtype: torch.dtype | None = None,
-        compile: bool = False,
-    ) -> torch.Tensor:
-        """Scores of a whole gallery `(n_images, n_captions)` float32: each image and each caption pooled
-        once, then one product.
-
-        The pair tiles of the cross-attention matchers would pool every image again for every group of
-        captions, and GPO's GRU dominates this model's cost. image_block / caption_block bound how many
-        items are pooled at once (default 1024); dtype runs under autocast; compile compiles the poolings.
-        """
-        device = image_embeds.device
-        embed_images = torch.compile(self.image_embedding, dynamic=True) if compile else self.image_embedding
-        embed_texts = torch.compile(self.text_embedding, dynamic=True) if compile else self.text_embedding
-        with (
-            torch.autocast(device.type, dtype=dtype, enabled=dtype is not None),
-            free_core_threads(device),
-        ):
-            images = pooled_in_blocks(embed_images, image_embeds, region_mask, image_block or 1024)
-            captions = pooled_in_blocks(embed_texts, text_embeds, word_mask, caption_block or 1024)
-            return (images @ captions.T).float()
-
-    def score_pairs(
-        self,
-        image_embeds: torch.Tensor,
-        region_mask: torch.Tensor,
-        text_embeds: torch.Tensor,
-        word_mask: torch.Tensor,
-    ) -> torch.Tensor:
-        return self.image_embedding(image_embeds, region_mask) @ self.text_embedding(text_embeds, word_mask).T
-
-
-def pooled_in_blocks(
-    pool: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    items: torch.Tensor,
-    mask: torch.Tensor,
-    block: int,
-) -> torch.Tensor:
-    """`pool(items, mask)` `(n, embed_dim)` of items `(n, length, dim)`, at most `block` items at a time."""
-    return torch.cat([pool(items[i : i + block], mask[i : i + block]) for i in range(0, len(items), block)])

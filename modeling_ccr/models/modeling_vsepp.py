@@ -6,7 +6,7 @@ import torch
 
 from .configuration_vsepp import VseppConfig
 from .encoders import l2_normalize
-from .modeling_matcher import MatcherPreTrainedModel
+from .modeling_matcher import GlobalEmbeddingScoring, MatcherPreTrainedModel
 
 
 def mean_pool(items: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -15,7 +15,7 @@ def mean_pool(items: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return l2_normalize((items * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0))
 
 
-class VseppModel(MatcherPreTrainedModel):
+class VseppModel(GlobalEmbeddingScoring, MatcherPreTrainedModel):
     """Score = cos(mean of an image's region embeddings, mean of a caption's word embeddings)."""
 
     config_class = VseppConfig
@@ -24,11 +24,10 @@ class VseppModel(MatcherPreTrainedModel):
         super().__init__(config)
         self.post_init()
 
-    def score_pairs(
-        self,
-        image_embeds: torch.Tensor,
-        region_mask: torch.Tensor,
-        text_embeds: torch.Tensor,
-        word_mask: torch.Tensor,
-    ) -> torch.Tensor:
-        return mean_pool(image_embeds, region_mask) @ mean_pool(text_embeds, word_mask).T
+    def image_embedding(self, image_embeds: torch.Tensor, region_mask: torch.Tensor) -> torch.Tensor:
+        """The l2-normalised mean `(batch, embed_dim)` of an image's region embeddings."""
+        return mean_pool(image_embeds, region_mask)
+
+    def text_embedding(self, text_embeds: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
+        """The l2-normalised mean `(batch, embed_dim)` of a caption's word embeddings."""
+        return mean_pool(text_embeds, word_mask)
