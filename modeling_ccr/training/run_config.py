@@ -14,7 +14,9 @@ the model section is checked against and passed through to; corpus defaults in `
 Every error names the file, the field, what was expected and what was found (data/config_fields.py).
 """
 
+import contextlib
 import dataclasses
+import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -101,11 +103,14 @@ class RunTrainingArguments(TrainingArguments):
         },
     )
     # MatchingTrainer's own keys (not TrainingArguments'; see its docstring).
-    lr_decay_epochs: float | None = dataclasses.field(
+    # `list`, not `list[float]`: the section reader types scalar annotations only, and would refuse a list
+    # for a `float`; `decay_schedule` checks both forms.
+    lr_decay_epochs: float | list | None = dataclasses.field(
         default=15.0,
         metadata={
-            "help": "Multiply the learning rate by lr_decay_factor every this many epochs (SCAN: 15 on "
-            "Flickr30K, 10 on COCO); null keeps the TrainingArguments scheduler.",
+            "help": "A number: multiply the learning rate by lr_decay_factor every this many epochs "
+            "(SCAN: 15 on Flickr30K, 10 on COCO). A list of increasing epochs: multiply it once at each "
+            "(LAPS: [9, 15, 20, 25]). null keeps the TrainingArguments scheduler.",
             MATCHING_TRAINER: True,
         },
     )
@@ -146,6 +151,7 @@ class RunTrainingArguments(TrainingArguments):
     }
 
     def __post_init__(self) -> None:
+        self.lr_decay_epochs = decay_schedule(self.lr_decay_epochs)
         check_choices(self, "training", self.trainer_options())
         for key, (lowest, inclusive) in self.RANGES.items():
             value = getattr(self, key)
@@ -165,6 +171,46 @@ class RunTrainingArguments(TrainingArguments):
             for f in dataclasses.fields(self)
             if f.metadata.get(MATCHING_TRAINER)
         }
+
+
+DECAY_SCHEDULE = (
+    "a positive number of epochs (a period), a non-empty strictly increasing list of positive epochs "
+    "(milestones) or null"
+)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def decay_schedule(value: Any, key: str = "training.lr_decay_epochs") -> float | list[float] | None:
+    """`lr_decay_epochs` checked: a period as a float (a number in quotes too, as every float key takes
+    it), milestones as a list of floats, or None; FieldValueError naming the key otherwise."""
+    if value is None:
+        return None
+    period = value
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            period = float(value)
+    if _is_number(period) and period > 0:
+        return float(period)
+    if not isinstance(value, (list, tuple)):
+        raise FieldValueError(f"{key} must be {DECAY_SCHEDULE}, found {value!r} ({type(value).__name__})")
+    if not value:
+        raise FieldValueError(f"{key} must be {DECAY_SCHEDULE}, found an empty list")
+    for i, epoch in enumerate(value):
+        if not _is_number(epoch) or epoch <= 0:
+            raise FieldValueError(
+                f"{key}[{i}] must be a positive finite number of epochs, "
+                f"found {epoch!r} ({type(epoch).__name__})"
+            )
+    for i in range(1, len(value)):
+        if value[i] <= value[i - 1]:
+            raise FieldValueError(
+                f"{key} must be strictly increasing, "
+                f"found {value[i]!r} after {value[i - 1]!r} in {list(value)!r}"
+            )
+    return [float(epoch) for epoch in value]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -343,6 +389,12 @@ def parse_experiment_config(raw: dict[str, Any], where: str = "<dict>") -> Exper
     evaluation = read_section(EvaluationConfig, "evaluation", raw.get("evaluation", {}), where)
     model = ModelSection.from_mapping(raw["model"], where)
     training = dict(raw.get("training", {}))
+    if "lr_decay_epochs" in training:
+        # Typed here, before the section reader, so that training_config.yaml records what the run used.
+        try:
+            training["lr_decay_epochs"] = decay_schedule(training["lr_decay_epochs"])
+        except FieldValueError as err:
+            raise ConfigError(f"{where}: {err}") from None
     for key, top in FROM_TOP_LEVEL.items():
         if key in training:
             raise ConfigError(

@@ -10,11 +10,13 @@ or below chance after the first epoch is reported.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import json
 import math
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -90,8 +92,10 @@ class VisionTowerFreezeCallback(TrainerCallback):
 class MatchingTrainer(Trainer):
     """Trainer whose `eval_dataset` is a one-row-per-image corpus split, scored as a full gallery.
 
-    lr_decay_epochs: multiply the learning rate by `lr_decay_factor` every this many epochs (SCAN: 15 on
-        Flickr30K, 10 on COCO); None keeps the TrainingArguments scheduler.
+    lr_decay_epochs: a number: multiply the learning rate by `lr_decay_factor` every this many epochs (SCAN:
+        15 on Flickr30K, 10 on COCO); a sequence of increasing epochs: multiply it once at each (LAPS:
+        [9, 15, 20, 25]); None keeps the TrainingArguments scheduler. An epoch e is step
+        ceil(e * steps_per_epoch()), the first step trained at the lower rate.
     eval_protocol / captions_per_image: retrieval protocol of `evaluate()` (docs/spec.md section 5).
     hinge_warmup_steps: train this many steps with the hinge summed over negatives before the model's
         hardest-negative hinge (`max_violation`) takes over; 0 = no warm-up.
@@ -110,7 +114,7 @@ class MatchingTrainer(Trainer):
     def __init__(
         self,
         *args,
-        lr_decay_epochs: float | None = None,
+        lr_decay_epochs: float | Sequence[float] | None = None,
         lr_decay_factor: float = 0.1,
         eval_protocol: str = "full",
         captions_per_image: int | None = 5,
@@ -397,11 +401,22 @@ class MatchingTrainer(Trainer):
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
         if self.lr_decay_epochs is None or self.lr_scheduler is not None:
             return super().create_scheduler(num_training_steps, optimizer)
-        decay_every = max(1, math.ceil(self.lr_decay_epochs * self.steps_per_epoch()))
         factor = self.lr_decay_factor
-        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer or self.optimizer, lambda step: factor ** (step // decay_every)
-        )
+        if isinstance(self.lr_decay_epochs, (list, tuple)):
+            # A function of the step alone, as the period's: a resumed run's scheduler (its step restored
+            # from the checkpoint) gives the rate the uninterrupted run had.
+            milestones = [math.ceil(epoch * self.steps_per_epoch()) for epoch in self.lr_decay_epochs]
+
+            def schedule(step: int) -> float:
+                return factor ** bisect.bisect_right(milestones, step)
+
+        else:
+            decay_every = max(1, math.ceil(self.lr_decay_epochs * self.steps_per_epoch()))
+
+            def schedule(step: int) -> float:
+                return factor ** (step // decay_every)
+
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer or self.optimizer, schedule)
         self._created_lr_scheduler = True
         return self.lr_scheduler
 
