@@ -260,3 +260,70 @@ def test_a_channels_last_network_gives_its_map_cells_as_regions():
     features, mask, boxes = model.vision_tower(torch.randn(2, 3, 64, 64))
     assert features.shape == (2, 4, model.vision_tower.feature_dim) and mask.all()
     assert torch.equal(boxes[0], grid_boxes(64, 64, 2))
+
+
+def test_a_swin_tower_reloads_its_window_buffers_and_scores_the_same(tmp_path):
+    """Swin's relative-position indices and shifted-window masks are not saved: loading must rebuild them
+    (transformers leaves such buffers uninitialised), or the reloaded model indexes garbage."""
+    config_class, model_class = BACKBONES["scan"]
+    config = config_class(
+        vocab_size=20, embed_dim=16, word_dim=8, vision_tower={"architecture": "swin_tiny_patch4_window7_224"}
+    )
+    torch.manual_seed(0)
+    model = model_class(config).eval()
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModel.from_pretrained(tmp_path).eval()
+    for name, buffer in model.named_buffers():
+        assert torch.equal(dict(reloaded.named_buffers())[name], buffer), name
+    inputs = {
+        **batch(1),
+        "pixel_values": torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(2)),
+    }
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**inputs).logits_per_image, model(**inputs).logits_per_image)
+
+
+def test_a_vits_final_tokens_with_its_class_token_are_timms_final_features():
+    """final_norm + class_token: every token after the final LayerNorm, [CLS] first with the whole image as
+    its box (what a transformers ViTModel's last_hidden_state holds); without them, the last block's grid."""
+    pixels = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    plain = tiny_model(architecture="test_vit").eval()
+    final = tiny_model(
+        architecture="test_vit", final_norm=True, class_token=True, layer_norm_eps=1e-12
+    ).eval()
+    final.vision_tower.load_state_dict(plain.vision_tower.state_dict())
+    timm_model = final.vision_tower.model
+    with torch.no_grad():
+        features, mask, boxes = final.vision_tower(pixels)
+        torch.testing.assert_close(features, timm_model.forward_features(pixels), rtol=0, atol=0)
+        grid = plain.vision_tower(pixels)[0]
+        blocks = plain.vision_tower.model.forward_intermediates(pixels, indices=1, intermediates_only=True)[
+            -1
+        ]
+    assert {m.eps for m in timm_model.modules() if isinstance(m, torch.nn.LayerNorm)} == {1e-12}
+    assert torch.equal(grid, blocks.flatten(2).transpose(1, 2)) and grid.shape[1] == features.shape[1] - 1
+    assert boxes[0, 0].tolist() == [0.0, 0.0, 64.0, 64.0] and bool(mask.all())
+    assert final.vision_tower.grid_region_count() == features.shape[1]
+
+
+@pytest.mark.parametrize(
+    "tower, field",
+    [({**TOWER, "class_token": True}, "class_token"), ({**TOWER, "regions": "boxes", "class_token": True}, "class_token"),
+     ({**TOWER, "final_norm": "yes"}, "final_norm"), ({**TOWER, "layer_norm_eps": 0}, "layer_norm_eps"),
+     ({**TOWER, "image_mean": [0.5, 0.5]}, "image_mean"), ({**TOWER, "image_std": [1, 0, 1]}, "image_std")],
+)  # fmt: skip
+def test_a_bad_token_or_normalisation_option_is_one_line_naming_it(tower, field):
+    config_class, model_class = BACKBONES["scan"]
+    with pytest.raises(ValueError) as caught:
+        model_class(config_class(vocab_size=20, embed_dim=16, word_dim=8, vision_tower=tower))
+    assert field in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_the_processor_normalises_with_the_given_mean_and_std():
+    model = tiny_model(image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
+    processor = model.image_processor()
+    assert list(processor.image_mean) == [0.485, 0.456, 0.406] and list(processor.image_std) == [
+        0.229,
+        0.224,
+        0.225,
+    ]

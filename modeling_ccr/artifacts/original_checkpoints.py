@@ -21,6 +21,7 @@ SGRAF, the similarity encoder; CHAN adds its parameter-free similarity encoder a
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import pickle
@@ -37,11 +38,13 @@ from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 from ..errors import UserError, first_line
 from ..models.configuration_bfan import BfanConfig
 from ..models.configuration_chan import ChanConfig
+from ..models.configuration_laps import LapsConfig
 from ..models.configuration_scan import ScanConfig
 from ..models.configuration_sgraf import SafConfig, SgrConfig
 from ..models.configuration_vse_infty import VseInftyConfig
 from ..models.modeling_bfan import BfanModel
 from ..models.modeling_chan import ChanModel
+from ..models.modeling_laps import LapsModel
 from ..models.modeling_matcher import MatcherPreTrainedModel
 from ..models.modeling_scan import ScanModel
 from ..models.modeling_sgraf import SafModel, SgrModel
@@ -49,7 +52,7 @@ from ..models.modeling_vse_infty import VseInftyModel
 from ..text.tokenization import scan_word_tokenizer
 from .integrity import sha256_file
 
-ARCHITECTURES = ("scan", "bfan", "sgraf", "vse_infty", "chan")
+ARCHITECTURES = ("scan", "bfan", "sgraf", "vse_infty", "chan", "laps")
 CONVERSION_FILE = "conversion.json"
 # The one global a checkpoint may reference besides tensors and plain containers: the options object.
 ALLOWED_GLOBALS = {"argparse.Namespace": argparse.Namespace}
@@ -61,6 +64,7 @@ ORIGINAL_CODE = {
     "sgraf": "Paranioar/SGRAF",
     "vse_infty": "woodfrog/vse_infty",
     "chan": "ppanzx/CHAN",
+    "laps": "CrossmodalGroup/LAPS",
 }
 # The image encoders each code can save (opt.precomp_enc_type) that are a projection of precomputed
 # region features we implement; VSE-infinity's "backbone" (a CNN on pixels) and CHAN's "transformer" are not.
@@ -84,6 +88,8 @@ CHAN_SELF_ATTENTION_HEADS = 8
 # VSE-infinity's and CHAN's train.py append '<mask>' to the SCAN vocabulary (for cloze tests), one
 # embedding row more than the vocabulary file; retrieval never uses it.
 MASK_WORD_ARCHITECTURES = ("vse_infty", "chan")
+# Codes that can train a BERT text encoder (VSE-infinity's master branch, CHAN's text_enc_type=bert; LAPS always).
+BERT_ARCHITECTURES = ("vse_infty", "chan", "laps")
 
 # SCAN's option values -> ours.
 SCAN_AGGREGATIONS = {"LogSumExp": "lse", "Mean": "avg", "Max": "max", "Sum": "sum"}
@@ -99,7 +105,8 @@ SGRAF_DROPOUT = 0.4
 
 # Original key (regex on "<state dict index>:<key>") -> our parameter name. Index 0 is the image encoder,
 # 1 the text encoder, 2 SGRAF's similarity encoder.
-KEY_RULES: tuple[tuple[str, str], ...] = (
+Replacement = str | Callable[[re.Match], str]
+KEY_RULES: tuple[tuple[str, Replacement], ...] = (
     (r"0:fc\.(weight|bias)", r"region_encoder.projection.\1"),
     (r"1:embed\.weight", "text_encoder.word_embeddings.weight"),
     (r"1:(?:rnn|cap_rnn)\.((?:weight|bias)_(?:ih|hh)_l\d+(?:_reverse)?)", r"text_encoder.gru.\1"),
@@ -136,8 +143,13 @@ KEY_RULES: tuple[tuple[str, str], ...] = (
 DROPPED_TENSORS: dict[str, tuple[tuple[str, str], ...]] = {
     "vse_infty": ((r"0:mlp\.bns\.1\..+", "VSE-infinity's MLP applies no batch norm after its last layer"),),
     "chan": ((r"1:fc\.(weight|bias)", "CHAN's BiGRU text encoder never applies its fc layer"),),
+    "laps": (
+        (r"0:visual_encoder\.pooler\.dense\.(weight|bias)", "LAPS aligns the ViT's tokens, never its pooler"),
+    ),
 }
 STATE_DICT_NAMES = ("image encoder", "text encoder", "similarity encoder", "criterion")
+# LAPS's train.py saves `model` as ONE state dict of its VSEModel: its top-level modules, in that order.
+LAPS_PARTS = ("img_enc", "txt_enc", "cross_net", "criterion")
 
 
 class ConversionError(UserError, ValueError):
@@ -146,7 +158,11 @@ class ConversionError(UserError, ValueError):
 
 @dataclass
 class OriginalCheckpoint:
-    """What an original training script saved. state_dicts: image, text (and SGRAF similarity) encoders."""
+    """What an original training script saved. state_dicts: image, text (and SGRAF similarity) encoders.
+
+    one_state_dict: `model` was one state dict (LAPS) split by its top-level modules (`LAPS_PARTS`) into
+    `state_dicts`, so errors name a tensor as `model.img_enc.<key>` rather than `model[0].<key>`.
+    """
 
     path: Path
     sha256: str
@@ -155,6 +171,12 @@ class OriginalCheckpoint:
     epoch: Any = None
     best_rsum: Any = None
     eiters: Any = None
+    one_state_dict: bool = False
+
+    def source_name(self, source_key: str) -> str:
+        """How the checkpoint names the tensor `<state dict index>:<key>`."""
+        index, key = source_key.split(":", 1)
+        return f"model.{LAPS_PARTS[int(index)]}.{key}" if self.one_state_dict else f"model[{index}].{key}"
 
 
 @dataclass
@@ -232,6 +254,9 @@ def _checked(path: Path, raw: Any) -> OriginalCheckpoint:
             f"{path}: expected a dict with 'model' and 'opt' (original layout), found {found}"
         )
     states, options = raw["model"], raw["opt"]
+    one_state_dict = isinstance(states, dict)
+    if one_state_dict:
+        states = _split_one_state_dict(path, states)
     if not isinstance(states, list | tuple) or len(states) not in (2, 3, 4):
         raise ConversionError(
             f"{path}: field 'model' must be a list of 2 to 4 state dicts (image, text[, similarity] encoders"
@@ -255,13 +280,34 @@ def _checked(path: Path, raw: Any) -> OriginalCheckpoint:
         epoch=raw.get("epoch"),
         best_rsum=raw.get("best_rsum"),
         eiters=raw.get("Eiters"),
+        one_state_dict=one_state_dict,
     )
+
+
+def _split_one_state_dict(path: Path, state: dict) -> list[dict[str, torch.Tensor]]:
+    """LAPS's `model` (one state dict of its VSEModel) as [img_enc, txt_enc, cross_net, criterion] parts."""
+    parts: list[dict[str, torch.Tensor]] = [{} for _ in LAPS_PARTS]
+    strays = []
+    for key, tensor in state.items():
+        part, _, rest = str(key).partition(".")
+        if part not in LAPS_PARTS or not rest or not isinstance(tensor, torch.Tensor):
+            strays.append(str(key))
+            continue
+        parts[LAPS_PARTS.index(part)][rest] = tensor
+    if strays:
+        raise ConversionError(
+            f"{path}: field 'model' is one state dict, as LAPS saves it, but {strays[:5]} "
+            f"{'are' if len(strays) > 1 else 'is'} not a tensor under {list(LAPS_PARTS)}"
+        )
+    return parts
 
 
 # ---------------------------------------------------------------------------- architecture
 def guess_architecture(checkpoint: OriginalCheckpoint) -> tuple[str, str]:
-    """("scan" | "bfan" | "sgraf", why) from what only that code saves."""
+    """(one of `ARCHITECTURES`, why) from what only that code saves."""
     options = checkpoint.options
+    if checkpoint.one_state_dict:
+        return "laps", "model is one state dict of img_enc / txt_enc / cross_net (LAPS's train.py)"
     if "coding_type" in options:
         return "chan", "opt has coding_type (CHAN's train.py)"
     if any(key.startswith("gpool.") for key in checkpoint.state_dicts[0]):
@@ -513,38 +559,34 @@ MODEL_CLASSES = {
     SafConfig: SafModel,
     VseInftyConfig: VseInftyModel,
     ChanConfig: ChanModel,
+    LapsConfig: LapsModel,
 }
 
 
 # ---------------------------------------------------------------------------- weights -> modules
 def mapped_state_dict(
-    checkpoint: OriginalCheckpoint, target: dict[str, torch.Tensor], architecture: str = "scan"
+    checkpoint: OriginalCheckpoint,
+    target: dict[str, torch.Tensor],
+    architecture: str = "scan",
+    rules: tuple[tuple[str, Replacement], ...] | None = None,
 ) -> tuple[dict, list[str]]:
     """Our state dict from the original tensors, and notes on what was transformed.
 
     Every source tensor is used exactly once and every target tensor is filled (same shape), or the
     error lists the leftovers on each side; tensors the original forward never reads
     (`DROPPED_TENSORS`) are dropped with a note; a non-finite value is refused, naming the tensor.
+    rules: original key -> our name (`KEY_RULES`, LAPS's `LAPS_KEY_RULES`).
     """
-    sources = {
-        f"{index}:{key}": tensor
-        for index, state in enumerate(checkpoint.state_dicts)
-        for key, tensor in state.items()
-    }
-    for source_key, tensor in sources.items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            bad = int((~torch.isfinite(tensor)).sum())
-            raise ConversionError(
-                f"{checkpoint.path}: {_source_name(source_key)} has {bad} NaN or infinite value(s) of "
-                f"{tensor.numel()}: the checkpoint is damaged or was saved after training diverged"
-            )
+    rules = KEY_RULES if rules is None else rules
+    sources = _sources(checkpoint)
+    refuse_non_finite(checkpoint, sources)
     notes = []
     for pattern, reason in DROPPED_TENSORS.get(architecture, ()):
         dropped = [key for key in sources if re.fullmatch(pattern, key)]
         for key in dropped:
             del sources[key]
         if dropped:
-            notes.append(f"dropped {[_source_name(k) for k in dropped]}: {reason}")
+            notes.append(f"dropped {[checkpoint.source_name(k) for k in dropped]}: {reason}")
     if "0:fc.weight_g" in sources and "0:fc.weight_v" in sources:
         sources["0:fc.weight"] = _fold_weight_norm(
             checkpoint.path, sources.pop("0:fc.weight_g"), sources.pop("0:fc.weight_v")
@@ -555,13 +597,13 @@ def mapped_state_dict(
     mapped: dict[str, torch.Tensor] = {}
     leftovers = []
     for source_key, tensor in sources.items():
-        target_key = _target_key(source_key)
+        target_key = _target_key(source_key, rules)
         if target_key is None or target_key not in target or target_key in mapped:
             leftovers.append(source_key)
             continue
         if tuple(tensor.shape) != tuple(target[target_key].shape):
             raise ConversionError(
-                f"{checkpoint.path}: {_source_name(source_key)} has shape {tuple(tensor.shape)}, "
+                f"{checkpoint.path}: {checkpoint.source_name(source_key)} has shape {tuple(tensor.shape)}, "
                 f"expected {tuple(target[target_key].shape)} for {target_key}"
             )
         mapped[target_key] = tensor.to(target[target_key].dtype)
@@ -569,21 +611,36 @@ def mapped_state_dict(
     if leftovers or missing:
         raise ConversionError(
             f"{checkpoint.path}: weights do not match the model: unused original tensors "
-            f"{[_source_name(k) for k in leftovers]}; model tensors with no source {missing}"
+            f"{[checkpoint.source_name(k) for k in leftovers]}; model tensors with no source {missing}"
         )
     return mapped, notes
 
 
-def _target_key(source_key: str) -> str | None:
-    for pattern, replacement in KEY_RULES:
+def _sources(checkpoint: OriginalCheckpoint) -> dict[str, torch.Tensor]:
+    """Every tensor of the checkpoint by "<state dict index>:<key>"."""
+    return {
+        f"{index}:{key}": tensor
+        for index, state in enumerate(checkpoint.state_dicts)
+        for key, tensor in state.items()
+    }
+
+
+def refuse_non_finite(checkpoint: OriginalCheckpoint, sources: dict[str, torch.Tensor]) -> None:
+    """A NaN or infinite weight is refused, naming the tensor."""
+    for source_key, tensor in sources.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise ConversionError(
+                f"{checkpoint.path}: {checkpoint.source_name(source_key)} has {bad} NaN or infinite value(s) of "
+                f"{tensor.numel()}: the checkpoint is damaged or was saved after training diverged"
+            )
+
+
+def _target_key(source_key: str, rules: tuple[tuple[str, Replacement], ...]) -> str | None:
+    for pattern, replacement in rules:
         if re.fullmatch(pattern, source_key):
             return re.sub(pattern, replacement, source_key)
     return None
-
-
-def _source_name(source_key: str) -> str:
-    index, key = source_key.split(":", 1)
-    return f"model[{index}].{key}"
 
 
 def _fold_weight_norm(path: Path, g: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -593,6 +650,197 @@ def _fold_weight_norm(path: Path, g: torch.Tensor, v: torch.Tensor) -> torch.Ten
             f"{path}: fc.weight_g has shape {tuple(g.shape)}; only weight_norm(dim=None) (one scale) is supported"
         )
     return g.reshape(()) * v / v.norm()
+
+
+# ---------------------------------------------------------------------------- LAPS
+# opt.vit_type -> the transformers model LAPS's encoders.py loads, as a timm tower computing the same function:
+# a ViTModel's last_hidden_state is every token after the final LayerNorm (eps 1e-12), [CLS] first; a
+# SwinModel's is the last stage after its final LayerNorm. Both read ImageNet-normalised images.
+LAPS_TOWERS: dict[str, dict[str, Any]] = {
+    "vit": {
+        "architecture": "vit_base_patch16_224",
+        "final_norm": True,
+        "class_token": True,
+        "layer_norm_eps": 1e-12,
+    },
+    "swin": {"architecture": "swin_base_patch4_window7_224"},
+}
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+# Fixed in LAPS's code, not options: the aggregation MLP's width (dim_ratio) and the leaky-ReLU slope.
+LAPS_AGGREGATION_HIDDEN_RATIO = 0.2
+LAPS_LEAKY_SLOPE = 0.1
+_V, _T = r"0:visual_encoder\.", "vision_tower.model."
+_VIT_LAYER, _SWIN_BLOCK = rf"{_V}encoder\.layer\.(\d+)\.", rf"{_V}encoder\.layers\.(\d+)\.blocks\.(\d+)\."
+# transformers 4.x names (what LAPS saved) -> timm's; query/key/value are fused into qkv first.
+LAPS_KEY_RULES: tuple[tuple[str, Replacement], ...] = (
+    (rf"{_V}embeddings\.cls_token", f"{_T}cls_token"),
+    (rf"{_V}embeddings\.position_embeddings", f"{_T}pos_embed"),
+    (rf"{_V}embeddings\.patch_embeddings\.projection\.(weight|bias)", rf"{_T}patch_embed.proj.\1"),
+    (rf"{_V}embeddings\.norm\.(weight|bias)", rf"{_T}patch_embed.norm.\1"),
+    (rf"{_V}layernorm\.(weight|bias)", rf"{_T}norm.\1"),
+    (rf"{_VIT_LAYER}layernorm_before\.(weight|bias)", rf"{_T}blocks.\1.norm1.\2"),
+    (rf"{_VIT_LAYER}attention\.attention\.qkv\.(weight|bias)", rf"{_T}blocks.\1.attn.qkv.\2"),
+    (rf"{_VIT_LAYER}attention\.output\.dense\.(weight|bias)", rf"{_T}blocks.\1.attn.proj.\2"),
+    (rf"{_VIT_LAYER}layernorm_after\.(weight|bias)", rf"{_T}blocks.\1.norm2.\2"),
+    (rf"{_VIT_LAYER}intermediate\.dense\.(weight|bias)", rf"{_T}blocks.\1.mlp.fc1.\2"),
+    (rf"{_VIT_LAYER}output\.dense\.(weight|bias)", rf"{_T}blocks.\1.mlp.fc2.\2"),
+    (rf"{_SWIN_BLOCK}layernorm_before\.(weight|bias)", rf"{_T}layers.\1.blocks.\2.norm1.\3"),
+    (rf"{_SWIN_BLOCK}attention\.self\.qkv\.(weight|bias)", rf"{_T}layers.\1.blocks.\2.attn.qkv.\3"),
+    (
+        rf"{_SWIN_BLOCK}attention\.self\.relative_position_bias_table",
+        rf"{_T}layers.\1.blocks.\2.attn.relative_position_bias_table",
+    ),
+    (rf"{_SWIN_BLOCK}attention\.output\.dense\.(weight|bias)", rf"{_T}layers.\1.blocks.\2.attn.proj.\3"),
+    (rf"{_SWIN_BLOCK}layernorm_after\.(weight|bias)", rf"{_T}layers.\1.blocks.\2.norm2.\3"),
+    (rf"{_SWIN_BLOCK}intermediate\.dense\.(weight|bias)", rf"{_T}layers.\1.blocks.\2.mlp.fc1.\3"),
+    (rf"{_SWIN_BLOCK}output\.dense\.(weight|bias)", rf"{_T}layers.\1.blocks.\2.mlp.fc2.\3"),
+    # transformers merges patches at the END of stage i, timm at the START of stage i + 1.
+    (
+        rf"{_V}encoder\.layers\.(\d+)\.downsample\.(reduction|norm)\.(weight|bias)",
+        lambda match: f"{_T}layers.{int(match[1]) + 1}.downsample.{match[2]}.{match[3]}",
+    ),
+    (r"0:vision_proj\.(weight|bias)", r"region_encoder.projection.\1"),
+    (r"1:bert\.(.+)", r"text_encoder.transformer.\1"),
+    (r"1:fc\.(weight|bias)", r"text_encoder.projection.\1"),
+    (r"2:aggr_net\.weight\.0\.(weight|bias)", r"aggregation.norm.\1"),
+    (r"2:aggr_net\.weight\.1\.(weight|bias)", r"aggregation.hidden.\1"),
+    (r"2:aggr_net\.weight\.3\.(weight|bias)", r"aggregation.output.\1"),
+    (r"2:aggr_net\.scale", "aggregation.scale"),
+)
+_QKV = re.compile(r"(visual_encoder\..+\.attention\.(?:attention|self))\.(query|key|value)\.(weight|bias)")
+_RELATIVE_INDEX = re.compile(
+    r"visual_encoder\.encoder\.layers\.(\d+)\.blocks\.(\d+)\.attention\.self\.relative_position_index"
+)
+
+
+def laps_tower_kind(checkpoint: OriginalCheckpoint) -> str:
+    """ "vit" or "swin", as LAPS's encoders.py decides it: a SwinModel when 'swin' is in opt.vit_type."""
+    vit_type = _Options(checkpoint).get("vit_type")
+    if not isinstance(vit_type, str):
+        raise ConversionError(
+            f"{checkpoint.path}: opt.vit_type={vit_type!r} must be a string ('vit' or 'swin')"
+        )
+    return "swin" if "swin" in vit_type else "vit"
+
+
+def laps_identity_projections(checkpoint: OriginalCheckpoint) -> list[str]:
+    """LAPS uses nn.Identity for vision_proj / txt_enc.fc when embed_size equals the encoder's width: give
+    them as identity matrices (the same function), with a note each."""
+    embed_dim = int(_Options(checkpoint).number("embed_size"))
+    notes = []
+    for index, name, width_key in (
+        (0, "vision_proj", "visual_encoder.layernorm.weight"),
+        (1, "fc", "bert.embeddings.word_embeddings.weight"),
+    ):
+        state = checkpoint.state_dicts[index]
+        width = state.get(width_key)
+        if f"{name}.weight" in state or width is None or width.shape[-1] != embed_dim:
+            continue
+        state[f"{name}.weight"] = torch.eye(embed_dim, dtype=width.dtype)
+        state[f"{name}.bias"] = torch.zeros(embed_dim, dtype=width.dtype)
+        notes.append(
+            f"{checkpoint.source_name(f'{index}:{name}')} is nn.Identity (embed_size {embed_dim} = the encoder's "
+            "width): an identity projection here"
+        )
+    return notes
+
+
+def laps_config(
+    checkpoint: OriginalCheckpoint, shared: dict[str, Any], vision_architecture: str | None = None
+) -> LapsConfig:
+    """LAPS's options and tensor sizes -> our config, its tower the timm model that computes what LAPS's
+    transformers ViT / Swin does (`vision_architecture` overrides the timm name, for a LAPS run whose code
+    was changed to load another ViT or Swin)."""
+    options = _Options(checkpoint)
+    options.choice(
+        "loss", {"vse": "hinge"}, " (LAPS's TripletLoss mines negatives differently: not our hinge)"
+    )
+    kind = laps_tower_kind(checkpoint)
+    tower = {
+        **LAPS_TOWERS[kind],
+        "image_size": int(options.number("img_res", 224)),
+        "image_mean": IMAGENET_MEAN,
+        "image_std": IMAGENET_STD,
+    }
+    if vision_architecture is not None:
+        tower["architecture"] = vision_architecture
+    num_patches = options.number("num_patches")
+    keep, aggregation = options.number("sparse_ratio"), options.number("aggr_ratio")
+    cross_net = checkpoint.state_dicts[2]
+    output, hidden = cross_net.get("aggr_net.weight.3.weight"), cross_net.get("aggr_net.weight.1.weight")
+    if output is None or hidden is None:
+        raise ConversionError(
+            f"{checkpoint.path}: model.cross_net.aggr_net.weight.1.weight and .3.weight (LAPS's aggregation "
+            f"MLP) are needed; found {sorted(cross_net)[:6]}"
+        )
+    expected = int(num_patches * aggregation * keep)
+    if output.shape[0] != expected:
+        raise ConversionError(
+            f"{checkpoint.path}: opt.num_patches={num_patches:g}, sparse_ratio={keep:g} and aggr_ratio={aggregation:g} "
+            f"give {expected} aggregated tokens, but model.cross_net.aggr_net.weight.3.weight has {output.shape[0]} rows"
+        )
+    config = LapsConfig(
+        num_patches=int(num_patches),
+        keep_ratio=keep,
+        aggregation_ratio=aggregation,
+        aggregation_hidden_ratio=LAPS_AGGREGATION_HIDDEN_RATIO,
+        # LAPS aligns the [CLS] beside the slimmed tokens when the token count is not a square: a ViT's.
+        cls_token=kind == "vit",
+        direction="both",
+        leaky_slope=LAPS_LEAKY_SLOPE,
+        vision_tower=tower,
+        **shared,
+    )
+    if hidden.shape[0] != config.aggregation_hidden_dim:
+        raise ConversionError(
+            f"{checkpoint.path}: model.cross_net.aggr_net.weight.1.weight has {hidden.shape[0]} rows; LAPS's code "
+            f"sizes it int({config.embed_dim} * {LAPS_AGGREGATION_HIDDEN_RATIO}) = {config.aggregation_hidden_dim}"
+        )
+    return config
+
+
+def prepare_laps_tensors(checkpoint: OriginalCheckpoint, model: MatcherPreTrainedModel) -> list[str]:
+    """LAPS's tensors in the shapes our modules take: query/key/value fused into timm's qkv, Swin's saved
+    relative-position indices checked against timm's and dropped, the aggregation scale as a scalar."""
+    refuse_non_finite(checkpoint, _sources(checkpoint))
+    image, notes = checkpoint.state_dicts[0], []
+    groups: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    for key in [k for k in image if _QKV.fullmatch(k)]:
+        match = _QKV.fullmatch(key)
+        groups.setdefault((match[1], match[3]), {})[match[2]] = image.pop(key)
+    for (owner, kind), parts in groups.items():
+        missing = [name for name in ("query", "key", "value") if name not in parts]
+        if missing:
+            raise ConversionError(
+                f"{checkpoint.path}: {checkpoint.source_name(f'0:{owner}.{missing[0]}.{kind}')} is missing "
+                f"(found {sorted(parts)}): attention needs query, key and value"
+            )
+        image[f"{owner}.qkv.{kind}"] = torch.cat([parts["query"], parts["key"], parts["value"]])
+    if groups:
+        notes.append(
+            f"fused query/key/value of {len(groups) // 2} attention layers into timm's qkv (concatenated in "
+            "that order: the same function)"
+        )
+    buffers = dict(model.named_buffers())
+    indices = [k for k in image if _RELATIVE_INDEX.fullmatch(k)]
+    for key in indices:
+        stage, block = _RELATIVE_INDEX.fullmatch(key).groups()
+        ours = buffers.get(f"{_T}layers.{stage}.blocks.{block}.attn.relative_position_index")
+        saved = image.pop(key)
+        if ours is None or not torch.equal(saved.long().reshape(ours.shape), ours.long()):
+            raise ConversionError(
+                f"{checkpoint.path}: {checkpoint.source_name(f'0:{key}')} does not match the window layout of "
+                f"{model.config.vision_tower['architecture']!r}"
+            )
+    if indices:
+        notes.append(
+            f"checked and dropped {len(indices)} Swin relative_position_index buffers (equal to timm's, which "
+            "it rebuilds)"
+        )
+    scale = checkpoint.state_dicts[2].get("aggr_net.scale")
+    if scale is not None and scale.numel() == 1:
+        checkpoint.state_dicts[2]["aggr_net.scale"] = scale.reshape(())
+    return notes
 
 
 # ---------------------------------------------------------------------------- conversion
@@ -607,9 +855,9 @@ def bert_encoder_options(
     `text_enc_type=bert`), the tokenizer of `folder` (the transformers folder of that BERT: config and fast
     tokenizer, no weights needed) and notes. Sizes are read from the tensors and checked against both."""
     options = _Options(checkpoint)
-    if architecture not in MASK_WORD_ARCHITECTURES:
+    if architecture not in BERT_ARCHITECTURES:
         raise ConversionError(
-            f"{checkpoint.path}: a BERT text encoder is only known in VSE-infinity and CHAN checkpoints"
+            f"{checkpoint.path}: a BERT text encoder is only known in VSE-infinity, CHAN and LAPS checkpoints"
         )
     try:
         encoder_config = AutoConfig.from_pretrained(folder).to_dict()
@@ -623,21 +871,21 @@ def bert_encoder_options(
             f"--text-encoder {folder}: needs a fast tokenizer (tokenizer.json), found a slow one"
         )
     image, text = checkpoint.state_dicts[0], checkpoint.state_dicts[1]
-    projection, text_projection = image.get("fc.weight"), text.get("linear.weight")
+    image_key, text_key = ("vision_proj", "fc") if architecture == "laps" else ("fc", "linear")
+    projection, text_projection = image.get(f"{image_key}.weight"), text.get(f"{text_key}.weight")
     word_embeddings = text.get("bert.embeddings.word_embeddings.weight")
+    embeddings_name = checkpoint.source_name("1:bert.embeddings.word_embeddings.weight")
+    projection_name = checkpoint.source_name(f"0:{image_key}.weight")
+    text_projection_name = checkpoint.source_name(f"1:{text_key}.weight")
     if projection is None or text_projection is None or word_embeddings is None:
         raise ConversionError(
-            f"{checkpoint.path}: model[0] needs fc.weight and model[1] linear.weight and "
-            f"bert.embeddings.word_embeddings.weight; found {sorted(image)[:8]} and {sorted(text)[:8]}"
+            f"{checkpoint.path}: {projection_name}, {text_projection_name} and {embeddings_name} are needed; "
+            f"found {sorted(image)[:8]} and {sorted(text)[:8]}"
         )
     embed_dim, feature_dim = projection.shape
     for name, value, where in (
-        ("hidden_size", text_projection.shape[1], f"model[1].linear.weight {tuple(text_projection.shape)}"),
-        (
-            "vocab_size",
-            word_embeddings.shape[0],
-            f"model[1].bert.embeddings.word_embeddings.weight {tuple(word_embeddings.shape)}",
-        ),
+        ("hidden_size", text_projection.shape[1], f"{text_projection_name} {tuple(text_projection.shape)}"),
+        ("vocab_size", word_embeddings.shape[0], f"{embeddings_name} {tuple(word_embeddings.shape)}"),
     ):
         if encoder_config.get(name) != value:
             raise ConversionError(
@@ -646,39 +894,42 @@ def bert_encoder_options(
             )
     if text_projection.shape[0] != embed_dim:
         raise ConversionError(
-            f"{checkpoint.path}: model[1].linear.weight maps to {text_projection.shape[0]} dims but fc.weight to {embed_dim}"
+            f"{checkpoint.path}: {text_projection_name} maps to {text_projection.shape[0]} dims but "
+            f"{projection_name} to {embed_dim}"
         )
-    options.matches("img_dim", feature_dim, f"fc weight {tuple(projection.shape)}")
-    options.matches("embed_size", embed_dim, f"fc weight {tuple(projection.shape)}")
-    encoder_type = options.get("precomp_enc_type", "basic")
-    if encoder_type not in ENCODER_TYPES[architecture]:
-        raise ConversionError(
-            f"{checkpoint.path}: opt.precomp_enc_type={encoder_type!r} is not supported; supported: "
-            f"{list(ENCODER_TYPES[architecture])} (a projection of precomputed region features)"
-        )
+    options.matches("embed_size", embed_dim, f"{projection_name} {tuple(projection.shape)}")
+    if architecture != "laps":
+        options.matches("img_dim", feature_dim, f"fc weight {tuple(projection.shape)}")
+        encoder_type = options.get("precomp_enc_type", "basic")
+        if encoder_type not in ENCODER_TYPES[architecture]:
+            raise ConversionError(
+                f"{checkpoint.path}: opt.precomp_enc_type={encoder_type!r} is not supported; supported: "
+                f"{list(ENCODER_TYPES[architecture])} (a projection of precomputed region features)"
+            )
     notes = []
     position_ids = text.get("bert.embeddings.position_ids")
+    position_ids_name = checkpoint.source_name("1:bert.embeddings.position_ids")
     if position_ids is not None:
         # Older transformers saved this constant buffer; today it is rebuilt, so it must be the usual range.
         if not torch.equal(
             position_ids.reshape(-1), torch.arange(position_ids.numel(), dtype=position_ids.dtype)
         ):
-            raise ConversionError(f"{checkpoint.path}: model[1].bert.embeddings.position_ids is not 0..n-1")
+            raise ConversionError(f"{checkpoint.path}: {position_ids_name} is not 0..n-1")
         del text["bert.embeddings.position_ids"]
-        notes.append(
-            "dropped model[1].bert.embeddings.position_ids (a constant 0..n-1 buffer, rebuilt by transformers)"
-        )
+        notes.append(f"dropped {position_ids_name} (a constant 0..n-1 buffer, rebuilt by transformers)")
     shared = {
         "feature_dim": int(feature_dim),
         "embed_dim": int(embed_dim),
         "vocab_size": int(word_embeddings.shape[0]),
         "text_encoder_name": folder.name,
         "text_encoder_config": encoder_config,
-        "normalize_regions": not options.flag("no_imgnorm"),
-        "normalize_words": not options.flag("no_txtnorm"),
+        # LAPS's slimming averages and mixes the raw projections and normalises its tokens itself.
+        "normalize_regions": architecture != "laps" and not options.flag("no_imgnorm"),
+        "normalize_words": architecture != "laps" and not options.flag("no_txtnorm"),
         "loss": "hinge",
         "margin": options.number("margin"),
-        "max_violation": options.flag("max_violation"),
+        # LAPS's train.py turns the hardest negative on after its summed warm-up whatever opt.max_violation says.
+        "max_violation": architecture == "laps" or options.flag("max_violation"),
         # The original code masks BERT's input with (ids != 0): BERT's own [PAD] id.
         "pad_token_id": tokenizer.pad_token_id,
         "bos_token_id": tokenizer.cls_token_id,
@@ -692,9 +943,11 @@ def convert_checkpoint(
     vocab_path: str | Path | None,
     architecture: str | None = None,
     text_encoder: str | Path | None = None,
+    vision_architecture: str | None = None,
 ) -> Conversion:
     """The model of an original checkpoint, with the tokenizer of its vocabulary file (a word GRU) or of the
-    transformers folder `text_encoder` (a BERT text encoder: VSE-infinity, CHAN)."""
+    transformers folder `text_encoder` (a BERT text encoder: VSE-infinity, CHAN, LAPS). vision_architecture:
+    for LAPS, the timm name of its vision transformer when not the one LAPS's code loads."""
     checkpoint = read_original_checkpoint(checkpoint_path)
     if architecture is None:
         architecture, reason = guess_architecture(checkpoint)
@@ -702,14 +955,22 @@ def convert_checkpoint(
         raise ConversionError(f"--arch must be one of {list(ARCHITECTURES)}, got {architecture!r}")
     else:
         reason = "given with --arch"
-    notes = []
+    if (architecture == "laps") != checkpoint.one_state_dict:
+        raise ConversionError(
+            f"{checkpoint.path}: {architecture} checkpoints keep `model` as "
+            f"{'one state dict' if architecture == 'laps' else 'a list of state dicts'}, this one does not"
+        )
+    if vision_architecture is not None and architecture != "laps":
+        raise ConversionError(f"--vision-architecture is for LAPS checkpoints; this one is {architecture}")
+    notes = laps_identity_projections(checkpoint) if architecture == "laps" else []
     if has_bert_text_encoder(checkpoint):
         if text_encoder is None:
             raise ConversionError(
-                f"{checkpoint.path}: its text encoder is BERT (model[1].bert.*): pass --text-encoder DIR, the "
+                f"{checkpoint.path}: its text encoder is BERT ({checkpoint.source_name('1:bert.*')}): pass --text-encoder DIR, the "
                 "transformers folder (config and tokenizer) of the BERT it was trained from, e.g. bert-base-uncased"
             )
-        shared, tokenizer, notes = bert_encoder_options(checkpoint, Path(text_encoder), architecture)
+        shared, tokenizer, bert_notes = bert_encoder_options(checkpoint, Path(text_encoder), architecture)
+        notes += bert_notes
     else:
         if vocab_path is None or text_encoder is not None:
             raise ConversionError(
@@ -726,8 +987,13 @@ def convert_checkpoint(
                 f"dropped embed.weight row {len(tokenizer)} ('<mask>', appended to the vocabulary by the "
                 "original train.py for cloze tests; retrieval never uses it)"
             )
+    builder = (
+        functools.partial(laps_config, vision_architecture=vision_architecture)
+        if architecture == "laps"
+        else CONFIG_BUILDERS[architecture]
+    )
     try:
-        config = CONFIG_BUILDERS[architecture](checkpoint, shared)
+        config = builder(checkpoint, shared)
     except (ValueError, TypeError) as err:
         if isinstance(err, UserError):
             raise
@@ -735,7 +1001,11 @@ def convert_checkpoint(
             f"{checkpoint.path}: options give an invalid {architecture} config: {err}"
         ) from err
     model = MODEL_CLASSES[type(config)](config)
-    weights, weight_notes = mapped_state_dict(checkpoint, model.state_dict(), architecture)
+    rules = KEY_RULES
+    if architecture == "laps":
+        notes += prepare_laps_tensors(checkpoint, model)
+        rules = LAPS_KEY_RULES
+    weights, weight_notes = mapped_state_dict(checkpoint, model.state_dict(), architecture, rules)
     notes += weight_notes
     model.load_state_dict(weights, strict=True)
     model.eval()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 import types
 import typing
@@ -49,12 +50,22 @@ VISION_TOWER_DEFAULTS: dict[str, object] = {
     "learning_rate": None,  # the tower's own learning rate (optimiser param group); None: the run's
     "freeze_batchnorm": False,  # keep BatchNorm running statistics fixed while the tower trains
     "gradient_checkpointing": False,  # recompute the tower's activations in backward (memory for time)
+    # A transformer tower's tokens as a transformers ViTModel's last_hidden_state has them (what LAPS aligns):
+    "final_norm": False,  # its patch tokens after its final norm (False: its last block's output)
+    "class_token": False,  # its [CLS] token first, as region 0 (box: the whole image); "grid" regions only
+    "layer_norm_eps": None,  # eps of every LayerNorm in the tower (None: timm's; transformers' ViT: 1e-12)
+    "image_mean": None,  # [r, g, b] the processor normalises with (None: the architecture's pretrained mean)
+    "image_std": None,  # [r, g, b] (None: the architecture's pretrained std)
 }
 VISION_TOWER_REGIONS = ("grid", "boxes")
 
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def validate_vision_tower(spec: object) -> dict[str, object] | None:
@@ -95,9 +106,23 @@ def validate_vision_tower(spec: object) -> dict[str, object] | None:
     rate = spec["learning_rate"]
     if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0):
         raise bad("learning_rate", "a number > 0, or null (the run's learning rate)")
-    for key in ("freeze_batchnorm", "gradient_checkpointing"):
+    for key in ("freeze_batchnorm", "gradient_checkpointing", "final_norm", "class_token"):
         if not isinstance(spec[key], bool):
             raise bad(key, "true or false")
+    if spec["class_token"] and spec["regions"] != "grid":
+        raise bad("class_token", "false with regions 'boxes' (the [CLS] token is added to a grid's cells)")
+    eps = spec["layer_norm_eps"]
+    if eps is not None and not (_is_number(eps) and 0 < eps < 1):
+        raise bad("layer_norm_eps", "a number in (0, 1), or null (timm's own)")
+    for key in ("image_mean", "image_std"):
+        values = spec[key]
+        if values is None:
+            continue
+        if not isinstance(values, (list, tuple)) or len(values) != 3 or not all(map(_is_number, values)):
+            raise bad(key, "three numbers [r, g, b], or null (the architecture's pretrained values)")
+        if key == "image_std" and not all(v > 0 for v in values):
+            raise bad(key, "three numbers > 0")
+        spec[key] = [float(v) for v in values]
     return spec
 
 

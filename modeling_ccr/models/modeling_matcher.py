@@ -242,6 +242,11 @@ class MatcherPreTrainedModel(GalleryScoring, PreTrainedModel):
         # A vision tower keeps timm's own initialisation (or its pretrained weights): it is not listed.
         if isinstance(module, (RegionEncoder, GRUTextEncoder, PretrainedTextEncoder, GlobalHead)):
             module.reset_parameters()
+        # Loading leaves buffers a checkpoint does not store uninitialised (transformers builds the model
+        # on the meta device): timm modules that have them (Swin's relative-position indices and
+        # shifted-window masks) rebuild them here.
+        if hasattr(module, "init_non_persistent_buffers") and module.__module__.startswith("timm."):
+            module.init_non_persistent_buffers()
 
     def image_processor(self) -> MatcherImageProcessor:
         """The image processor of this model's vision tower (input size, mean, std, resampling from its

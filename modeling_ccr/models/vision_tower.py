@@ -70,7 +70,21 @@ class VisionTower(nn.Module):
             self.feature_dim = int(self.model.num_features)
         if spec["gradient_checkpointing"]:
             self.model.set_grad_checkpointing(True)
+        if spec["layer_norm_eps"] is not None:
+            for module in self.model.modules():
+                if isinstance(module, nn.LayerNorm):
+                    module.eps = spec["layer_norm_eps"]
+        if (spec["final_norm"] or spec["class_token"]) and not self._is_token_model(level):
+            raise ValueError(
+                f"config fields 'vision_tower.final_norm' / 'vision_tower.class_token' need a ViT-like tower "
+                f"whose final features are tokens, at feature_level -1; {spec['architecture']!r} at feature_level "
+                f"{level} gives a feature map"
+            )
         self.frozen = False
+
+    def _is_token_model(self, level: int) -> bool:
+        """Whether the final features are a token sequence (a ViT), not a map: read from timm's model."""
+        return level < 0 and getattr(self.model, "num_prefix_tokens", None) is not None
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -85,8 +99,8 @@ class VisionTower(nn.Module):
         height, width = self.input_size
         return {
             "size": {"height": height, "width": width},
-            "image_mean": list(cfg.get("mean", (0.485, 0.456, 0.406))),
-            "image_std": list(cfg.get("std", (0.229, 0.224, 0.225))),
+            "image_mean": list(self.spec["image_mean"] or cfg.get("mean", (0.485, 0.456, 0.406))),
+            "image_std": list(self.spec["image_std"] or cfg.get("std", (0.229, 0.224, 0.225))),
             "resample": cfg.get("interpolation", "bicubic"),
         }
 
@@ -125,9 +139,32 @@ class VisionTower(nn.Module):
         self.eval()
         try:
             probe = torch.zeros(1, 3, *self.input_size, device=next(self.model.parameters()).device)
-            return int(self.feature_map(probe)[0, 0].numel())
+            maps, prefix = self.feature_tokens(probe)
+            return int(maps[0, 0].numel()) + (0 if prefix is None else prefix.shape[1])
         finally:
             self.train(was_training)
+
+    def feature_tokens(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The feature map `(batch, feature_dim, map_h, map_w)` and, with `class_token`, the [CLS] token
+        `(batch, 1, feature_dim)` (else None) of `(batch, 3, height, width)` pixels."""
+        if not self._is_token_model(self.spec["feature_level"]):
+            return self.feature_map(pixel_values), None
+        # A ViT's tokens as a patch grid: its last block's output, after the final norm with `final_norm`.
+        maps, prefix = self.model.forward_intermediates(
+            pixel_values,
+            indices=1,
+            norm=self.spec["final_norm"],
+            return_prefix_tokens=True,
+            intermediates_only=True,
+        )[-1]
+        if not self.spec["class_token"]:
+            return maps, None
+        if prefix.shape[1] != 1:
+            raise ValueError(
+                f"config field 'vision_tower.class_token' needs a tower with one prefix token ([CLS]); "
+                f"{self.spec['architecture']!r} has {prefix.shape[1]}"
+            )
+        return maps, prefix
 
     def feature_map(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """`(batch, feature_dim, map_h, map_w)` map of `(batch, 3, height, width)` pixels."""
@@ -170,7 +207,7 @@ class VisionTower(nn.Module):
         batch, _, height, width = pixel_values.shape
         context = torch.no_grad() if self.frozen else contextlib.nullcontext()
         with context:
-            maps = self.feature_map(pixel_values)
+            maps, class_token = self.feature_tokens(pixel_values)
             if self.spec["regions"] == "boxes":
                 return self._pool_given(maps, region_boxes, region_mask, (height, width))
             if region_boxes is not None:
@@ -186,6 +223,9 @@ class VisionTower(nn.Module):
                 boxes = grid_boxes(width, height, grid)
                 pooled = pool_boxes(maps, [boxes] * batch, (height, width))
                 features = pooled.view(batch, len(boxes), -1)
+            if class_token is not None:
+                features = torch.cat([class_token, features], dim=1)
+                boxes = torch.cat([torch.tensor([[0.0, 0.0, float(width), float(height)]]), boxes])
             boxes = boxes.to(pixel_values.device).expand(batch, -1, -1)
             mask = torch.ones(features.shape[:2], dtype=torch.bool, device=pixel_values.device)
             return features, mask, boxes
