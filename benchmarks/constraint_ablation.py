@@ -86,7 +86,8 @@ def run_once(name: str, seed: int, ccr: float, ccs: float, args: argparse.Namesp
         raw["training"]["hinge_warmup_steps"] = HINGE_WARMUP_EPOCHS[name] * steps_per_epoch
     raw["training"].update(
         num_train_epochs=args.epochs,
-        lr_decay_epochs=args.epochs - 1,
+        # Decay once, for the last epoch (a one-epoch run: the milestone is its end, so never).
+        lr_decay_epochs=[max(1, args.epochs - 1)],
         disable_tqdm=True,
         eval_strategy="no",
         save_strategy="no",
