@@ -44,6 +44,7 @@ def transformers_tower(kind: str, gen: torch.Generator):
     """A random transformers ViTModel / SwinModel of vit_tiny / swin_tiny's shape, every weight perturbed."""
     from transformers import SwinConfig, SwinModel, ViTConfig, ViTModel
 
+    torch.manual_seed(int(torch.randint(1 << 30, (1,), generator=gen)))  # transformers' own init draws
     if kind == "vit":
         config = ViTConfig(
             hidden_size=192,

@@ -1,9 +1,12 @@
-"""Checkpoints trained with the original SCAN, BFAN, SGRAF, VSE-infinity and CHAN code, converted into model folders.
+"""Checkpoints trained with the original SCAN, BFAN, SGRAF, VSE-infinity, CHAN and LAPS code, converted into
+model folders.
 
 The original training scripts (kuanghuei/SCAN, CrossmodalGroup/BFAN, Paranioar/SGRAF, woodfrog/vse_infty,
 ppanzx/CHAN) save a pickled dict: `model` (a list of state dicts: image encoder, text encoder and, for
 SGRAF, the similarity encoder; CHAN adds its parameter-free similarity encoder and criterion), `opt` (the
-`argparse.Namespace` of training options), `epoch`, `best_rsum`, `Eiters`.
+`argparse.Namespace` of training options), `epoch`, `best_rsum`, `Eiters`. CrossmodalGroup/LAPS saves
+`model` as one state dict (its transformers ViT or Swin, BERT and aggregation MLP), split here into the
+same parts; its vision transformer becomes a timm tower computing the same tokens.
 
 1. Reading: `torch.load(weights_only=True)` with `argparse.Namespace` allowed for this one call. Any other
    global in the pickle is refused, naming it, before anything is unpickled (a pickle's globals are how it
@@ -207,7 +210,7 @@ def refused_globals(path: Path) -> list[str]:
 
 
 def read_original_checkpoint(path: str | Path) -> OriginalCheckpoint:
-    """Read a `model_best.pth.tar` of SCAN, BFAN or SGRAF without running any code from it."""
+    """Read a `model_best.pth(.tar)` of the original code without running any code from it."""
     path = Path(path)
     if not path.is_file():
         raise ConversionError(f"checkpoint not found: {path}")
