@@ -28,10 +28,33 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 EMBED_DIM = 16
 CAPTIONS = ["a dog runs", "the man with a red ball", "a man on the grass runs"]
-# vit_tiny_patch16_224 / swin_tiny_patch4_window7_224 in transformers' terms.
+# kind -> (timm name, the transformers config of that shape, num_patches, sparse_ratio, aggr_ratio): the tiny
+# towers the tests use, and the sizes LAPS loads (google/vit-base-patch16-224-in21k, microsoft/swin-base-...).
 TOWERS = {
-    "vit": ("vit_tiny_patch16_224", 196, 0.5, 0.4),
-    "swin": ("swin_tiny_patch4_window7_224", 49, 0.8, 0.6),
+    "vit": (
+        "vit_tiny_patch16_224",
+        dict(hidden_size=192, num_attention_heads=3, intermediate_size=768),
+        196,
+        0.5,
+        0.4,
+    ),
+    "swin": (
+        "swin_tiny_patch4_window7_224",
+        dict(embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24]),
+        49,
+        0.8,
+        0.6,
+    ),
+}
+PUBLISHED_TOWERS = {
+    "vit": ("vit_base_patch16_224", {}, 196, 0.5, 0.4),
+    "swin": (
+        "swin_base_patch4_window7_224",
+        dict(embed_dim=128, depths=[2, 2, 18, 2], num_heads=[4, 8, 16, 32]),
+        49,
+        0.8,
+        0.6,
+    ),
 }
 LAPS_OPTIONS = {
     "embed_size": EMBED_DIM, "margin": 0.2, "max_violation": False, "vse_mean_warmup_epochs": 1, "loss": "vse",
@@ -40,23 +63,16 @@ LAPS_OPTIONS = {
 }  # fmt: skip
 
 
-def transformers_tower(kind: str, gen: torch.Generator):
-    """A random transformers ViTModel / SwinModel of vit_tiny / swin_tiny's shape, every weight perturbed."""
+def transformers_tower(kind: str, shape: dict, gen: torch.Generator):
+    """A random transformers ViTModel / SwinModel of `shape` (patch 16 / window 7 at 224 px), every weight
+    perturbed."""
     from transformers import SwinConfig, SwinModel, ViTConfig, ViTModel
 
     torch.manual_seed(int(torch.randint(1 << 30, (1,), generator=gen)))  # transformers' own init draws
     if kind == "vit":
-        config = ViTConfig(
-            hidden_size=192,
-            num_hidden_layers=12,
-            num_attention_heads=3,
-            intermediate_size=768,
-            layer_norm_eps=1e-12,
-        )
-        model = ViTModel(config)
+        model = ViTModel(ViTConfig(**shape, layer_norm_eps=1e-12))
     else:
-        config = SwinConfig(embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], window_size=7)
-        model = SwinModel(config)
+        model = SwinModel(SwinConfig(**shape, window_size=7))
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.add_(torch.randn(parameter.shape, generator=gen) * 0.05)
@@ -104,12 +120,12 @@ def linear(out_dim: int, in_dim: int, gen: torch.Generator, prefix: str) -> dict
     }
 
 
-def laps_checkpoint(tmp_path, kind: str, seed: int = 0, **option_changes):
+def laps_checkpoint(tmp_path, kind: str, seed: int = 0, towers: dict = TOWERS, **option_changes):
     """A LAPS `model_best.pth` (its layout: one state dict, argparse options), its parts and options."""
     folder, bert_config = bert_folder(tmp_path)
     gen = torch.Generator().manual_seed(seed)
-    architecture, num_patches, sparse, aggr = TOWERS[kind]
-    tower = transformers_tower(kind, gen)
+    architecture, shape, num_patches, sparse, aggr = towers[kind]
+    tower = transformers_tower(kind, shape, gen)
     width = tower.config.hidden_size if kind == "vit" else tower.num_features
     n_tokens, hidden = int(num_patches * aggr * sparse), int(EMBED_DIM * 0.2)
     image = {f"visual_encoder.{k}": v for k, v in legacy_state(kind, tower).items()}
@@ -189,7 +205,7 @@ def original_scores(kind, tower, bert_config, parts, pixels, ids):
             tokens = torch.tensor([caption])
             states = bert(input_ids=tokens, attention_mask=(tokens != 0).double())[0][0]
             captions.append(F.linear(states, text["fc.weight"], text["fc.bias"]))
-    return laps_scores(patches, captions, cross, TOWERS[kind][2], has_cls=kind == "vit")
+    return laps_scores(patches, captions, cross, TOWERS[kind][3], has_cls=kind == "vit")
 
 
 def converted_scores(model_dir, pixels):
@@ -225,6 +241,22 @@ def test_converted_laps_scores_equal_laps_formula_on_its_transformers_encoders(t
     assert config.max_violation and not config.normalize_regions and not config.normalize_words
     processor = model.image_processor()
     assert list(processor.image_mean) == [0.485, 0.456, 0.406]  # LAPS's transform, not this ViT's 0.5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["vit", "swin"])
+def test_the_published_vit_b_and_swin_b_convert_with_the_default_towers(tmp_path, kind):
+    """At the sizes LAPS loads, without --vision-architecture: the tower opt.vit_type selects takes every tensor."""
+    path, folder, tower, bert_config, parts, architecture = laps_checkpoint(
+        tmp_path, kind, towers=PUBLISHED_TOWERS
+    )
+    conversion = convert_checkpoint(path, None, text_encoder=folder)
+    assert conversion.model.config.vision_tower["architecture"] == architecture
+    write_conversion(conversion, tmp_path / "converted")
+    pixels = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(5))
+    scores, ids, _ = converted_scores(tmp_path / "converted", pixels)
+    expected = original_scores(kind, tower, bert_config, parts, pixels, ids)
+    torch.testing.assert_close(scores.double(), expected, atol=1e-5, rtol=0)
 
 
 def test_the_transformers_vit_eps_matters_and_is_kept(tmp_path):
