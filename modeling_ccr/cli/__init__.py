@@ -4,7 +4,8 @@
 - `hub`: push, push-dataset, card
 - `extract`: extract (a corpus of region features from a folder of your own images)
 - `convert`: scan-precomp, butd-tsv (real corpora from SCAN precomp folders and bottom-up-attention TSVs)
-- `checkpoint`: convert-checkpoint (models trained with the original SCAN, BFAN and SGRAF code)
+- `checkpoint`: convert-checkpoint (models trained with the original SCAN, BFAN, SGRAF, VSE-infinity, CHAN
+  and LAPS code)
 - `ablate`: ablate (a grid of backbones x constraint variants x seeds from one YAML, with its tables)
 
 A user error (`modeling_ccr.errors.UserError`: a missing path, a malformed file, a bad value) is printed
