@@ -79,24 +79,23 @@ def transformers_tower(kind: str, shape: dict, gen: torch.Generator):
     return model.eval()
 
 
-# transformers 5 names -> the 4.x names a LAPS checkpoint holds (LAPS asks for transformers >= 4.32).
-LEGACY_VIT = (
-    (r"^layers\.(\d+)\.", r"encoder.layer.\1."),
-    (r"attention\.q_proj", "attention.attention.query"),
-    (r"attention\.k_proj", "attention.attention.key"),
-    (r"attention\.v_proj", "attention.attention.value"),
-    (r"attention\.o_proj", "attention.output.dense"),
-    (r"mlp\.fc1", "intermediate.dense"),
-    (r"mlp\.fc2", "output.dense"),
-)
+# transformers 5 names -> the 4.x names a LAPS checkpoint holds (LAPS asks for transformers >= 4.32): the
+# query/key/value owner differs (ViT `attention.attention`, Swin `attention.self`), the rest is shared.
+def legacy_renames(owner: str) -> tuple[tuple[str, str], ...]:
+    return (
+        (r"attention\.q_proj", f"{owner}.query"),
+        (r"attention\.k_proj", f"{owner}.key"),
+        (r"attention\.v_proj", f"{owner}.value"),
+        (r"attention\.o_proj", "attention.output.dense"),
+        (r"mlp\.fc1", "intermediate.dense"),
+        (r"mlp\.fc2", "output.dense"),
+    )
+
+
+LEGACY_VIT = ((r"^layers\.(\d+)\.", r"encoder.layer.\1."), *legacy_renames("attention.attention"))
 LEGACY_SWIN = (
-    (r"attention\.q_proj", "attention.self.query"),
-    (r"attention\.k_proj", "attention.self.key"),
-    (r"attention\.v_proj", "attention.self.value"),
     (r"attention\.relative_position_bias\.relative_position_", "attention.self.relative_position_"),
-    (r"attention\.o_proj", "attention.output.dense"),
-    (r"mlp\.fc1", "intermediate.dense"),
-    (r"mlp\.fc2", "output.dense"),
+    *legacy_renames("attention.self"),
 )
 
 

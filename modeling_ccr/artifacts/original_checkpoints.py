@@ -571,17 +571,20 @@ def mapped_state_dict(
     checkpoint: OriginalCheckpoint,
     target: dict[str, torch.Tensor],
     architecture: str = "scan",
-    rules: tuple[tuple[str, Replacement], ...] | None = None,
 ) -> tuple[dict, list[str]]:
     """Our state dict from the original tensors, and notes on what was transformed.
 
     Every source tensor is used exactly once and every target tensor is filled (same shape), or the
     error lists the leftovers on each side; tensors the original forward never reads
     (`DROPPED_TENSORS`) are dropped with a note; a non-finite value is refused, naming the tensor.
-    rules: original key -> our name (`KEY_RULES`, LAPS's `LAPS_KEY_RULES`).
+    Original keys are renamed by `KEY_RULES` (LAPS's by `LAPS_KEY_RULES`).
     """
-    rules = KEY_RULES if rules is None else rules
-    sources = _sources(checkpoint)
+    rules = LAPS_KEY_RULES if architecture == "laps" else KEY_RULES
+    sources = {
+        f"{index}:{key}": tensor
+        for index, state in enumerate(checkpoint.state_dicts)
+        for key, tensor in state.items()
+    }
     refuse_non_finite(checkpoint, sources)
     notes = []
     for pattern, reason in DROPPED_TENSORS.get(architecture, ()):
@@ -617,15 +620,6 @@ def mapped_state_dict(
             f"{[checkpoint.source_name(k) for k in leftovers]}; model tensors with no source {missing}"
         )
     return mapped, notes
-
-
-def _sources(checkpoint: OriginalCheckpoint) -> dict[str, torch.Tensor]:
-    """Every tensor of the checkpoint by "<state dict index>:<key>"."""
-    return {
-        f"{index}:{key}": tensor
-        for index, state in enumerate(checkpoint.state_dicts)
-        for key, tensor in state.items()
-    }
 
 
 def refuse_non_finite(checkpoint: OriginalCheckpoint, sources: dict[str, torch.Tensor]) -> None:
@@ -805,12 +799,14 @@ def laps_config(
 def prepare_laps_tensors(checkpoint: OriginalCheckpoint, model: MatcherPreTrainedModel) -> list[str]:
     """LAPS's tensors in the shapes our modules take: query/key/value fused into timm's qkv, Swin's saved
     relative-position indices checked against timm's and dropped, the aggregation scale as a scalar."""
-    refuse_non_finite(checkpoint, _sources(checkpoint))
     image, notes = checkpoint.state_dicts[0], []
+    matches = [match for match in map(_QKV.fullmatch, image) if match]
+    # Checked before fusing, so that an error names the tensor the checkpoint holds; the rest are checked
+    # with every other tensor when they are mapped.
+    refuse_non_finite(checkpoint, {f"0:{match[0]}": image[match[0]] for match in matches})
     groups: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
-    for key in [k for k in image if _QKV.fullmatch(k)]:
-        match = _QKV.fullmatch(key)
-        groups.setdefault((match[1], match[3]), {})[match[2]] = image.pop(key)
+    for match in matches:
+        groups.setdefault((match[1], match[3]), {})[match[2]] = image.pop(match[0])
     for (owner, kind), parts in groups.items():
         missing = [name for name in ("query", "key", "value") if name not in parts]
         if missing:
@@ -825,9 +821,9 @@ def prepare_laps_tensors(checkpoint: OriginalCheckpoint, model: MatcherPreTraine
             "that order: the same function)"
         )
     buffers = dict(model.named_buffers())
-    indices = [k for k in image if _RELATIVE_INDEX.fullmatch(k)]
-    for key in indices:
-        stage, block = _RELATIVE_INDEX.fullmatch(key).groups()
+    indices = [match for match in map(_RELATIVE_INDEX.fullmatch, image) if match]
+    for match in indices:
+        key, (stage, block) = match[0], match.groups()
         ours = buffers.get(f"{_T}layers.{stage}.blocks.{block}.attn.relative_position_index")
         saved = image.pop(key)
         if ours is None or not torch.equal(saved.long().reshape(ours.shape), ours.long()):
@@ -1004,11 +1000,9 @@ def convert_checkpoint(
             f"{checkpoint.path}: options give an invalid {architecture} config: {err}"
         ) from err
     model = MODEL_CLASSES[type(config)](config)
-    rules = KEY_RULES
     if architecture == "laps":
         notes += prepare_laps_tensors(checkpoint, model)
-        rules = LAPS_KEY_RULES
-    weights, weight_notes = mapped_state_dict(checkpoint, model.state_dict(), architecture, rules)
+    weights, weight_notes = mapped_state_dict(checkpoint, model.state_dict(), architecture)
     notes += weight_notes
     model.load_state_dict(weights, strict=True)
     model.eval()

@@ -64,7 +64,8 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: object) -> bool:
+def is_finite_number(value: object) -> bool:
+    """An int or float, not a bool, not NaN or infinite: what a numeric config value may be."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -112,13 +113,17 @@ def validate_vision_tower(spec: object) -> dict[str, object] | None:
     if spec["class_token"] and spec["regions"] != "grid":
         raise bad("class_token", "false with regions 'boxes' (the [CLS] token is added to a grid's cells)")
     eps = spec["layer_norm_eps"]
-    if eps is not None and not (_is_number(eps) and 0 < eps < 1):
+    if eps is not None and not (is_finite_number(eps) and 0 < eps < 1):
         raise bad("layer_norm_eps", "a number in (0, 1), or null (timm's own)")
     for key in ("image_mean", "image_std"):
         values = spec[key]
         if values is None:
             continue
-        if not isinstance(values, (list, tuple)) or len(values) != 3 or not all(map(_is_number, values)):
+        if (
+            not isinstance(values, (list, tuple))
+            or len(values) != 3
+            or not all(map(is_finite_number, values))
+        ):
             raise bad(key, "three numbers [r, g, b], or null (the architecture's pretrained values)")
         if key == "image_std" and not all(v > 0 for v in values):
             raise bad(key, "three numbers > 0")

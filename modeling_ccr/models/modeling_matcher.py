@@ -184,6 +184,7 @@ class GlobalEmbeddingScoring:
     ) -> torch.Tensor:
         return self.image_embedding(image_embeds, region_mask) @ self.text_embedding(text_embeds, word_mask).T
 
+    @torch.no_grad()
     def similarity(
         self,
         image_embeds: torch.Tensor,

@@ -74,7 +74,7 @@ class VisionTower(nn.Module):
             for module in self.model.modules():
                 if isinstance(module, nn.LayerNorm):
                     module.eps = spec["layer_norm_eps"]
-        if (spec["final_norm"] or spec["class_token"]) and not self._is_token_model(level):
+        if (spec["final_norm"] or spec["class_token"]) and not self.is_token_model:
             raise ValueError(
                 f"config fields 'vision_tower.final_norm' / 'vision_tower.class_token' need a ViT-like tower "
                 f"whose final features are tokens, at feature_level -1; {spec['architecture']!r} at feature_level "
@@ -82,9 +82,10 @@ class VisionTower(nn.Module):
             )
         self.frozen = False
 
-    def _is_token_model(self, level: int) -> bool:
-        """Whether the final features are a token sequence (a ViT), not a map: read from timm's model."""
-        return level < 0 and getattr(self.model, "num_prefix_tokens", None) is not None
+    @property
+    def is_token_model(self) -> bool:
+        """Whether the tower's features are a ViT's final token sequence, not a map: read from timm's model."""
+        return self.spec["feature_level"] < 0 and getattr(self.model, "num_prefix_tokens", None) is not None
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -147,7 +148,7 @@ class VisionTower(nn.Module):
     def feature_tokens(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The feature map `(batch, feature_dim, map_h, map_w)` and, with `class_token`, the [CLS] token
         `(batch, 1, feature_dim)` (else None) of `(batch, 3, height, width)` pixels."""
-        if not self._is_token_model(self.spec["feature_level"]):
+        if not self.is_token_model:
             return self.feature_map(pixel_values), None
         # A ViT's tokens as a patch grid: its last block's output, after the final norm with `final_norm`.
         maps, prefix = self.model.forward_intermediates(

@@ -16,7 +16,6 @@ Every error names the file, the field, what was expected and what was found (dat
 
 import contextlib
 import dataclasses
-import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -35,6 +34,7 @@ from ..metrics.eccv import PROTOCOL as ECCV_PROTOCOL
 from ..metrics.retrieval import PROTOCOLS
 from ..models import BACKBONES
 from ..models.backbones import SINGLE_BACKBONES
+from ..models.configuration_matcher import is_finite_number
 from .trainer import COLLAPSE_GUARDS
 
 ENSEMBLE = "ensemble"
@@ -179,10 +179,6 @@ DECAY_SCHEDULE = (
 )
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def decay_schedule(value: Any, key: str = "training.lr_decay_epochs") -> float | list[float] | None:
     """`lr_decay_epochs` checked: a period as a float (a number in quotes too, as every float key takes
     it), milestones as a list of floats, or None; FieldValueError naming the key otherwise."""
@@ -192,14 +188,14 @@ def decay_schedule(value: Any, key: str = "training.lr_decay_epochs") -> float |
     if isinstance(value, str):
         with contextlib.suppress(ValueError):
             period = float(value)
-    if _is_number(period) and period > 0:
+    if is_finite_number(period) and period > 0:
         return float(period)
     if not isinstance(value, (list, tuple)):
         raise FieldValueError(f"{key} must be {DECAY_SCHEDULE}, found {value!r} ({type(value).__name__})")
     if not value:
         raise FieldValueError(f"{key} must be {DECAY_SCHEDULE}, found an empty list")
     for i, epoch in enumerate(value):
-        if not _is_number(epoch) or epoch <= 0:
+        if not is_finite_number(epoch) or epoch <= 0:
             raise FieldValueError(
                 f"{key}[{i}] must be a positive finite number of epochs, "
                 f"found {epoch!r} ({type(epoch).__name__})"
